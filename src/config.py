@@ -1,0 +1,460 @@
+"""Typed configuration: one schema, one YAML loader, model-zoo style command-line overrides.
+
+The schema is a tree of dataclasses. `load_config(path, argv)` reads the YAML file, applies the
+`--key=value` / `--key value` overrides from `argv`, checks every key and type against the schema
+and returns a `Config`. Nothing here runs at import time, so any module (and any test or notebook)
+can import this one freely.
+
+Override keys are dotted paths (`--model.swin.depths=[2,2,6,2]`) or, for convenience, a leaf name
+that is unique in the whole tree (`--data_root=/data` means `--data.data_root=/data`). An unknown
+key is an error that lists the nearest valid keys.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema. Defaults are the paper configuration (shared/design/method.md); default_config.yaml
+# spells the same values out so users see them in one file.
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class SwinSection:
+    # One of tiny/small/base/large; embed_dim/depths/num_heads left null take the preset's values.
+    preset: str = "base"
+    embed_dim: Optional[int] = None
+    depths: Optional[List[int]] = None
+    num_heads: Optional[List[int]] = None
+    window_size: int = 12
+    patch_size: int = 4
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_path_rate: float = 0.3
+    patch_norm: bool = True
+    # A checkpoint written by tools/convert_swin.py; empty = random initialisation.
+    pretrained: str = ""
+
+
+@dataclass
+class BertSection:
+    # A checkpoint written by tools/convert_bert.py. It carries its own architecture and vocabulary;
+    # when set, the architecture fields below are ignored in favour of the checkpoint's.
+    pretrained: str = ""
+    # WordPiece vocabulary; empty = the one stored beside `pretrained`.
+    vocab_path: str = ""
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+
+
+@dataclass
+class WPASection:
+    # true: BERT runs in 4 layer groups interleaved with the Swin stages and words attend to
+    # pixels (CoupAlign). false: LAVT-style one-way fusion (all of BERT first).
+    bidirectional: bool = True
+    word_heads: int = 8
+
+
+@dataclass
+class MaskGeneratorSection:
+    pixel_decoder: str = "msdeform"  # msdeform | fpn
+    conv_dim: int = 256
+    mask_dim: int = 256
+    encoder_layers: int = 6
+    encoder_heads: int = 8
+    encoder_points: int = 4
+    encoder_ffn_dim: int = 1024
+    num_queries: int = 100
+    decoder_layers: int = 9
+    decoder_heads: int = 8
+    decoder_ffn_dim: int = 2048
+
+
+@dataclass
+class SMASection:
+    # false: the "no SMA" ablation, logits = Linear(sentence) . pixel embeddings.
+    enabled: bool = True
+    weighting: str = "softmax"  # softmax | sigmoid
+    sentence_pool: str = "cls"  # cls | mean
+    deep_supervision: bool = True
+
+
+@dataclass
+class ModelSection:
+    image_size: int = 480
+    max_tokens: int = 20
+    swin: SwinSection = field(default_factory=SwinSection)
+    bert: BertSection = field(default_factory=BertSection)
+    wpa: WPASection = field(default_factory=WPASection)
+    mask_generator: MaskGeneratorSection = field(default_factory=MaskGeneratorSection)
+    sma: SMASection = field(default_factory=SMASection)
+
+
+@dataclass
+class LossSection:
+    ce_weight_bg: float = 0.9
+    ce_weight_fg: float = 1.1
+    dice_weight: float = 1.0
+    aux_enabled: bool = True
+    aux_weight: float = 0.1
+    aux_temperature: float = 0.07
+    aux_num_fg: int = 256
+    aux_num_bg: int = 1024
+    aux_hard_ratio: float = 0.5
+
+
+@dataclass
+class DataSection:
+    data_root: str = "data"
+    dataset: str = "refcoco"  # refcoco | refcoco+ | refcocog
+    split_by: str = "unc"  # unc | umd | google
+    train_split: str = "train"
+    val_split: str = "val"
+    num_workers: int = 4
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 4  # per device; the LAVT recipe is 8 devices x 4 = 32
+    epochs: int = 40
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    lr_power: float = 0.9
+    warmup_steps: int = 0
+    grad_clip_norm: float = 0.0  # 0 = off
+    accumulate_steps: int = 1
+    amp_level: str = "O0"  # O0 | O1 | O2 | O3
+    loss_scale: float = 1.0  # 1 = off; > 1 = dynamic loss scaling starting there
+    log_every: int = 50
+    save_every_steps: int = 0  # 0 = only at epoch end
+    keep_last: int = 3
+    resume: bool = False
+    validate: bool = True
+    max_steps: int = 0  # 0 = epochs decide
+
+
+@dataclass
+class EvalSection:
+    checkpoint_path: str = ""
+    split: str = "val"
+    batch_size: int = 1
+    output_dir: str = ""
+    save_masks: bool = False
+    visualize: int = 0
+    skip_bad_samples: bool = False
+
+
+@dataclass
+class ExportSection:
+    checkpoint_path: str = ""
+    file_name: str = "coupalign"
+    file_format: str = "MINDIR"  # MINDIR | AIR | ONNX
+    batch_size: int = 1
+
+
+@dataclass
+class Config:
+    device_target: str = "CPU"  # Ascend | GPU | CPU
+    device_id: int = 0
+    mode: str = "graph"  # graph | pynative
+    distribute: bool = False
+    seed: int = 42
+    output_dir: str = "outputs/run"
+    model: ModelSection = field(default_factory=ModelSection)
+    loss: LossSection = field(default_factory=LossSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    export: ExportSection = field(default_factory=ExportSection)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Values that must come from a fixed set; checked after every override.
+CHOICES: Dict[str, Tuple[str, ...]] = {
+    "device_target": ("Ascend", "GPU", "CPU"),
+    "mode": ("graph", "pynative"),
+    "model.swin.preset": ("tiny", "small", "base", "large", ""),
+    "model.mask_generator.pixel_decoder": ("msdeform", "fpn"),
+    "model.sma.weighting": ("softmax", "sigmoid"),
+    "model.sma.sentence_pool": ("cls", "mean"),
+    "data.dataset": ("refcoco", "refcoco+", "refcocog"),
+    "data.split_by": ("unc", "umd", "google"),
+    "train.amp_level": ("O0", "O1", "O2", "O3"),
+    "export.file_format": ("MINDIR", "AIR", "ONNX"),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Schema introspection
+# ----------------------------------------------------------------------------------------------
+def _fields(cls) -> Dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _is_section(tp) -> bool:
+    return dataclasses.is_dataclass(tp) and isinstance(tp, type)
+
+
+def all_keys(cls=Config, prefix: str = "") -> Dict[str, Any]:
+    """Every leaf key of the schema as a dotted path -> its type."""
+    out = {}
+    for name, tp in _fields(cls).items():
+        path = prefix + name
+        if _is_section(tp):
+            out.update(all_keys(tp, path + "."))
+        else:
+            out[path] = tp
+    return out
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(inner[0])} or null"
+    if origin in (list, List):
+        return f"list of {_type_name(typing.get_args(tp)[0])}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, key: str) -> Any:
+    """Checks `value` against the annotation `tp`; converts only lossless cases (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Union:
+        if value is None:
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+        return _coerce(value, inner, key)
+    if origin in (list, List):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - schema error, not a user error
+        raise TypeError(f"unsupported schema type {tp} for {key}")
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown_key(key: str, valid: Sequence[str]) -> ConfigError:
+    """An error for `key` listing the valid keys nearest to it (by full path and by leaf name)."""
+    leaf = key.rsplit(".", 1)[-1]
+    near = difflib.get_close_matches(key, valid, n=5, cutoff=0.5)
+    by_leaf = [v for v in valid if difflib.SequenceMatcher(None, leaf, v.rsplit(".", 1)[-1]).ratio() >= 0.75]
+    suggestions = list(dict.fromkeys(near + by_leaf))[:6]
+    hint = f"; did you mean: {', '.join(suggestions)}" if suggestions else ""
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Building a Config from nested dicts
+# ----------------------------------------------------------------------------------------------
+def _build(cls, data: Dict[str, Any], prefix: str, source: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    fields = _fields(cls)
+    valid = list(all_keys(Config))
+    kwargs = {}
+    for name, value in data.items():
+        path = prefix + str(name)
+        if name not in fields:
+            err = _unknown_key(path, valid)
+            raise ConfigError(f"{source}: {err}")
+        tp = fields[name]
+        if _is_section(tp):
+            kwargs[name] = _build(tp, value if value is not None else {}, path + ".", source)
+        else:
+            try:
+                kwargs[name] = _coerce(value, tp, path)
+            except ConfigError as e:
+                raise ConfigError(f"{source}: {e}") from None
+    return cls(**kwargs)
+
+
+def _set_path(tree: Dict[str, Any], path: str, value: Any) -> None:
+    node = tree
+    parts = path.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{path}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def resolve_key(key: str) -> str:
+    """Maps an override key (dotted path or unique leaf name) to its full dotted path."""
+    keys = all_keys(Config)
+    if key in keys:
+        return key
+    if "." not in key:
+        matches = [k for k in keys if k.rsplit(".", 1)[-1] == key]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ConfigError(f"config key '{key}' is ambiguous; use one of: {', '.join(matches)}")
+    raise _unknown_key(key, list(keys))
+
+
+def parse_value(text: str) -> Any:
+    """Command-line text -> Python value: true/false/True/False, null, ints, floats, lists, else str."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("null", "none", "~"):
+        return None
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    if text.strip().startswith("["):
+        # Lists of bare words, e.g. [tiny,base] or [true,false].
+        return [parse_value(t) for t in text.strip()[1:-1].split(",") if t.strip()]
+    return text
+
+
+def parse_overrides(argv: Sequence[str]) -> Tuple[Optional[str], Dict[str, Any]]:
+    """Splits argv into (config_path, {dotted_key: value}). Accepts --k=v and --k v."""
+    config_path = None
+    overrides: Dict[str, Any] = {}
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument '{arg}': options are written --key=value")
+        body = arg[2:]
+        if "=" in body:
+            key, text = body.split("=", 1)
+        else:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"option '--{body}' has no value (write --{body}=VALUE)")
+            key, text = body, args[i + 1]
+            i += 1
+        i += 1
+        if key == "config_path":
+            config_path = text
+            continue
+        overrides[resolve_key(key)] = parse_value(text)
+    return config_path, overrides
+
+
+def _check_choices(cfg: Config) -> None:
+    flat = _flatten(cfg.to_dict())
+    for key, allowed in CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {', '.join(map(repr, allowed))}")
+    for key in ("train.batch_size", "train.epochs", "train.accumulate_steps", "train.keep_last",
+                "model.image_size", "model.max_tokens", "model.mask_generator.num_queries"):
+        if flat[key] < 1:
+            raise ConfigError(f"config key '{key}' = {flat[key]}; expected a positive integer")
+
+
+def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, prefix + k + "."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def config_from_dict(data: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None, source: str = "<dict>") -> Config:
+    tree = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy of plain data
+    for key, value in (overrides or {}).items():
+        _set_path(tree, resolve_key(key), value)
+    cfg = _build(Config, tree, "", source)
+    _check_choices(cfg)
+    return cfg
+
+
+def _merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
+    """Reads a config file; a top-level `_base_: other.yaml` (relative to this file) is loaded first
+    and this file's keys are merged over it, so variants state only what differs."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    real = os.path.realpath(path)
+    if real in _seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    with open(path, "r", encoding="utf-8") as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    base = data.pop("_base_", None)
+    if base:
+        data = _merge(read_yaml(os.path.join(os.path.dirname(path), base), _seen + (real,)), data)
+    return data
+
+
+def load_config(path: Optional[str] = None, argv: Sequence[str] = ()) -> Config:
+    """YAML file (`path`, or `--config_path` in argv) + argv overrides -> validated Config."""
+    argv_path, overrides = parse_overrides(argv)
+    path = argv_path or path
+    data = read_yaml(path) if path else {}
+    return config_from_dict(data, overrides, path or "<defaults>")
+
+
+def swin_arch(section: SwinSection) -> Dict[str, Any]:
+    """The Swin constructor arguments: preset values with explicit fields taking precedence."""
+    from src.models.swin import SWIN_PRESETS  # local import: config must not pull in MindSpore
+
+    arch: Dict[str, Any] = dict(SWIN_PRESETS[section.preset]) if section.preset else {}
+    for name in ("embed_dim", "depths", "num_heads"):
+        value = getattr(section, name)
+        if value is not None:
+            arch[name] = value
+        elif name not in arch:
+            raise ConfigError(f"model.swin.{name} must be set when model.swin.preset is empty")
+    if len(arch["depths"]) != 4 or len(arch["num_heads"]) != 4:
+        raise ConfigError("model.swin.depths and model.swin.num_heads must have 4 entries (one per stage)")
+    arch.update(window_size=section.window_size, patch_size=section.patch_size, mlp_ratio=section.mlp_ratio,
+                qkv_bias=section.qkv_bias, drop_path_rate=section.drop_path_rate, patch_norm=section.patch_norm)
+    return arch

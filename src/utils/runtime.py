@@ -1,0 +1,62 @@
+"""The one place that sets up a run: CPU environment defaults, device, execution mode, seeds, and
+(only when asked) the distributed communication group.
+
+Entry scripts call `apply_cpu_env_defaults()` *before* the first `import mindspore`, then
+`setup_context(cfg)`. This module imports MindSpore lazily so the first call can happen first.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
+
+# oneDNN on AVX-512 CPUs picks a reference convolution kernel for MindSpore's Conv2d (about 100x
+# slower than PyTorch on the same machine; shared/design/platform.md). Capping the ISA at AVX2 makes
+# oneDNN choose its GEMM-based kernel. The default below was chosen by measuring the whole model both
+# ways (docs/performance.md); a value the user already exported always wins.
+CPU_ENV_DEFAULTS = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def apply_cpu_env_defaults() -> None:
+    """Sets CPU environment defaults without overriding anything the user set. Call before importing MindSpore."""
+    if "mindspore" in sys.modules:
+        missing = [k for k in CPU_ENV_DEFAULTS if k not in os.environ]
+        if missing:
+            logger.warning("MindSpore was imported before apply_cpu_env_defaults(); %s will not take effect", missing)
+    for key, value in CPU_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+@dataclass
+class RunContext:
+    rank: int = 0
+    group_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_context(cfg) -> RunContext:
+    """Device, graph/PyNative mode, seeds and, with `cfg.distribute`, `init()` + data-parallel settings."""
+    import numpy as np
+    import mindspore as ms
+
+    ms.set_device(cfg.device_target, cfg.device_id)
+    ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE)
+    ctx = RunContext()
+    if cfg.distribute:
+        from mindspore.communication import get_group_size, get_rank, init
+
+        init()  # only here: init() without a launcher (msrun / rank table) raises
+        ctx = RunContext(rank=get_rank(), group_size=get_group_size())
+        ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                     device_num=ctx.group_size)
+    ms.set_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    return ctx

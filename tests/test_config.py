@@ -1,0 +1,113 @@
+"""The config loader: YAML -> typed Config, overrides, errors that name the key."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from src.config import Config, ConfigError, load_config, parse_value, resolve_key
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = ["default_config.yaml"] + [os.path.join("configs", f) for f in sorted(os.listdir(os.path.join(ROOT, "configs")))]
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(os.path.join(ROOT, path))
+    assert isinstance(cfg, Config)
+    assert cfg.model.image_size > 0 and cfg.model.max_tokens > 0
+
+
+def test_default_config_is_the_paper_configuration():
+    cfg = load_config(os.path.join(ROOT, "default_config.yaml"))
+    assert (cfg.model.image_size, cfg.model.max_tokens) == (480, 20)
+    assert cfg.model.swin.preset == "base" and cfg.model.swin.window_size == 12
+    assert cfg.model.swin.drop_path_rate == pytest.approx(0.3)
+    assert cfg.model.mask_generator.num_queries == 100
+    assert cfg.model.mask_generator.decoder_layers == 9
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.lr_power, cfg.train.epochs) == (5e-5, 0.01, 0.9, 40)
+    assert (cfg.loss.ce_weight_bg, cfg.loss.ce_weight_fg, cfg.loss.aux_weight) == (0.9, 1.1, 0.1)
+
+
+def test_base_inheritance_overrides_only_what_differs():
+    cfg = load_config(os.path.join(ROOT, "configs", "refcocog_umd.yaml"))
+    assert (cfg.data.dataset, cfg.data.split_by) == ("refcocog", "umd")
+    assert cfg.model.swin.pretrained.endswith("swin_base_patch4_window12_384_22k.ckpt")  # from the base
+
+
+def test_overrides_nested_lists_bools_numbers_and_leaf_aliases(tmp_path):
+    argv = ["--model.swin.depths=[2,2,6,2]", "--model.wpa.bidirectional=False", "--train.lr", "1e-4",
+            "--data_root=/data/refer", "--dataset", "refcocog", "--train.batch_size=2", "--model.sma.enabled=true"]
+    cfg = load_config(os.path.join(ROOT, "default_config.yaml"), argv)
+    assert cfg.model.swin.depths == [2, 2, 6, 2]
+    assert cfg.model.wpa.bidirectional is False and cfg.model.sma.enabled is True
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.train.batch_size == 2
+    assert cfg.data.data_root == "/data/refer" and cfg.data.dataset == "refcocog"
+
+
+def test_config_path_in_argv_wins(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 7\n")
+    assert load_config(None, [f"--config_path={p}"]).seed == 7
+
+
+def test_unknown_key_lists_nearest_valid_keys(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["--model.swin.window=7"])
+    assert "model.swin.window_size" in str(e.value)
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(p))
+    msg = str(e.value)
+    assert str(p) in msg and "train.learning_rate" in msg
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  batch_size: four\n")
+    with pytest.raises(ConfigError, match=r"train\.batch_size.*expected int"):
+        load_config(str(p))
+    with pytest.raises(ConfigError, match=r"model\.swin\.depths\[1\].*expected int"):
+        load_config(None, ["--model.swin.depths=[2,x,6,2]"])
+    with pytest.raises(ConfigError, match="expected bool"):
+        load_config(None, ["--distribute=1"])
+
+
+def test_choices_and_ambiguous_leaf():
+    with pytest.raises(ConfigError, match="device_target"):
+        load_config(None, ["--device_target=TPU"])
+    with pytest.raises(ConfigError, match="ambiguous.*train.batch_size"):
+        resolve_key("batch_size")
+    with pytest.raises(ConfigError, match="positive"):
+        load_config(None, ["--train.batch_size=0"])
+
+
+def test_parse_value():
+    assert parse_value("True") is True and parse_value("false") is False
+    assert parse_value("3") == 3 and parse_value("3.5") == 3.5 and parse_value("1e-5") == 1e-5
+    assert parse_value("[1, 2]") == [1, 2] and parse_value("null") is None
+    assert parse_value("refcoco+") == "refcoco+" and parse_value("/a/b.yaml") == "/a/b.yaml"
+
+
+def test_importing_entry_modules_parses_nothing():
+    # Import must have no side effects on argv: a bogus flag would make an import-time parser fail.
+    code = "import sys; sys.argv=['x','--bogus']; import src.config, src.utils.runtime; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+    assert "mindspore" not in subprocess.run(
+        [sys.executable, "-c", "import sys, src.config, src.utils.runtime; print(sorted(sys.modules))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
+
+
+def test_cpu_env_default_never_overrides_user_value():
+    code = ("import os; os.environ['ONEDNN_MAX_CPU_ISA']='AVX512_CORE';"
+            "from src.utils.runtime import apply_cpu_env_defaults; apply_cpu_env_defaults();"
+            "print(os.environ['ONEDNN_MAX_CPU_ISA'])")
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "AVX512_CORE"
+    code2 = "import os; from src.utils.runtime import apply_cpu_env_defaults; apply_cpu_env_defaults(); print(os.environ['ONEDNN_MAX_CPU_ISA'])"
+    out2 = subprocess.run([sys.executable, "-c", code2], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
+    assert out2.stdout.strip() == "AVX2"
