@@ -1,0 +1,133 @@
+"""AdamW with PyTorch semantics, the LAVT parameter groups, and the per-iteration polynomial schedule.
+
+MindSpore's `nn.AdamWeightDecay` has no bias correction (it is the TF/BERT variant), and
+`mint.optim.AdamW` is experimental and tied to its own scheduler classes. The recipe we reproduce
+(LAVT, which CoupAlign follows) uses `torch.optim.AdamW`, so we write that update rule here:
+
+    p <- p - lr * wd * p                     (decoupled weight decay)
+    m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
+    p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+tests/test_optimizer.py checks it step by step against torch.optim.AdamW + LambdaLR.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.nn.learning_rate_schedule import LearningRateSchedule
+
+_adamw_update = ops.MultitypeFuncGraph("adamw_update")
+
+
+@_adamw_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                        "Tensor", "Tensor", "Tensor")
+def _adamw_step(beta1, beta2, eps, bias_c1, bias_c2, lr, weight_decay, param, m, v, grad):
+    """One AdamW update of `param` in place; returns True so hyper_map has a value to collect."""
+    grad = ops.cast(grad, ms.float32)
+    param_fp32 = ops.cast(param, ms.float32)
+    next_m = beta1 * m + (1.0 - beta1) * grad
+    next_v = beta2 * v + (1.0 - beta2) * ops.square(grad)
+    denom = ops.sqrt(next_v / bias_c2) + eps
+    update = (next_m / bias_c1) / denom
+    next_param = param_fp32 * (1.0 - lr * weight_decay) - lr * update
+    ops.assign(m, next_m)
+    ops.assign(v, next_v)
+    ops.assign(param, ops.cast(next_param, param.dtype))
+    return True
+
+
+class AdamW(nn.Optimizer):
+    """AdamW (PyTorch's update rule) over `params` (a list of Parameters or of group dicts with
+    'params' and 'weight_decay'), with `learning_rate` a float or an `nn.LearningRateSchedule`."""
+
+    def __init__(self, params, learning_rate=1e-3, beta1: float = 0.9, beta2: float = 0.999,
+                 eps: float = 1e-8, weight_decay: float = 0.0):
+        super().__init__(learning_rate, params, weight_decay)
+        if self.is_group_lr:
+            raise ValueError("AdamW: per-group learning rates are not supported; use one schedule")
+        self.beta1 = Tensor(beta1, ms.float32)
+        self.beta2 = Tensor(beta2, ms.float32)
+        self.eps = Tensor(eps, ms.float32)
+        self.moments1 = self._parameters.clone(prefix="adam_m", init="zeros")
+        self.moments2 = self._parameters.clone(prefix="adam_v", init="zeros")
+        # Number of updates applied so far; separate from nn.Optimizer.global_step, which the
+        # learning-rate schedule reads *before* the increment.
+        self.num_updates = Parameter(Tensor(0.0, ms.float32), name="adam_num_updates", requires_grad=False)
+
+    def construct(self, gradients):
+        gradients = self.flatten_gradients(gradients)
+        weight_decay = self.get_weight_decay()
+        lr = self.get_lr()
+        self.assignadd(self.global_step, self.global_step_increase_tensor)
+        t = self.num_updates + 1.0
+        ops.assign(self.num_updates, t)
+        bias_c1 = 1.0 - ops.pow(self.beta1, t)
+        bias_c2 = 1.0 - ops.pow(self.beta2, t)
+        if self.is_group:  # one weight decay per parameter
+            return self.hyper_map(
+                ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, bias_c1, bias_c2, lr),
+                weight_decay, self._parameters, self.moments1, self.moments2, gradients)
+        return self.hyper_map(
+            ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, bias_c1, bias_c2, lr, weight_decay),
+            self._parameters, self.moments1, self.moments2, gradients)
+
+
+class PolyLR(LearningRateSchedule):
+    """lr(step) = base * (1 - step / total) ** power per iteration (LAVT's schedule), optionally after a
+    linear warm-up from `warmup_init * base` over `warmup_steps`. `step` is the number of updates so far."""
+
+    def __init__(self, base_lr: float, total_steps: int, power: float = 0.9, warmup_steps: int = 0,
+                 warmup_init: float = 0.0, end_lr: float = 0.0):
+        super().__init__()
+        if total_steps < 1:
+            raise ValueError(f"PolyLR: total_steps must be >= 1, got {total_steps}")
+        self.base_lr = float(base_lr)
+        self.end_lr = float(end_lr)
+        self.total_steps = float(total_steps)
+        self.power = float(power)
+        self.warmup_steps = float(warmup_steps)
+        self.warmup_init = float(warmup_init)
+
+    def construct(self, global_step):
+        step = ops.cast(global_step, ms.float32)
+        frac = ops.clip_by_value(step / self.total_steps, 0.0, 1.0)
+        decayed = (self.base_lr - self.end_lr) * ops.pow(1.0 - frac, self.power) + self.end_lr
+        if self.warmup_steps > 0:
+            ramp = self.warmup_init + (1.0 - self.warmup_init) * ops.minimum(step / self.warmup_steps, 1.0)
+            decayed = decayed * ramp
+        return decayed
+
+    def value(self, step: int) -> float:
+        """The same formula in Python, for logging without touching the device."""
+        frac = min(max(step / self.total_steps, 0.0), 1.0)
+        lr = (self.base_lr - self.end_lr) * (1.0 - frac) ** self.power + self.end_lr
+        if self.warmup_steps > 0:
+            lr *= self.warmup_init + (1.0 - self.warmup_init) * min(step / self.warmup_steps, 1.0)
+        return lr
+
+
+# Parameters exempt from weight decay (method.md / LAVT): norms, biases, position tables,
+# relative-position tables. Every 1-D parameter is a norm scale/shift, a bias or a per-channel
+# scale, so the rule is "1-D, or a named position table".
+NO_DECAY_NAME_PARTS = ("relative_position_bias_table", "position_embeddings", "token_type_embeddings",
+                       "level_embed", "absolute_pos_embed")
+
+
+def uses_weight_decay(param: Parameter) -> bool:
+    if len(param.shape) <= 1:
+        return False
+    return not any(part in param.name for part in NO_DECAY_NAME_PARTS)
+
+
+def param_groups(params: Sequence[Parameter], weight_decay: float) -> List[Dict]:
+    """Splits trainable parameters into a decayed group and an undecayed one (empty groups dropped)."""
+    decay = [p for p in params if p.requires_grad and uses_weight_decay(p)]
+    no_decay = [p for p in params if p.requires_grad and not uses_weight_decay(p)]
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups

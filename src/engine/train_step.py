@@ -1,0 +1,107 @@
+"""One training iteration as a single compiled graph: forward, backward, gradient reduction across
+devices, optional clipping and loss scaling, and the optimizer update.
+
+Gradient accumulation needs two behaviours (add to the buffers / add and then update). They are
+selected by a Python bool argument, which MindSpore treats as a compile-time constant, so each
+behaviour compiles once into its own static graph and no step branches on a tensor value.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.communication import get_group_size
+
+_add_scaled = ops.MultitypeFuncGraph("add_scaled")
+
+
+@_add_scaled.register("Tensor", "Tensor", "Tensor")
+def _add_scaled_grad(scale, buf, grad):
+    """The accumulated value as a new tensor (the buffer itself is written separately)."""
+    return buf + grad * scale
+
+
+_store = ops.MultitypeFuncGraph("store")
+
+
+@_store.register("Tensor", "Tensor")
+def _store_value(buf, value):
+    ops.assign(buf, value)
+    return True
+
+
+_zero = ops.MultitypeFuncGraph("zero")
+
+
+@_zero.register("Tensor")
+def _zero_buf(buf):
+    ops.assign(buf, ops.zeros_like(buf))
+    return True
+
+
+class TrainStep(nn.Cell):
+    """`net_with_loss(*batch) -> (total, seg, aux)`; calling `step(*batch, update=True)` returns
+    `(total, seg, aux, finite)` where `finite` is False when the gradients overflowed (with loss
+    scaling on, that step's update is skipped and the scale lowered).
+
+    Args:
+        grad_clip_norm: clip the global gradient norm to this value (0 = off).
+        loss_scale: 1 = no scaling; > 1 = dynamic loss scaling starting at this value (Ascend/GPU fp16).
+        accumulate_steps: number of micro-batches whose mean gradient makes one update.
+        distributed: average gradients over the data-parallel group (needs `init()` first).
+    """
+
+    def __init__(self, net_with_loss: nn.Cell, optimizer: nn.Optimizer, grad_clip_norm: float = 0.0,
+                 loss_scale: float = 1.0, accumulate_steps: int = 1, distributed: bool = False):
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = net_with_loss
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad_fn = ms.value_and_grad(net_with_loss, None, self.weights, has_aux=True)
+        self.grad_clip_norm = float(grad_clip_norm)
+        self.use_loss_scale = loss_scale > 1.0
+        self.scaler = ms.amp.DynamicLossScaler(loss_scale, 2, 1000) if self.use_loss_scale else None
+        self.accumulate_steps = int(accumulate_steps)
+        if self.accumulate_steps > 1:
+            self.accum_grads = self.weights.clone(prefix="accum_grad", init="zeros")
+        self.hyper_map = ops.HyperMap()
+        self.distributed = distributed
+        if distributed:
+            self.grad_reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=get_group_size())
+
+    def construct(self, image, input_ids, attention_mask, target, update=True):
+        if self.use_loss_scale:
+            (total, seg, aux), grads = self._scaled_grads(image, input_ids, attention_mask, target)
+        else:
+            (total, seg, aux), grads = self.grad_fn(image, input_ids, attention_mask, target)
+        if self.accumulate_steps > 1:
+            # Values, not the buffers: the update must not read a Parameter written in the same graph.
+            grads = self.hyper_map(ops.partial(_add_scaled, Tensor(1.0 / self.accumulate_steps, ms.float32)),
+                                   self.accum_grads, grads)
+            if not update:
+                self.hyper_map(_store, self.accum_grads, grads)
+                return total, seg, aux, Tensor(True)
+            self.hyper_map(_zero, self.accum_grads)
+        finite = self._apply(grads)
+        return total, seg, aux, finite
+
+    def _scaled_grads(self, image, input_ids, attention_mask, target):
+        def scaled_loss(image, input_ids, attention_mask, target):
+            total, seg, aux = self.net_with_loss(image, input_ids, attention_mask, target)
+            return self.scaler.scale(total), seg, aux
+
+        (scaled_total, seg, aux), grads = ms.value_and_grad(scaled_loss, None, self.weights, has_aux=True)(
+            image, input_ids, attention_mask, target)
+        grads = self.scaler.unscale(grads)
+        return (self.scaler.unscale(scaled_total), seg, aux), grads
+
+    def _apply(self, grads):
+        if self.distributed:
+            grads = self.grad_reducer(grads)
+        finite = ms.amp.all_finite(grads)
+        if self.use_loss_scale:
+            self.scaler.adjust(finite)
+        if self.grad_clip_norm > 0:
+            grads = ops.clip_by_global_norm(grads, self.grad_clip_norm)
+        if finite:
+            self.optimizer(grads)
+        return finite
