@@ -1,0 +1,78 @@
+"""Model registry: `create_model(cfg)` builds CoupAlign from a validated Config and loads the
+converted Swin / BERT checkpoints it names, printing what was and was not loaded."""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Dict, List, Tuple
+
+logger = logging.getLogger(__name__)
+
+_MODELS: Dict[str, Callable] = {}
+
+
+def register_model(name: str):
+    def wrap(fn):
+        _MODELS[name] = fn
+        return fn
+    return wrap
+
+
+def list_models() -> List[str]:
+    return sorted(_MODELS)
+
+
+def create_model(cfg, name: str = "coupalign", load_pretrained: bool = True):
+    """Builds the registered model `name` from `cfg` (a src.config.Config)."""
+    if name not in _MODELS:
+        raise ValueError(f"unknown model '{name}'; registered: {', '.join(list_models())}")
+    return _MODELS[name](cfg, load_pretrained=load_pretrained)
+
+
+def load_into(cell, params: Dict[str, object], prefix: str, source: str) -> Tuple[List[str], List[str]]:
+    """Loads `params` (names relative to the sub-cell) into `cell`'s parameters named `prefix + name`;
+    checks shapes first so a mismatch is reported by name instead of failing deep inside MindSpore.
+    Returns (model parameters not loaded, checkpoint entries not used)."""
+    import mindspore as ms
+
+    own = {p.name: p for p in cell.get_parameters()}
+    wanted = {prefix + k: v for k, v in params.items()}
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                  for k, v in wanted.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:
+        raise ValueError(f"{source}: shapes do not match the configured model:\n  " + "\n  ".join(mismatched))
+    unused = sorted(k[len(prefix):] for k in wanted if k not in own)
+    loadable = {k: (v if isinstance(v, ms.Parameter) else ms.Parameter(v, name=k)) for k, v in wanted.items() if k in own}
+    ms.load_param_into_net(cell, loadable, strict_load=True)
+    missing = sorted(k for k in own if k.startswith(prefix) and k not in wanted and own[k].requires_grad)
+    return missing, unused
+
+
+@register_model("coupalign")
+def _build_coupalign(cfg, load_pretrained: bool = True):
+    import mindspore as ms
+
+    from src.models.bert import load_converted_bert
+    from src.models.coupalign import CoupAlign, bert_config_from
+
+    model = CoupAlign(cfg.model, bert_config_from(cfg.model.bert))
+    if not load_pretrained:
+        return model
+    for part, path, prefix in (("swin", cfg.model.swin.pretrained, "swin."), ("bert", cfg.model.bert.pretrained, "bert.")):
+        if not path:
+            logger.info("%s: no pretrained checkpoint configured; random initialisation", part)
+            continue
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"model.{part}.pretrained: checkpoint not found: {path} "
+                                    f"(convert one with tools/convert_{part}.py, or set model.{part}.pretrained='')")
+        params = load_converted_bert(path)[1] if part == "bert" else ms.load_checkpoint(path)
+        missing, unused = load_into(model, params, prefix, f"model.{part}.pretrained={path}")
+        logger.info("%s: loaded %d tensors from %s; %d model parameters not in the checkpoint%s; "
+                    "%d checkpoint entries unused%s", part, len(params) - len(unused), path, len(missing),
+                    f" ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})" if missing else "",
+                    len(unused), f" ({', '.join(unused[:5])}{', ...' if len(unused) > 5 else ''})" if unused else "")
+        if missing:
+            # Expected for Swin classification checkpoints (no norm0..norm2: they start fresh, as in LAVT).
+            logger.warning("model.%s.pretrained: %d parameters start from random initialisation: %s",
+                           part, len(missing), ", ".join(missing))
+    return model

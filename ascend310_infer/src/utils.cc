@@ -1,0 +1,250 @@
+/**
+ * Implementation of the SDK-independent helpers declared in utils.h.
+ */
+#include "utils.h"
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+namespace coupalign {
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::string_view kBinSuffix = ".bin";
+
+bool HasBinSuffix(std::string_view name) {
+  return name.size() > kBinSuffix.size() && name.substr(name.size() - kBinSuffix.size()) == kBinSuffix;
+}
+
+/// Parses a whole string as a non-negative integer no larger than `max_value`.
+uint64_t ParseNonNegative(const std::string &flag, const std::string &text, uint64_t max_value) {
+  uint64_t value = 0;
+  const char *begin = text.data();
+  const char *end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(begin, end, value);
+  if (text.empty() || ec != std::errc() || ptr != end || value > max_value) {
+    throw UsageError("invalid value '" + text + "' for " + flag + ": expected an integer in [0, " +
+                     std::to_string(max_value) + "]");
+  }
+  return value;
+}
+
+/// Maps a case-insensitive device name to its canonical spelling.
+std::string NormalizeDeviceType(const std::string &text) {
+  std::string lower(text);
+  std::transform(lower.begin(), lower.end(), lower.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (lower == "ascend") {
+    return "Ascend";
+  }
+  if (lower == "gpu") {
+    return "GPU";
+  }
+  if (lower == "cpu") {
+    return "CPU";
+  }
+  throw UsageError("invalid value '" + text + "' for --device_type: expected Ascend, GPU or CPU");
+}
+
+/// Value at nearest rank `ceil(q * n)` (1-based) of an ascending, non-empty vector.
+double NearestRank(const std::vector<double> &sorted, double q) {
+  const auto n = sorted.size();
+  auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(n)));
+  rank = std::clamp<std::size_t>(rank, 1, n);
+  return sorted[rank - 1];
+}
+
+}  // namespace
+
+std::string UsageText(const std::string &program) {
+  std::ostringstream out;
+  out << "CoupAlign MindIR inference with the MindSpore Lite runtime (Ascend 310 / GPU / CPU).\n"
+      << "\n"
+      << "Usage: " << program << " --mindir_path=FILE --input_dir=DIR --output_dir=DIR [options]\n"
+      << "\n"
+      << "Required:\n"
+      << "  --mindir_path PATH   exported MINDIR model (static batch)\n"
+      << "  --input_dir DIR      folder with 00_image/, 01_input_ids/, 02_attention_mask/; each holds one\n"
+      << "                       raw .bin per sample with the same file name in all three folders:\n"
+      << "                       image float32 Bx3xHxW, input ids int32 BxT, attention mask int32 BxT\n"
+      << "  --output_dir DIR     receives <name>_<k>.bin (raw output k, float32 logits for k=0) per sample\n"
+      << "                       and latency.txt; created if missing\n"
+      << "Options:\n"
+      << "  --device_type TYPE   Ascend | GPU | CPU (default Ascend)\n"
+      << "  --device_id N        accelerator index (default 0)\n"
+      << "  --cpu_threads N      runtime thread count, 0 keeps the runtime default (default 0)\n"
+      << "  -h, --help           print this help and exit\n"
+      << "\n"
+      << "Exit status: 0 on success, 1 on a runtime or data error, 2 on a usage error.\n"
+      << "The runtime logs through glog; GLOG_v=3 keeps only its errors.\n";
+  return out.str();
+}
+
+Options ParseArgs(int argc, const char *const argv[]) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg(argv[i]);
+    if (arg == "-h" || arg == "--help") {
+      options.show_help = true;
+      continue;
+    }
+    if (arg.rfind("--", 0) != 0) {
+      throw UsageError("unexpected argument '" + arg + "'");
+    }
+    std::string name;
+    std::string value;
+    const auto eq = arg.find('=');
+    if (eq != std::string::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    } else {
+      name = arg;
+      if (i + 1 >= argc) {
+        throw UsageError("missing value for " + name);
+      }
+      value = argv[++i];
+    }
+
+    if (name == "--mindir_path") {
+      options.mindir_path = value;
+    } else if (name == "--input_dir") {
+      options.input_dir = value;
+    } else if (name == "--output_dir") {
+      options.output_dir = value;
+    } else if (name == "--device_type") {
+      options.device_type = NormalizeDeviceType(value);
+    } else if (name == "--device_id") {
+      options.device_id =
+          static_cast<uint32_t>(ParseNonNegative(name, value, std::numeric_limits<uint32_t>::max()));
+    } else if (name == "--cpu_threads") {
+      options.cpu_threads = static_cast<int>(ParseNonNegative(name, value, 1024));
+    } else {
+      throw UsageError("unknown option '" + name + "'");
+    }
+  }
+  if (options.show_help) {
+    return options;
+  }
+  for (const auto &[flag, value] : {std::pair<const char *, const std::string &>{"--mindir_path", options.mindir_path},
+                                    {"--input_dir", options.input_dir},
+                                    {"--output_dir", options.output_dir}}) {
+    if (value.empty()) {
+      throw UsageError(std::string("missing required option ") + flag);
+    }
+  }
+  return options;
+}
+
+std::vector<std::string> ListBinFiles(const fs::path &dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    throw InferError("input folder not found: " + dir.string());
+  }
+  std::vector<std::string> names;
+  for (const auto &entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (HasBinSuffix(name) && entry.is_regular_file()) {
+      names.push_back(name);
+    }
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::vector<std::string> MatchSampleNames(const fs::path &input_dir, const std::vector<std::string> &subdirs) {
+  if (subdirs.empty()) {
+    throw InferError("no input folders configured");
+  }
+  std::vector<std::vector<std::string>> listings;
+  listings.reserve(subdirs.size());
+  for (const auto &subdir : subdirs) {
+    listings.push_back(ListBinFiles(input_dir / subdir));
+  }
+  // Every name present anywhere must be present everywhere; report the first that is not.
+  std::set<std::string> all_names;
+  for (const auto &listing : listings) {
+    all_names.insert(listing.begin(), listing.end());
+  }
+  if (all_names.empty()) {
+    throw InferError("no .bin files found in " + (input_dir / subdirs.front()).string());
+  }
+  for (const auto &name : all_names) {
+    for (std::size_t k = 0; k < subdirs.size(); ++k) {
+      if (!std::binary_search(listings[k].begin(), listings[k].end(), name)) {
+        throw InferError("input file missing: " + (input_dir / subdirs[k] / name).string() + " (all " +
+                         std::to_string(subdirs.size()) + " input folders must hold the same file names; " +
+                         subdirs[k] + " has " + std::to_string(listings[k].size()) + " of the " +
+                         std::to_string(all_names.size()) + " names seen)");
+      }
+    }
+  }
+  return listings.front();
+}
+
+void ReadBinaryInto(const fs::path &path, void *dst, std::size_t num_bytes) {
+  std::error_code ec;
+  const auto actual = fs::file_size(path, ec);
+  if (ec) {
+    throw InferError("cannot stat " + path.string() + ": " + ec.message());
+  }
+  if (actual != num_bytes) {
+    throw InferError("size mismatch for " + path.string() + ": expected " + std::to_string(num_bytes) +
+                     " bytes, got " + std::to_string(actual) + " bytes");
+  }
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    throw InferError("cannot open " + path.string());
+  }
+  in.read(static_cast<char *>(dst), static_cast<std::streamsize>(num_bytes));
+  if (in.gcount() != static_cast<std::streamsize>(num_bytes)) {
+    throw InferError("short read from " + path.string());
+  }
+}
+
+void WriteBinary(const fs::path &path, const void *data, std::size_t num_bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) {
+    throw InferError("cannot open " + path.string() + " for writing");
+  }
+  out.write(static_cast<const char *>(data), static_cast<std::streamsize>(num_bytes));
+  if (!out) {
+    throw InferError("failed to write " + path.string());
+  }
+}
+
+std::string StripBinSuffix(const std::string &file_name) {
+  if (HasBinSuffix(file_name)) {
+    return file_name.substr(0, file_name.size() - kBinSuffix.size());
+  }
+  return file_name;
+}
+
+LatencyStats SummarizeLatencies(const std::vector<double> &latencies_ms) {
+  LatencyStats stats;
+  if (latencies_ms.empty()) {
+    return stats;
+  }
+  std::vector<double> sorted(latencies_ms);
+  std::sort(sorted.begin(), sorted.end());
+  stats.count = sorted.size();
+  stats.total_ms = std::accumulate(sorted.begin(), sorted.end(), 0.0);
+  stats.mean_ms = stats.total_ms / static_cast<double>(stats.count);
+  stats.min_ms = sorted.front();
+  stats.max_ms = sorted.back();
+  stats.p50_ms = NearestRank(sorted, 0.5);
+  stats.p90_ms = NearestRank(sorted, 0.9);
+  return stats;
+}
+
+}  // namespace coupalign

@@ -1,0 +1,161 @@
+"""CoupAlign: Swin + BERT with word-pixel alignment at every stage, a mask generator, and
+sentence-mask alignment (shared/design/method.md, "Data flow").
+
+    image (B,3,H,W) --Swin stage i--> V_i --WPA_i--> V_i' (next stage), F_i (aligned, to S_o)
+    ids (B,T)       --BERT group i--> L_i --WPA_i--> L_i' (next group)            [bidirectional]
+    S_o = {LN(F_1)..LN(F_4)} --pixel decoder--> P (B,D,H/4,W/4) + 3 coarse maps
+                              --transformer decoder--> Q (S,B,N,D) per supervised stage
+    L_g = pool(L_4);  SMA(Q_s, P, L_g) -> M_s (B,1,H/4,W/4);  logits = upsample(M_last) (B,1,H,W)
+
+`CoupAlign.construct` is the inference/export signature; `CoupAlign.forward_train` returns what
+`CoupAlignCriterion` needs; `CoupAlignWithLoss` joins the two for the train step.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from src.config import ConfigError, LossSection, ModelSection, swin_arch
+from src.models.bert import BertConfig, BertModel, load_converted_bert, load_bert_params
+from src.models.criterion import CoupAlignCriterion
+from src.models.pixel_decoder import build_pixel_decoder
+from src.models.sma import SentenceMaskAlignment, SentencePixelHead, pool_sentence
+from src.models.swin import SwinTransformer
+from src.models.transformer_decoder import MaskedTransformerDecoder
+from src.models.wpa import WordPixelAlignment
+
+NUM_STAGES = 4
+
+
+def bert_config_from(section, strict_vocab: bool = True) -> BertConfig:
+    """The BERT architecture: the converted checkpoint's own config when `pretrained` is set, else the
+    architecture keys of the `model.bert` section."""
+    if section.pretrained:
+        config, _, _ = load_converted_bert(section.pretrained)
+        return config
+    return BertConfig(vocab_size=section.vocab_size, hidden_size=section.hidden_size,
+                      num_hidden_layers=section.num_hidden_layers, num_attention_heads=section.num_attention_heads,
+                      intermediate_size=section.intermediate_size,
+                      max_position_embeddings=section.max_position_embeddings,
+                      type_vocab_size=section.type_vocab_size, layer_norm_eps=section.layer_norm_eps,
+                      hidden_dropout_prob=section.hidden_dropout_prob,
+                      attention_probs_dropout_prob=section.attention_probs_dropout_prob)
+
+
+class CoupAlign(nn.Cell):
+    """The full network. Build it with `CoupAlign(cfg.model)` (or `create_model(cfg)`).
+
+    Inputs of `construct`: image float32 (B, 3, H, W) ImageNet-normalised, input_ids int32 (B, T),
+    attention_mask int32 (B, T). Output: target logits float32 (B, 1, H, W) (mask = logits > 0).
+    """
+
+    def __init__(self, cfg: ModelSection, bert_config: Optional[BertConfig] = None):
+        super().__init__()
+        self.bidirectional = cfg.wpa.bidirectional
+        self.use_sma = cfg.sma.enabled
+        self.deep_supervision = cfg.sma.deep_supervision
+        self.sentence_pool = cfg.sma.sentence_pool
+
+        self.swin = SwinTransformer(**swin_arch(cfg.swin))
+        bert_config = bert_config or bert_config_from(cfg.bert)
+        if cfg.max_tokens > bert_config.max_position_embeddings:
+            raise ConfigError(f"model.max_tokens = {cfg.max_tokens} exceeds BERT's max_position_embeddings "
+                              f"({bert_config.max_position_embeddings})")
+        self.bert = BertModel(bert_config)
+        text_dim = bert_config.hidden_size
+        # The 12 BERT layers run as 4 groups, one before each WPA (method.md [choice]).
+        self.bert_groups = self.bert.layer_groups(NUM_STAGES)
+        self.num_bert_layers = bert_config.num_hidden_layers
+
+        channels = self.swin.num_features
+        self.wpa = nn.CellList([
+            WordPixelAlignment(channels[i], text_dim, num_heads=cfg.wpa.word_heads, bidirectional=self.bidirectional)
+            for i in range(NUM_STAGES)])
+
+        mg = cfg.mask_generator
+        decoder_kwargs = {}
+        if mg.pixel_decoder == "msdeform":
+            decoder_kwargs = dict(num_encoder_layers=mg.encoder_layers, n_heads=mg.encoder_heads,
+                                  n_points=mg.encoder_points, dim_feedforward=mg.encoder_ffn_dim)
+        self.pixel_decoder = build_pixel_decoder(mg.pixel_decoder, channels, mg.conv_dim, mg.mask_dim,
+                                                 **decoder_kwargs)
+        if self.use_sma:
+            self.transformer_decoder = MaskedTransformerDecoder(
+                in_channels=mg.conv_dim, hidden_dim=mg.conv_dim, num_queries=mg.num_queries, nheads=mg.decoder_heads,
+                dim_feedforward=mg.decoder_ffn_dim, dec_layers=mg.decoder_layers, mask_dim=mg.mask_dim)
+            self.head = SentenceMaskAlignment(text_dim, mg.mask_dim, weighting=cfg.sma.weighting)
+        else:
+            # "No SMA" ablation: no proposals, the sentence meets the pixels directly.
+            self.transformer_decoder = None
+            self.head = SentencePixelHead(text_dim, mg.mask_dim)
+
+    # ------------------------------------------------------------------------------------------
+    def encode(self, image, input_ids, attention_mask):
+        """Both encoders with WPA at each stage -> (S_o = 4 NCHW maps, word features L (B, T, D_text))."""
+        ext_mask = self.bert.extended_attention_mask(attention_mask)  # (B, 1, 1, T)
+        words = self.bert.embed(input_ids)  # (B, T, D_text)
+        if not self.bidirectional:
+            words = self.bert.run_layers(words, ext_mask, 0, self.num_bert_layers)  # LAVT: all of BERT first
+        tokens, height, width = self.swin.embed(image)  # (B, H/4 * W/4, C_0)
+        features = ()
+        for i in range(NUM_STAGES):
+            tokens = self.swin.run_stage(i, tokens, height, width)  # V_i (B, HW, C_i)
+            if self.bidirectional:
+                start, end = self.bert_groups[i]
+                words = self.bert.run_layers(words, ext_mask, start, end)  # L_i (B, T, D_text)
+            tokens, aligned, words = self.wpa[i](tokens, words, attention_mask)
+            features = features + (self.swin.stage_output(i, aligned, height, width),)  # LN(F_i), NCHW
+            tokens, height, width = self.swin.downsample(i, tokens, height, width)
+        return features, words
+
+    def forward_heads(self, image, input_ids, attention_mask):
+        """-> (SMA logits per supervised stage (S, B, 1, h, w), P (B, D, h, w), target embedding a (B, D))."""
+        features, words = self.encode(image, input_ids, attention_mask)
+        sentence = pool_sentence(words, attention_mask, self.sentence_pool)  # L_g (B, D_text)
+        pixel_embed, multi_scale = self.pixel_decoder(features)  # P (B, D, H/4, W/4)
+        if not self.use_sma:
+            logits, _, target_embed = self.head(None, pixel_embed, sentence)
+            return logits.expand_dims(0), pixel_embed, target_embed
+        mask_embeds = self.transformer_decoder(multi_scale, pixel_embed)  # (L+1, B, N, D)
+        if not self.deep_supervision:
+            logits, _, target_embed = self.head(mask_embeds[-1], pixel_embed, sentence)
+            return logits.expand_dims(0), pixel_embed, target_embed
+        stage_logits = ()
+        target_embed = None
+        for s in range(mask_embeds.shape[0]):
+            logits, _, target_embed = self.head(mask_embeds[s], pixel_embed, sentence)
+            stage_logits = stage_logits + (logits,)
+        return ops.stack(stage_logits), pixel_embed, target_embed
+
+    def construct(self, image, input_ids, attention_mask):
+        features, words = self.encode(image, input_ids, attention_mask)
+        sentence = pool_sentence(words, attention_mask, self.sentence_pool)
+        pixel_embed, multi_scale = self.pixel_decoder(features)
+        mask_embed = None
+        if self.use_sma:
+            mask_embed = self.transformer_decoder(multi_scale, pixel_embed)[-1]  # final stage only
+        logits, _, _ = self.head(mask_embed, pixel_embed, sentence)  # (B, 1, H/4, W/4)
+        return ops.interpolate(logits, size=(image.shape[2], image.shape[3]), mode="bilinear", align_corners=False)
+
+
+class CoupAlignWithLoss(nn.Cell):
+    """(image, input_ids, attention_mask, target (B, H, W)) -> (total, seg, aux) for the train step."""
+
+    def __init__(self, model: CoupAlign, criterion: CoupAlignCriterion):
+        super().__init__(auto_prefix=False)
+        self.model = model
+        self.criterion = criterion
+
+    def construct(self, image, input_ids, attention_mask, target):
+        stage_logits, pixel_embed, target_embed = self.model.forward_heads(image, input_ids, attention_mask)
+        return self.criterion(stage_logits, target, pixel_embed, target_embed)
+
+
+def build_criterion(loss: LossSection, deep_supervision: bool = True) -> CoupAlignCriterion:
+    return CoupAlignCriterion(ce_weights=(loss.ce_weight_bg, loss.ce_weight_fg), dice_weight=loss.dice_weight,
+                              aux_weight=loss.aux_weight, aux_temperature=loss.aux_temperature,
+                              aux_num_fg=loss.aux_num_fg, aux_num_bg=loss.aux_num_bg,
+                              aux_hard_ratio=loss.aux_hard_ratio, deep_supervision=deep_supervision,
+                              use_aux=loss.aux_enabled)

@@ -1,0 +1,384 @@
+"""Pixel decoders of CoupAlign's mask generator: word-pixel aligned features F1..F4 -> per-pixel embeddings P.
+
+Two interchangeable decoders (`mask_generator.pixel_decoder`, see shared/design/method.md, "Mask
+generator"), both returning `(P, multi_scale_features)`:
+
+* `MSDeformAttnPixelDecoder` ("msdeform", the paper config): the Mask2Former pixel decoder. F2..F4
+  (strides 8, 16, 32) are projected to `conv_dim`, refined jointly by a stack of multi-scale deformable
+  attention encoder layers, and the stride-8 result is merged with F1 (stride 4) by one FPN step.
+* `FPNPixelDecoder` ("fpn"): a plain top-down FPN (Mask2Former's BasePixelDecoder); cheap on CPU.
+
+`P` is (B, mask_dim, H1, W1) at stride 4; `multi_scale_features` is a tuple of three
+(B, conv_dim, H_l, W_l) maps ordered coarse (stride 32) to fine (stride 8): the memory that the
+masked transformer decoder attends to.
+
+Multi-scale deformable attention (Zhu et al., Deformable DETR) is written with plain MindSpore ops:
+`ops.grid_sample` samples each level's value map at the predicted locations; no custom kernel.
+All spatial shapes are static Python tuples read from the input shapes at graph-compile time.
+
+Parameter names mirror the Mask2Former (detectron2) state_dict: `input_proj.{i}.{0,1}`,
+`transformer.level_embed`, `transformer.encoder.layers.{i}.{self_attn.*, norm1, linear1, linear2, norm2}`,
+`adapter_1`, `layer_1` (+ `.norm`), `mask_features`. Norm layers name their affine parameters
+`gamma`/`beta` (PyTorch: `weight`/`bias`).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.common.initializer import HeUniform, Normal, XavierUniform, initializer
+
+from .position_encoding import PositionEmbeddingSine
+
+__all__ = [
+    "group_norm",
+    "ConvNormAct",
+    "MSDeformAttn",
+    "MSDeformAttnEncoderLayer",
+    "MSDeformAttnTransformerEncoderOnly",
+    "MSDeformAttnPixelDecoder",
+    "FPNPixelDecoder",
+    "build_pixel_decoder",
+    "deformable_reference_points",
+]
+
+# detectron2's `c2_xavier_fill`: kaiming_uniform_(a=1), i.e. U(-sqrt(3 / fan_in), +sqrt(3 / fan_in)).
+C2_XAVIER = "c2_xavier"
+
+
+def group_norm(num_channels: int, max_groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with min(max_groups, num_channels) groups (32 for real configs; fewer for tiny test configs).
+
+    Raises ValueError when the channels do not split evenly into the groups.
+    """
+    num_groups = min(max_groups, num_channels)
+    if num_channels % num_groups != 0:
+        raise ValueError(
+            f"GroupNorm needs num_channels divisible by num_groups: {num_channels} channels, {num_groups} groups "
+            f"(use a conv_dim that is a multiple of {max_groups}, or at most {max_groups})")
+    return nn.GroupNorm(num_groups, num_channels, eps=1e-5)
+
+
+class ConvNormAct(nn.Conv2d):
+    """detectron2-style Conv2d: convolution, then an optional norm, then an optional ReLU.
+
+    Subclasses nn.Conv2d so the parameters are named `weight` / `bias` / `norm.gamma` / `norm.beta`,
+    as in detectron2's `Conv2d(..., norm=...)`. Padding follows PyTorch (explicit, `pad_mode="pad"`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
+                 has_bias: bool = True, use_norm: bool = False, relu: bool = False, weight_init=C2_XAVIER):
+        if weight_init == C2_XAVIER:
+            weight_init = HeUniform(negative_slope=1.0)
+        super().__init__(in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=padding,
+                         has_bias=has_bias, weight_init=weight_init, bias_init="zeros")
+        self.norm = group_norm(out_channels) if use_norm else None
+        self.use_norm = use_norm
+        self.use_relu = relu
+
+    def construct(self, x):
+        x = super().construct(x)
+        if self.use_norm:
+            x = self.norm(x)
+        if self.use_relu:
+            x = ops.relu(x)
+        return x
+
+
+def _sampling_offsets_bias(n_heads: int, n_levels: int, n_points: int) -> np.ndarray:
+    """Deformable DETR's initial offsets: head h looks along direction 2*pi*h/n_heads, point p at distance p+1.
+
+    The direction (cos, sin) is scaled so its larger component is 1 (points on a square ring).
+    Flattened in the (head, level, point, xy) order of the sampling_offsets output.
+    """
+    thetas = np.arange(n_heads, dtype=np.float64) * (2.0 * math.pi / n_heads)
+    grid = np.stack([np.cos(thetas), np.sin(thetas)], axis=-1)  # (M, 2)
+    grid = grid / np.abs(grid).max(axis=-1, keepdims=True)
+    grid = np.tile(grid[:, None, None, :], (1, n_levels, n_points, 1))  # (M, L, P, 2)
+    grid = grid * np.arange(1, n_points + 1, dtype=np.float64)[None, None, :, None]
+    return grid.reshape(-1).astype(np.float32)
+
+
+def deformable_reference_points(spatial_shapes):
+    """Pixel-centre reference points of every level, normalised to [0, 1] as (x, y).
+
+    spatial_shapes: tuple of (H_l, W_l). Returns (1, sum_l H_l W_l, 1, 2) float32, to be broadcast over
+    the batch and the levels (no padding, so every level's valid ratio is 1 and a query's reference point
+    is the same normalised position on every level).
+    """
+    points = []
+    for height, width in spatial_shapes:
+        ref_y = (ops.arange(0, height, dtype=ms.float32) + 0.5) / float(height)  # (H,)
+        ref_x = (ops.arange(0, width, dtype=ms.float32) + 0.5) / float(width)  # (W,)
+        ref_y = ops.broadcast_to(ref_y.reshape(height, 1), (height, width))
+        ref_x = ops.broadcast_to(ref_x.reshape(1, width), (height, width))
+        points.append(ops.stack((ref_x, ref_y), axis=-1).reshape(height * width, 2))  # (HW, 2)
+    points = ops.concat(points, axis=0)  # (sum HW, 2)
+    return points.reshape(1, -1, 1, 2)
+
+
+class MSDeformAttn(nn.Cell):
+    """Multi-scale deformable attention (Deformable DETR) with `ops.grid_sample` as the sampler.
+
+    Every query predicts, per head, `n_points` sampling offsets on each of `n_levels` value maps and a
+    softmax weight per (level, point); the output is the weighted sum of the bilinearly sampled values
+    (zeros outside the map, align_corners=False), projected by `output_proj`.
+
+    Args:
+        d_model: channels of queries and values; divisible by n_heads.
+        n_levels: number of feature levels.
+        n_heads: attention heads.
+        n_points: sampling points per head and level.
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 3, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        self.d_model = d_model
+        self.n_levels = n_levels
+        self.n_heads = n_heads
+        self.n_points = n_points
+        self.head_dim = d_model // n_heads
+        bias = Tensor(_sampling_offsets_bias(n_heads, n_levels, n_points))
+        self.sampling_offsets = nn.Dense(d_model, n_heads * n_levels * n_points * 2,
+                                         weight_init="zeros", bias_init=bias)
+        self.attention_weights = nn.Dense(d_model, n_heads * n_levels * n_points,
+                                          weight_init="zeros", bias_init="zeros")
+        self.value_proj = nn.Dense(d_model, d_model, weight_init=XavierUniform(), bias_init="zeros")
+        self.output_proj = nn.Dense(d_model, d_model, weight_init=XavierUniform(), bias_init="zeros")
+
+    def construct(self, query, reference_points, value_input, spatial_shapes):
+        """
+        query: (B, Lq, C) queries (with position encoding added).
+        reference_points: (B or 1, Lq, n_levels or 1, 2) normalised (x, y) in [0, 1].
+        value_input: (B, Lv, C), the levels' maps flattened row-major and concatenated, Lv = sum H_l W_l.
+        spatial_shapes: tuple of n_levels static (H_l, W_l) tuples.
+        Returns (B, Lq, C).
+        """
+        batch, len_q, _ = query.shape
+        heads, levels, points, head_dim = self.n_heads, self.n_levels, self.n_points, self.head_dim
+
+        value = self.value_proj(value_input)  # (B, Lv, C)
+        offsets = self.sampling_offsets(query).reshape(batch, len_q, heads, levels, points, 2)
+        attn = self.attention_weights(query).reshape(batch, len_q, heads, levels * points)
+        attn = ops.softmax(attn, axis=-1)  # (B, Lq, M, L*P)
+        # (B*M, 1, Lq, L*P): weights broadcast over the head channels.
+        attn = attn.transpose(0, 2, 1, 3).reshape(batch * heads, 1, len_q, levels * points)
+
+        # Reference point of each query on each level: (B', Lq, L', 1, 1, 2) with B', L' possibly 1.
+        ref = reference_points.reshape(reference_points.shape[0], len_q, 1, reference_points.shape[2], 1, 2)
+        ref = ops.broadcast_to(ref, (batch, len_q, heads, levels, points, 2))
+
+        sampled = []
+        start = 0
+        for level in range(levels):
+            height, width = spatial_shapes[level]
+            # Value map of this level, one per (batch, head): (B*M, Dh, H, W).
+            value_l = value[:, start:start + height * width]  # (B, HW, C)
+            value_l = value_l.reshape(batch, height * width, heads, head_dim).transpose(0, 2, 3, 1)
+            value_l = value_l.reshape(batch * heads, head_dim, height, width)
+            start += height * width
+            # Sampling locations in [0, 1]: ref + offset / (W, H); grid_sample wants [-1, 1].
+            offset_x = offsets[:, :, :, level, :, 0:1] / float(width)  # (B, Lq, M, P, 1)
+            offset_y = offsets[:, :, :, level, :, 1:2] / float(height)
+            loc = ref[:, :, :, level] + ops.concat((offset_x, offset_y), axis=-1)  # (B, Lq, M, P, 2)
+            grid = 2.0 * loc - 1.0
+            grid = grid.transpose(0, 2, 1, 3, 4).reshape(batch * heads, len_q, points, 2)
+            sampled.append(ops.grid_sample(value_l, grid, mode="bilinear", padding_mode="zeros",
+                                           align_corners=False))  # (B*M, Dh, Lq, P)
+        sampled = ops.stack(sampled, axis=3).reshape(batch * heads, head_dim, len_q, levels * points)
+        out = (sampled * attn).sum(axis=-1)  # (B*M, Dh, Lq)
+        out = out.reshape(batch, heads * head_dim, len_q).transpose(0, 2, 1)  # (B, Lq, C)
+        return self.output_proj(out)
+
+
+def _dropout(p: float) -> nn.Cell:
+    return nn.Dropout(p=p) if p > 0 else nn.Identity()
+
+
+class MSDeformAttnEncoderLayer(nn.Cell):
+    """Deformable self-attention over all levels' pixels, then a ReLU FFN; residual + LayerNorm after each."""
+
+    def __init__(self, d_model: int = 256, dim_feedforward: int = 1024, dropout: float = 0.0,
+                 n_levels: int = 3, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
+        self.dropout1 = _dropout(dropout)
+        self.norm1 = nn.LayerNorm((d_model,), epsilon=1e-5)
+        self.linear1 = nn.Dense(d_model, dim_feedforward, weight_init=XavierUniform())
+        self.dropout2 = _dropout(dropout)
+        self.linear2 = nn.Dense(dim_feedforward, d_model, weight_init=XavierUniform())
+        self.dropout3 = _dropout(dropout)
+        self.norm2 = nn.LayerNorm((d_model,), epsilon=1e-5)
+
+    def construct(self, src, pos, reference_points, spatial_shapes):
+        """src, pos: (B, Lv, C); reference_points: (1 or B, Lv, 1 or L, 2). Returns (B, Lv, C)."""
+        attended = self.self_attn(src + pos, reference_points, src, spatial_shapes)
+        src = self.norm1(src + self.dropout1(attended))
+        hidden = self.dropout2(ops.relu(self.linear1(src)))
+        src = self.norm2(src + self.dropout3(self.linear2(hidden)))
+        return src
+
+
+class _EncoderLayers(nn.Cell):
+    """Holds the encoder layers under `layers` (state_dict path `transformer.encoder.layers.{i}`)."""
+
+    def __init__(self, layers):
+        super().__init__()
+        self.layers = nn.CellList(layers)
+
+
+class MSDeformAttnTransformerEncoderOnly(nn.Cell):
+    """Deformable transformer encoder over a list of same-width feature maps (Mask2Former's encoder-only)."""
+
+    def __init__(self, d_model: int = 256, n_heads: int = 8, num_encoder_layers: int = 6,
+                 dim_feedforward: int = 1024, dropout: float = 0.0, num_feature_levels: int = 3,
+                 enc_n_points: int = 4):
+        super().__init__()
+        self.num_feature_levels = num_feature_levels
+        self.encoder = _EncoderLayers([
+            MSDeformAttnEncoderLayer(d_model, dim_feedforward, dropout, num_feature_levels, n_heads, enc_n_points)
+            for _ in range(num_encoder_layers)])
+        self.level_embed = Parameter(initializer(Normal(sigma=1.0), (num_feature_levels, d_model), ms.float32),
+                                     name="level_embed")
+
+    def construct(self, srcs, pos_embeds):
+        """srcs, pos_embeds: tuples of num_feature_levels maps (B, C, H_l, W_l).
+
+        Returns (memory (B, sum H_l W_l, C), spatial_shapes tuple of (H_l, W_l)).
+        """
+        flat_src = []
+        flat_pos = []
+        shapes = []
+        for level in range(self.num_feature_levels):
+            batch, channels, height, width = srcs[level].shape
+            shapes.append((height, width))
+            flat_src.append(srcs[level].reshape(batch, channels, height * width).transpose(0, 2, 1))  # (B, HW, C)
+            pos = pos_embeds[level].reshape(batch, channels, height * width).transpose(0, 2, 1)
+            flat_pos.append(pos + self.level_embed[level].reshape(1, 1, channels))
+        spatial_shapes = tuple(shapes)
+        memory = ops.concat(flat_src, axis=1)  # (B, Lv, C)
+        pos = ops.concat(flat_pos, axis=1)  # (B, Lv, C)
+        reference_points = deformable_reference_points(spatial_shapes)  # (1, Lv, 1, 2)
+        for layer in self.encoder.layers:
+            memory = layer(memory, pos, reference_points, spatial_shapes)
+        return memory, spatial_shapes
+
+
+class MSDeformAttnPixelDecoder(nn.Cell):
+    """Mask2Former's pixel decoder: deformable encoder over strides 8..32, one FPN step to stride 4.
+
+    Args:
+        in_channels: channels of (F1, F2, F3, F4), strides (4, 8, 16, 32).
+        conv_dim: width of the encoder and of the multi-scale features.
+        mask_dim: channels of the per-pixel embeddings P.
+        num_encoder_layers, n_heads, n_points, dim_feedforward, dropout: deformable encoder settings.
+
+    construct(features) with features = (F1, F2, F3, F4), each (B, C_i, H_i, W_i), returns
+    (P (B, mask_dim, H1, W1), (stride-32, stride-16, stride-8 maps, each (B, conv_dim, H_l, W_l))).
+    """
+
+    def __init__(self, in_channels=(128, 256, 512, 1024), conv_dim: int = 256, mask_dim: int = 256,
+                 num_encoder_layers: int = 6, n_heads: int = 8, n_points: int = 4, dim_feedforward: int = 1024,
+                 dropout: float = 0.0):
+        super().__init__()
+        if len(in_channels) != 4:
+            raise ValueError(f"in_channels must list the 4 strides' channels (F1..F4), got {in_channels}")
+        if conv_dim % 2 != 0:
+            raise ValueError(f"conv_dim must be even for the sine position encoding, got {conv_dim}")
+        self.num_feature_levels = 3
+        # Input projections of F4, F3, F2 (coarse to fine, as Mask2Former orders its levels).
+        self.input_proj = nn.CellList([
+            nn.SequentialCell([
+                nn.Conv2d(channels, conv_dim, 1, pad_mode="pad", padding=0, has_bias=True,
+                          weight_init=XavierUniform(), bias_init="zeros"),
+                group_norm(conv_dim),
+            ])
+            for channels in tuple(in_channels[1:])[::-1]])
+        self.transformer = MSDeformAttnTransformerEncoderOnly(
+            d_model=conv_dim, n_heads=n_heads, num_encoder_layers=num_encoder_layers,
+            dim_feedforward=dim_feedforward, dropout=dropout, num_feature_levels=self.num_feature_levels,
+            enc_n_points=n_points)
+        self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
+        self.mask_features = ConvNormAct(conv_dim, mask_dim, 1, has_bias=True)
+        # The FPN step to stride 4 (the norm makes a conv bias redundant, as in Mask2Former).
+        self.adapter_1 = ConvNormAct(in_channels[0], conv_dim, 1, has_bias=False, use_norm=True)
+        self.layer_1 = ConvNormAct(conv_dim, conv_dim, 3, padding=1, has_bias=False, use_norm=True, relu=True)
+
+    def construct(self, features):
+        f1, f2, f3, f4 = features
+        coarse_to_fine = (f4, f3, f2)
+        srcs = []
+        pos = []
+        for level in range(self.num_feature_levels):
+            srcs.append(self.input_proj[level](coarse_to_fine[level]))  # (B, conv_dim, H_l, W_l)
+            pos.append(self.pe_layer(coarse_to_fine[level]))  # (B, conv_dim, H_l, W_l)
+        memory, spatial_shapes = self.transformer(tuple(srcs), tuple(pos))  # (B, Lv, conv_dim)
+
+        batch, _, channels = memory.shape
+        maps = []
+        start = 0
+        for level in range(self.num_feature_levels):
+            height, width = spatial_shapes[level]
+            level_memory = memory[:, start:start + height * width]  # (B, HW, C)
+            maps.append(level_memory.transpose(0, 2, 1).reshape(batch, channels, height, width))
+            start += height * width
+
+        # FPN step: stride-8 encoder output, upsampled, plus the projected stride-4 feature.
+        lateral = self.adapter_1(f1)  # (B, conv_dim, H1, W1)
+        upsampled = ops.interpolate(maps[-1], size=(f1.shape[2], f1.shape[3]), mode="bilinear",
+                                    align_corners=False)
+        fused = self.layer_1(lateral + upsampled)  # (B, conv_dim, H1, W1)
+        return self.mask_features(fused), (maps[0], maps[1], maps[2])
+
+
+class FPNPixelDecoder(nn.Cell):
+    """Plain top-down FPN over F1..F4 (Mask2Former's BasePixelDecoder), for CPU-sized configs.
+
+    The coarsest map goes through a 3x3 conv (`layer_4`); each finer level adds a 1x1 lateral
+    projection (`adapter_i`) to the nearest-upsampled coarser output and applies a 3x3 conv (`layer_i`);
+    every conv has GroupNorm, the 3x3 ones also ReLU. A 3x3 `mask_features` conv on the stride-4
+    output gives P. Same return signature as MSDeformAttnPixelDecoder.
+    """
+
+    def __init__(self, in_channels=(128, 256, 512, 1024), conv_dim: int = 256, mask_dim: int = 256):
+        super().__init__()
+        if len(in_channels) != 4:
+            raise ValueError(f"in_channels must list the 4 strides' channels (F1..F4), got {in_channels}")
+        c1, c2, c3, c4 = in_channels
+        self.layer_4 = ConvNormAct(c4, conv_dim, 3, padding=1, has_bias=False, use_norm=True, relu=True)
+        self.adapter_3 = ConvNormAct(c3, conv_dim, 1, has_bias=False, use_norm=True)
+        self.layer_3 = ConvNormAct(conv_dim, conv_dim, 3, padding=1, has_bias=False, use_norm=True, relu=True)
+        self.adapter_2 = ConvNormAct(c2, conv_dim, 1, has_bias=False, use_norm=True)
+        self.layer_2 = ConvNormAct(conv_dim, conv_dim, 3, padding=1, has_bias=False, use_norm=True, relu=True)
+        self.adapter_1 = ConvNormAct(c1, conv_dim, 1, has_bias=False, use_norm=True)
+        self.layer_1 = ConvNormAct(conv_dim, conv_dim, 3, padding=1, has_bias=False, use_norm=True, relu=True)
+        self.mask_features = ConvNormAct(conv_dim, mask_dim, 3, padding=1, has_bias=True)
+
+    @staticmethod
+    def _merge(coarser, lateral):
+        """Nearest-upsample `coarser` to `lateral`'s size and add."""
+        size = (lateral.shape[2], lateral.shape[3])
+        return lateral + ops.interpolate(coarser, size=size, mode="nearest")
+
+    def construct(self, features):
+        f1, f2, f3, f4 = features
+        y4 = self.layer_4(f4)  # (B, conv_dim, H4, W4), stride 32
+        y3 = self.layer_3(self._merge(y4, self.adapter_3(f3)))  # stride 16
+        y2 = self.layer_2(self._merge(y3, self.adapter_2(f2)))  # stride 8
+        y1 = self.layer_1(self._merge(y2, self.adapter_1(f1)))  # stride 4
+        return self.mask_features(y1), (y4, y3, y2)
+
+
+def build_pixel_decoder(name: str, in_channels, conv_dim: int = 256, mask_dim: int = 256, **kwargs) -> nn.Cell:
+    """`name`: "msdeform" (kwargs: num_encoder_layers, n_heads, n_points, dim_feedforward, dropout) or "fpn"."""
+    if name == "msdeform":
+        return MSDeformAttnPixelDecoder(tuple(in_channels), conv_dim, mask_dim, **kwargs)
+    if name == "fpn":
+        if kwargs:
+            raise ValueError(f"the fpn pixel decoder takes no extra options, got {sorted(kwargs)}")
+        return FPNPixelDecoder(tuple(in_channels), conv_dim, mask_dim)
+    raise ValueError(f"unknown pixel decoder {name!r}; expected 'msdeform' or 'fpn'")

@@ -1,0 +1,286 @@
+"""Mask generator of CoupAlign: a Mask2Former-style masked-attention transformer decoder.
+
+N learnable queries are refined by `dec_layers` layers that cycle over the pixel decoder's three coarse
+feature maps (stride 32, 16, 8, 32, ...). Each layer is, in this order (Mask2Former, post-norm):
+
+1. masked cross-attention: queries attend to the pixels of the layer's scale, but only to pixels inside
+   the query's current mask proposal, i.e. where sigmoid(Y) >= 0.5 for the proposal logits Y predicted
+   before the layer (Y bilinearly resized to that scale); a query whose mask would hide every pixel
+   attends to all pixels instead;
+2. self-attention among the queries;
+3. a ReLU feed-forward network;
+
+each followed by a residual connection and a LayerNorm. After the learnable queries themselves and after
+every layer, a shared LayerNorm and a 3-layer MLP turn the queries into mask embeddings Q_o; the proposal
+masks are Y = Q_o . P (`proposal_logits`). No class head and no Hungarian matching: RefCOCO labels only
+the referred object, and CoupAlign's Sentence-Mask Alignment weighs the proposals instead.
+
+The attention is written out (packed Q/K/V projection, head split, boolean mask) rather than using
+nn.MultiheadAttention, which breaks `auto_mixed_precision("O1")` (shared/design/platform.md) and would
+hide the masking semantics. Its parameters keep nn.MultiheadAttention's names (`in_proj_weight`,
+`in_proj_bias`, `out_proj`), and the module tree mirrors Mask2Former's
+`MultiScaleMaskedTransformerDecoder` state_dict (`transformer_cross_attention_layers.{i}.multihead_attn`,
+`transformer_self_attention_layers.{i}.self_attn`, `transformer_ffn_layers.{i}.linear1`, `decoder_norm`,
+`mask_embed.layers.{j}`, `input_proj.{l}`). Mask2Former's nn.Embedding tables `query_feat.weight`,
+`query_embed.weight` and `level_embed.weight` are plain parameters here: `query_feat`, `query_embed`,
+`level_embed`. LayerNorms name their affine parameters `gamma`/`beta`.
+"""
+from __future__ import annotations
+
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+from mindspore.common.initializer import HeUniform, Normal, XavierUniform, initializer
+
+from .position_encoding import PositionEmbeddingSine
+
+__all__ = [
+    "proposal_logits",
+    "attention_mask_from_logits",
+    "MultiHeadAttention",
+    "CrossAttentionLayer",
+    "SelfAttentionLayer",
+    "FFNLayer",
+    "MLP",
+    "MaskedTransformerDecoder",
+]
+
+# Score given to masked (query, key) pairs before the softmax: exp() of it underflows to exactly 0 in
+# float32, the same result as PyTorch's -inf for every row that keeps at least one key (all rows do:
+# see attention_mask_from_logits), without producing NaN if a fully masked row ever reached the softmax.
+_MASKED_SCORE = -1e9
+
+
+def proposal_logits(mask_embed, pixel_embed):
+    """Proposal mask logits Y[b, n] = mask_embed[b, n] . pixel_embed[b] at every pixel.
+
+    mask_embed: (B, N, D); pixel_embed (P): (B, D, h, w). Returns (B, N, h, w).
+    """
+    batch, channels, height, width = pixel_embed.shape
+    logits = ops.bmm(mask_embed, pixel_embed.reshape(batch, channels, height * width))  # (B, N, hw)
+    return logits.reshape(batch, mask_embed.shape[1], height, width)
+
+
+def attention_mask_from_logits(logits, size):
+    """Boolean cross-attention mask (True = the query may NOT attend to that pixel) from proposal logits.
+
+    logits: (B, N, h, w) proposal logits at any resolution; size: static (H, W) of the attended scale.
+    The logits are bilinearly resized to `size` (align_corners=False) and a pixel is masked where
+    sigmoid(logit) < 0.5. A query whose row would be fully masked gets a fully unmasked row.
+    No gradient flows through the mask. Returns (B, N, H*W) bool.
+    """
+    logits = ops.stop_gradient(logits)
+    resized = ops.interpolate(logits, size=size, mode="bilinear", align_corners=False)  # (B, N, H, W)
+    batch, queries, height, width = resized.shape
+    masked = ops.sigmoid(resized).reshape(batch, queries, height * width) < 0.5  # (B, N, HW)
+    fully_masked = ops.all(masked, axis=-1, keep_dims=True)  # (B, N, 1)
+    return ops.logical_and(masked, ops.logical_not(fully_masked))
+
+
+class MultiHeadAttention(nn.Cell):
+    """Multi-head scaled dot-product attention with nn.MultiheadAttention's parameters (batch-first).
+
+    Args:
+        embed_dim: width D of queries, keys, values and output.
+        num_heads: heads; D must be divisible by it.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int):
+        super().__init__()
+        if embed_dim % num_heads != 0:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = float(self.head_dim) ** -0.5
+        # Rows [0:D) project queries, [D:2D) keys, [2D:3D) values (PyTorch's packed layout).
+        self.in_proj_weight = Parameter(initializer(XavierUniform(), (3 * embed_dim, embed_dim), ms.float32),
+                                        name="in_proj_weight")
+        self.in_proj_bias = Parameter(initializer("zeros", (3 * embed_dim,), ms.float32), name="in_proj_bias")
+        self.out_proj = nn.Dense(embed_dim, embed_dim, weight_init=XavierUniform(), bias_init="zeros")
+
+    def _project(self, x, index: int):
+        """Apply the index-th (0: q, 1: k, 2: v) slice of the packed projection, split heads: (B, H, L, Dh)."""
+        dim = self.embed_dim
+        weight = self.in_proj_weight[index * dim:(index + 1) * dim]  # (D, D)
+        bias = self.in_proj_bias[index * dim:(index + 1) * dim]  # (D,)
+        batch, length, _ = x.shape
+        y = ops.matmul(x, weight.T) + bias  # (B, L, D)
+        return y.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, query, key, value, attn_mask=None):
+        """
+        query: (B, Nq, D); key, value: (B, Nk, D).
+        attn_mask: None or bool (B, Nq, Nk), True where attention is NOT allowed (shared by all heads).
+        Returns (B, Nq, D).
+        """
+        batch, len_q, _ = query.shape
+        q = self._project(query, 0) * self.scale  # (B, H, Nq, Dh)
+        k = self._project(key, 1)  # (B, H, Nk, Dh)
+        v = self._project(value, 2)  # (B, H, Nk, Dh)
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)).astype(ms.float32)  # (B, H, Nq, Nk)
+        if attn_mask is not None:
+            scores = ops.masked_fill(scores, ops.expand_dims(attn_mask, 1), _MASKED_SCORE)
+        attn = ops.softmax(scores, axis=-1).astype(v.dtype)  # (B, H, Nq, Nk)
+        out = ops.matmul(attn, v)  # (B, H, Nq, Dh)
+        out = out.transpose(0, 2, 1, 3).reshape(batch, len_q, self.embed_dim)
+        return self.out_proj(out)
+
+
+class CrossAttentionLayer(nn.Cell):
+    """Masked cross-attention of queries to pixels, residual, LayerNorm (post-norm)."""
+
+    def __init__(self, d_model: int, nhead: int):
+        super().__init__()
+        self.multihead_attn = MultiHeadAttention(d_model, nhead)
+        self.norm = nn.LayerNorm((d_model,), epsilon=1e-5)
+
+    def construct(self, tgt, memory, memory_mask, pos, query_pos):
+        """tgt, query_pos: (B, N, D); memory, pos: (B, HW, D); memory_mask: bool (B, N, HW). Returns (B, N, D)."""
+        attended = self.multihead_attn(tgt + query_pos, memory + pos, memory, memory_mask)
+        return self.norm(tgt + attended)
+
+
+class SelfAttentionLayer(nn.Cell):
+    """Self-attention among queries (position added to q and k, not v), residual, LayerNorm."""
+
+    def __init__(self, d_model: int, nhead: int):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, nhead)
+        self.norm = nn.LayerNorm((d_model,), epsilon=1e-5)
+
+    def construct(self, tgt, query_pos):
+        """tgt, query_pos: (B, N, D). Returns (B, N, D)."""
+        q = tgt + query_pos
+        return self.norm(tgt + self.self_attn(q, q, tgt))
+
+
+class FFNLayer(nn.Cell):
+    """linear1 -> ReLU -> linear2, residual, LayerNorm."""
+
+    def __init__(self, d_model: int, dim_feedforward: int):
+        super().__init__()
+        self.linear1 = nn.Dense(d_model, dim_feedforward, weight_init=XavierUniform())
+        self.linear2 = nn.Dense(dim_feedforward, d_model, weight_init=XavierUniform())
+        self.norm = nn.LayerNorm((d_model,), epsilon=1e-5)
+
+    def construct(self, tgt):
+        return self.norm(tgt + self.linear2(ops.relu(self.linear1(tgt))))
+
+
+class MLP(nn.Cell):
+    """num_layers Dense layers with ReLU between them (none after the last)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
+        super().__init__()
+        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
+        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
+        self.num_layers = num_layers
+        self.layers = nn.CellList([nn.Dense(i, o) for i, o in zip(dims_in, dims_out)])
+
+    def construct(self, x):
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index < self.num_layers - 1:
+                x = ops.relu(x)
+        return x
+
+
+class MaskedTransformerDecoder(nn.Cell):
+    """Mask2Former's multi-scale masked-attention decoder, returning mask embeddings only.
+
+    Args:
+        in_channels: channels of the multi-scale features (a 1x1 conv projects them when != hidden_dim).
+        hidden_dim: query width D.
+        num_queries: number of proposals N.
+        nheads: attention heads.
+        dim_feedforward: FFN width.
+        dec_layers: number of decoder layers L; layer i attends to scale i % num_feature_levels.
+        mask_dim: width of the mask embeddings (must equal P's channels).
+        num_feature_levels: number of memory scales (3).
+
+    construct(multi_scale_features, pixel_embed):
+        multi_scale_features: tuple of num_feature_levels maps (B, in_channels, H_l, W_l), coarse to fine.
+        pixel_embed: P, (B, mask_dim, H, W).
+        Returns the mask embeddings (L + 1, B, N, mask_dim): index 0 from the learnable queries before the
+        first layer, index i after layer i; the last entry is the final prediction.
+    """
+
+    def __init__(self, in_channels: int = 256, hidden_dim: int = 256, num_queries: int = 100, nheads: int = 8,
+                 dim_feedforward: int = 2048, dec_layers: int = 9, mask_dim: int = 256,
+                 num_feature_levels: int = 3):
+        super().__init__()
+        if hidden_dim % 2 != 0:
+            raise ValueError(f"hidden_dim must be even for the sine position encoding, got {hidden_dim}")
+        self.hidden_dim = hidden_dim
+        self.num_queries = num_queries
+        self.num_heads = nheads
+        self.num_layers = dec_layers
+        self.num_feature_levels = num_feature_levels
+        self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
+
+        self.transformer_self_attention_layers = nn.CellList(
+            [SelfAttentionLayer(hidden_dim, nheads) for _ in range(dec_layers)])
+        self.transformer_cross_attention_layers = nn.CellList(
+            [CrossAttentionLayer(hidden_dim, nheads) for _ in range(dec_layers)])
+        self.transformer_ffn_layers = nn.CellList(
+            [FFNLayer(hidden_dim, dim_feedforward) for _ in range(dec_layers)])
+        self.decoder_norm = nn.LayerNorm((hidden_dim,), epsilon=1e-5)
+
+        self.query_feat = Parameter(initializer(Normal(sigma=1.0), (num_queries, hidden_dim), ms.float32),
+                                    name="query_feat")
+        self.query_embed = Parameter(initializer(Normal(sigma=1.0), (num_queries, hidden_dim), ms.float32),
+                                     name="query_embed")
+        self.level_embed = Parameter(initializer(Normal(sigma=1.0), (num_feature_levels, hidden_dim), ms.float32),
+                                     name="level_embed")
+        projections = []
+        for _ in range(num_feature_levels):
+            if in_channels != hidden_dim:
+                # detectron2's c2_xavier_fill: kaiming_uniform(a=1), zero bias.
+                projections.append(nn.Conv2d(in_channels, hidden_dim, 1, pad_mode="pad", padding=0, has_bias=True,
+                                             weight_init=HeUniform(negative_slope=1.0), bias_init="zeros"))
+            else:
+                projections.append(nn.Identity())
+        self.input_proj = nn.CellList(projections)
+        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+
+    def _prediction_heads(self, queries, pixel_embed):
+        """queries (B, N, D) -> mask embeddings (B, N, mask_dim) and proposal logits (B, N, H, W)."""
+        mask_embed = self.mask_embed(self.decoder_norm(queries))
+        return mask_embed, proposal_logits(mask_embed, pixel_embed)
+
+    def construct(self, multi_scale_features, pixel_embed):
+        if len(multi_scale_features) != self.num_feature_levels:
+            raise ValueError("MaskedTransformerDecoder: wrong number of feature levels")
+        batch = pixel_embed.shape[0]
+        dim = self.hidden_dim
+        memories = []
+        positions = []
+        sizes = []
+        for level in range(self.num_feature_levels):
+            feature = multi_scale_features[level]  # (B, C_in, H_l, W_l)
+            height, width = feature.shape[2], feature.shape[3]
+            sizes.append((height, width))
+            pos = self.pe_layer(feature).reshape(batch, dim, height * width).transpose(0, 2, 1)  # (B, HW, D)
+            memory = self.input_proj[level](feature).reshape(batch, dim, height * width).transpose(0, 2, 1)
+            positions.append(pos)
+            memories.append(memory + self.level_embed[level].reshape(1, 1, dim))  # (B, HW, D)
+
+        query_pos = ops.broadcast_to(self.query_embed.reshape(1, self.num_queries, dim),
+                                     (batch, self.num_queries, dim))  # (B, N, D)
+        output = ops.broadcast_to(self.query_feat.reshape(1, self.num_queries, dim),
+                                  (batch, self.num_queries, dim))  # (B, N, D)
+
+        mask_embed, logits = self._prediction_heads(output, pixel_embed)
+        embeddings = [mask_embed]
+        attn_mask = attention_mask_from_logits(logits, sizes[0])  # (B, N, H_0 W_0)
+        for index in range(self.num_layers):
+            level = index % self.num_feature_levels
+            output = self.transformer_cross_attention_layers[index](
+                output, memories[level], attn_mask, positions[level], query_pos)
+            output = self.transformer_self_attention_layers[index](output, query_pos)
+            output = self.transformer_ffn_layers[index](output)
+            mask_embed, logits = self._prediction_heads(output, pixel_embed)
+            embeddings.append(mask_embed)
+            if index < self.num_layers - 1:  # the mask after the last layer would never be used
+                attn_mask = attention_mask_from_logits(logits, sizes[(index + 1) % self.num_feature_levels])
+        return ops.stack(embeddings, axis=0)  # (L + 1, B, N, mask_dim)

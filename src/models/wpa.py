@@ -1,0 +1,239 @@
+"""Word-Pixel Alignment (WPA): the early fusion block run after every encoder stage.
+
+CoupAlign aligns words and pixels inside both encoders, in both directions (method.md, "WPA"):
+
+* the vision half (:class:`PixelWordAttention`) lets every pixel gather the words it relates to and
+  gates the result back into the visual stream. It follows LAVT's pixel-word attention module plus its
+  residual gate; sub-layer names mirror LAVT's ``fusion.*`` and ``res_gate.*`` state-dict keys so a
+  checkpoint converter is a prefix rename plus squeezing Conv1d kernels ``(out, in, 1) -> (out, in)``;
+* the language half (:class:`WordPixelAttention`) lets every word gather pixels with multi-head cross
+  attention and adds the result to the word features through a zero-initialised per-channel scale, so
+  a pretrained language encoder is untouched at step 0;
+* :class:`WordPixelAlignment` runs both halves on the *pre-update* features of a stage.
+
+Shapes: ``B`` batch, ``HW`` pixels of the stage (flattened), ``C`` stage channels, ``T`` tokens,
+``D_text`` width of the language encoder. ``m`` is the token mask (1 real token, 0 padding).
+"""
+import math
+
+import mindspore as ms
+from mindspore import nn, ops
+
+__all__ = [
+    "AccurateTanh",
+    "InstanceNormOverPixels",
+    "PixelWordAttention",
+    "WordPixelAttention",
+    "WordPixelAlignment",
+]
+
+# Additive bias given to padded words before the softmax over words (method.md: (m - 1) * 1e4).
+_MASK_BIAS = 1e4
+
+
+class InstanceNormOverPixels(nn.Cell):
+    """Parameter-free instance normalisation of ``(B, HW, C)`` tokens.
+
+    Each channel of each sample is normalised to zero mean and unit (biased) variance over the pixel axis,
+    which is what PyTorch's ``InstanceNorm1d(C)`` (affine=False, eps=1e-5) does on the ``(B, C, HW)``
+    layout LAVT uses. MindSpore's own InstanceNorm is affine by default and not available on every
+    backend, hence this small cell.
+    """
+
+    def __init__(self, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+
+    def construct(self, x):
+        # x: (B, HW, C)
+        mean = x.mean(axis=1, keep_dims=True)  # (B, 1, C)
+        centred = x - mean
+        var = (centred * centred).mean(axis=1, keep_dims=True)  # (B, 1, C), biased like PyTorch
+        return centred * ops.rsqrt(var + self.eps)
+
+
+class AccurateTanh(nn.Cell):
+    """``tanh`` to ~1e-7 absolute error, as ``-sign(x) * t / (2 + t)`` with ``t = expm1(-2|x|)``.
+
+    MindSpore 2.10's CPU ``Tanh`` kernel is an approximation whose absolute error reaches 1e-4 (measured
+    for |x| around 5), which shows up directly in ``V'``; this form keeps parity with PyTorch's gate.
+    """
+
+    def construct(self, x):
+        t = ops.expm1(-2.0 * ops.abs(x))  # in (-1, 0]
+        return -ops.sign(x) * t / (2.0 + t)
+
+    def bprop(self, x, out, dout):
+        # d tanh / dx = 1 - tanh^2; explicit so the derivative at x = 0 is 1 (autodiff of sign() gives 0).
+        return (dout * (1.0 - out * out),)
+
+
+class ImageLanguageAttention(nn.Cell):
+    """Single-head attention of pixels (queries) over words (keys/values), the ``G`` term of method.md.
+
+    ``q = IN(Linear(V))``, ``k = Linear(L) * m``, ``v = Linear(L) * m``,
+    ``A = softmax_words(q k^T / sqrt(C) + (m - 1) * 1e4)``, ``G = IN(Linear(A v))``.
+    Attribute names mirror LAVT's ``image_lang_att`` (``f_query``, ``f_key``, ``f_value``, ``W``).
+    """
+
+    def __init__(self, dim, text_dim):
+        super().__init__()
+        self.dim = dim
+        self.scale = 1.0 / math.sqrt(dim)
+        self.f_query = nn.SequentialCell([nn.Dense(dim, dim), InstanceNormOverPixels()])
+        self.f_key = nn.Dense(text_dim, dim)
+        self.f_value = nn.Dense(text_dim, dim)
+        self.W = nn.SequentialCell([nn.Dense(dim, dim), InstanceNormOverPixels()])  # pylint: disable=invalid-name
+        self.softmax = nn.Softmax(axis=-1)
+
+    def construct(self, vis, lang, lang_mask):
+        # vis: (B, HW, C); lang: (B, T, D_text); lang_mask: (B, T) float
+        word_mask = lang_mask.expand_dims(-1)  # (B, T, 1)
+        query = self.f_query(vis)  # (B, HW, C)
+        key = self.f_key(lang) * word_mask  # (B, T, C)
+        value = self.f_value(lang) * word_mask  # (B, T, C)
+        logits = ops.bmm(query, key.transpose(0, 2, 1)) * self.scale  # (B, HW, T)
+        logits = logits + ((lang_mask - 1.0) * _MASK_BIAS).expand_dims(1)  # padded words -> -1e4
+        attn = self.softmax(logits)  # (B, HW, T), sums to 1 over words
+        gathered = ops.bmm(attn, value)  # (B, HW, C)
+        return self.W(gathered)  # (B, HW, C)
+
+
+class PixelWordAttention(nn.Cell):
+    """Vision half of WPA: pixels attend to words, then a gated residual update of the visual features.
+
+    ::
+
+        F  = GELU(project_mm(GELU(vis_project(V)) * G))     # aligned feature of the stage (goes to S_o)
+        V' = V + tanh(res_gate_2(ReLU(res_gate_0(F)))) * F  # both gate Linears without bias
+
+    GELU is the exact erf form (LAVT uses PyTorch's default ``nn.GELU()``).
+
+    Parameter names (LAVT key on the right, ``layers.i.`` prefix dropped):
+    ``vis_project.0`` <- ``fusion.vis_project.0``, ``image_lang_att.*`` <- ``fusion.image_lang_att.*``,
+    ``project_mm.0`` <- ``fusion.project_mm.0``, ``res_gate.{0,2}`` <- ``res_gate.{0,2}``.
+
+    Args:
+        dim: channels ``C`` of the visual stage.
+        text_dim: width ``D_text`` of the word features.
+        dropout: dropout after the two GELUs (LAVT uses 0.0).
+
+    Inputs:
+        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, lang_mask ``(B, T)`` (any real or int dtype, 1/0).
+
+    Returns:
+        ``(vis_out (B, HW, C), aligned (B, HW, C))``: ``V'`` and ``F``.
+    """
+
+    def __init__(self, dim, text_dim, dropout=0.0):
+        super().__init__()
+        self.vis_project = nn.SequentialCell(
+            [nn.Dense(dim, dim), nn.GELU(approximate=False), nn.Dropout(p=dropout)]
+        )
+        self.image_lang_att = ImageLanguageAttention(dim, text_dim)
+        self.project_mm = nn.SequentialCell(
+            [nn.Dense(dim, dim), nn.GELU(approximate=False), nn.Dropout(p=dropout)]
+        )
+        self.res_gate = nn.SequentialCell(
+            [nn.Dense(dim, dim, has_bias=False), nn.ReLU(), nn.Dense(dim, dim, has_bias=False), AccurateTanh()]
+        )
+
+    def construct(self, vis, lang, lang_mask):
+        # vis: (B, HW, C); lang: (B, T, D_text); lang_mask: (B, T)
+        lang_mask = lang_mask.astype(vis.dtype)
+        vis_proj = self.vis_project(vis)  # (B, HW, C)
+        lang_ctx = self.image_lang_att(vis, lang, lang_mask)  # (B, HW, C), the G term
+        aligned = self.project_mm(vis_proj * lang_ctx)  # (B, HW, C), F
+        vis_out = vis + self.res_gate(aligned) * aligned  # (B, HW, C), V'
+        return vis_out, aligned
+
+
+class WordPixelAttention(nn.Cell):
+    """Language half of WPA: words attend to pixels with multi-head cross attention.
+
+    ::
+
+        H  = dense(MultiHead(query(L), key(V), value(V)))   # queries are words, keys/values pixels
+        L' = LayerNorm(L + alpha * H) * m                   # alpha: (D_text,), zero at init
+
+    The key and value projections map the ``C`` visual channels to ``D_text``; ``num_heads`` must divide
+    ``D_text``. LayerNorm uses eps 1e-12, BERT's value, because ``L'`` feeds the next BERT layer group
+    (MindSpore's default 1e-7 would silently differ). Padded words come out as exact zeros.
+
+    Inputs:
+        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, lang_mask ``(B, T)``.
+
+    Returns:
+        lang_out ``(B, T, D_text)``.
+    """
+
+    def __init__(self, text_dim, dim, num_heads=8, layer_norm_eps=1e-12, attn_dropout=0.0):
+        super().__init__()
+        if text_dim % num_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must divide text_dim={text_dim}")
+        self.num_heads = num_heads
+        self.head_dim = text_dim // num_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.query = nn.Dense(text_dim, text_dim)
+        self.key = nn.Dense(dim, text_dim)
+        self.value = nn.Dense(dim, text_dim)
+        self.dense = nn.Dense(text_dim, text_dim)
+        self.alpha = ms.Parameter(ops.zeros((text_dim,), ms.float32), name="alpha")
+        self.layer_norm = nn.LayerNorm((text_dim,), epsilon=layer_norm_eps)
+        self.softmax = nn.Softmax(axis=-1)
+        self.attn_dropout = nn.Dropout(p=attn_dropout)
+
+    def _split_heads(self, x):
+        # (B, S, D_text) -> (B, heads, S, head_dim)
+        batch, length, _ = x.shape
+        return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, vis, lang, lang_mask):
+        # vis: (B, HW, C); lang: (B, T, D_text); lang_mask: (B, T)
+        batch, num_words, text_dim = lang.shape
+        lang_mask = lang_mask.astype(lang.dtype)
+        query = self._split_heads(self.query(lang))  # (B, h, T, d)
+        key = self._split_heads(self.key(vis))  # (B, h, HW, d)
+        value = self._split_heads(self.value(vis))  # (B, h, HW, d)
+        logits = ops.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale  # (B, h, T, HW)
+        attn = self.attn_dropout(self.softmax(logits))  # every pixel is real: no key mask
+        context = ops.matmul(attn, value)  # (B, h, T, d)
+        context = context.transpose(0, 2, 1, 3).reshape(batch, num_words, text_dim)  # (B, T, D_text)
+        update = self.dense(context)  # (B, T, D_text), the H term
+        lang_out = self.layer_norm(lang + self.alpha * update)  # (B, T, D_text)
+        return lang_out * lang_mask.expand_dims(-1)
+
+
+class WordPixelAlignment(nn.Cell):
+    """Both halves of WPA for one encoder stage; each reads the pre-update ``V`` and ``L``.
+
+    Args:
+        dim: stage channels ``C``.
+        text_dim: word feature width ``D_text``.
+        num_heads: heads of the language half (must divide ``text_dim``).
+        bidirectional: if False the language half is not built and ``L`` is returned unchanged
+            (the LAVT-style one-way ablation, config ``wpa.bidirectional``).
+
+    Inputs:
+        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, lang_mask ``(B, T)``.
+
+    Returns:
+        ``(vis_out (B, HW, C), aligned (B, HW, C), lang_out (B, T, D_text))`` = ``(V', F, L')``.
+    """
+
+    def __init__(self, dim, text_dim, num_heads=8, bidirectional=True, dropout=0.0):
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.pixel_word_attn = PixelWordAttention(dim, text_dim, dropout=dropout)
+        if bidirectional:
+            self.word_pixel_attn = WordPixelAttention(text_dim, dim, num_heads=num_heads)
+        else:
+            self.word_pixel_attn = None
+
+    def construct(self, vis, lang, lang_mask):
+        vis_out, aligned = self.pixel_word_attn(vis, lang, lang_mask)
+        if self.bidirectional:
+            lang_out = self.word_pixel_attn(vis, lang, lang_mask)
+        else:
+            lang_out = lang
+        return vis_out, aligned, lang_out

@@ -1,0 +1,447 @@
+"""Swin Transformer encoder: parity with timm (the oracle), checkpoint conversion, the .pth reader, drop path.
+
+Oracle set-up. timm's ``SwinTransformer`` is built with random weights; every parameter is re-drawn with a
+seeded generator at O(1) scale (LayerNorm weights around 1, non-zero biases, large relative-position
+biases), because the default init (zero biases, unit norms, std-0.02 linears) would hide swapped norms or
+biases. Its state dict goes through our converter into our model.
+
+Per-stage features: timm's ``forward_intermediates(norm=False)`` returns each stage's output *before* any
+norm (NCHW). The segmentation Swin applies ``norm{i}`` to each stage output; timm only has the final
+``norm`` (which the converter maps to ``norm3``). The test applies ``torch.nn.functional.layer_norm`` to
+timm's raw stage outputs with the same weights our model holds: timm's ``norm`` for stage 3, and random
+weights that the test injects into our ``norm0..norm2`` (which a classification checkpoint lacks). So the
+comparison is exact, norms included.
+
+Window semantics. The segmentation Swin never shrinks the window to the feature map and always shifts odd
+blocks; timm does that only with ``always_partition=True`` (otherwise a 7x7 stage-4 map with window 7 runs
+unshifted), so both oracles use it. For maps that are not a multiple of the window (window 12, input
+168x136 -> maps 42x34, 21x17, 11x9, 6x5), timm 1.0's ``SwinTransformerBlock._attn`` rolls the *unpadded*
+map and then pads, while the segmentation Swin pads first and rolls the *padded* map, with the shift mask
+built for the padded size. The results differ (checked below), so the padded oracle replaces each timm
+block's ``_attn`` with the pad-then-roll order (mask from timm's own ``get_attn_mask`` on the padded map);
+everything else (attention, MLP, patch merging with odd-size padding) is timm's code.
+"""
+import collections
+import time
+import types
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+timm_swin = pytest.importorskip("timm.models.swin_transformer")
+
+import mindspore as ms  # noqa: E402
+from mindspore import nn  # noqa: E402
+
+from src.models.swin import DropPath, SwinTransformer, build_swin, SWIN_PRESETS  # noqa: E402
+from src.utils.pth_reader import (CheckpointFormatError, UnsupportedPickleGlobal, flatten_state_dict,  # noqa: E402
+                                  load_pth)
+from tools.convert_swin import (convert_swin_state_dict, main as convert_main,  # noqa: E402
+                                resize_relative_position_bias_table, swin_param_shapes)
+
+F = torch.nn.functional
+TINY = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
+REL_TOL = 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _randomize_(model: torch.nn.Module, seed: int) -> None:
+    """Re-draw every parameter at a scale where each one visibly changes the output."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=gen)
+            if name.endswith("relative_position_bias_table"):
+                p.copy_(0.5 * noise)
+            elif p.ndim == 1 and "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.2 * noise)
+            elif p.ndim == 1:
+                p.copy_(0.1 * noise)
+            else:
+                p.copy_(noise / np.sqrt(p[0].numel()))
+
+
+def _numpy_state(model: torch.nn.Module):
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def _timm_stage_features(model, x, norm_weights):
+    """timm's pre-norm stage outputs with LayerNorm(norm_weights[i]) applied per stage (NCHW, float64)."""
+    with torch.no_grad():
+        raw = model.forward_intermediates(x, norm=False, intermediates_only=True)
+        out = []
+        for feat, (w, b) in zip(raw, norm_weights):
+            y = F.layer_norm(feat.permute(0, 2, 3, 1), (feat.shape[1],), torch.from_numpy(w),
+                             torch.from_numpy(b), eps=1e-5)
+            out.append(y.permute(0, 3, 1, 2).double().numpy())
+    return out
+
+
+def _stage_norms(state, num_layers, seed):
+    """Weights for norm0..norm{n-1}: random for the stages timm has no norm for, timm's final norm last."""
+    rng = np.random.default_rng(seed)
+    norms = {}
+    for i in range(num_layers - 1):
+        dim = state[f"layers.{i}.blocks.0.norm1.weight"].shape[0]
+        norms[f"norm{i}.weight"] = (1.0 + 0.2 * rng.standard_normal(dim)).astype(np.float32)
+        norms[f"norm{i}.bias"] = (0.1 * rng.standard_normal(dim)).astype(np.float32)
+    norms[f"norm{num_layers - 1}.weight"] = state["norm.weight"]
+    norms[f"norm{num_layers - 1}.bias"] = state["norm.bias"]
+    return norms
+
+
+def _load_exact(model, params):
+    """Copy ``params`` into ``model``; names and shapes must match the model's parameters exactly."""
+    shapes = swin_param_shapes(model)
+    assert sorted(shapes) == sorted(params), set(shapes) ^ set(params)
+    for p in model.get_parameters():
+        assert tuple(params[p.name].shape) == shapes[p.name], p.name
+        p.set_data(ms.Tensor(params[p.name]))
+
+
+def _param(model, name):
+    return next(p for p in model.get_parameters() if p.name == name)
+
+
+def relative_error(a, b):
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def assert_stage_parity(ours, refs, tol=REL_TOL):
+    assert len(ours) == len(refs) == 4
+    for i, (a, b) in enumerate(zip(ours, refs)):
+        assert a.shape == b.shape, f"stage {i}: shape {a.shape} vs {b.shape}"
+        err = relative_error(a, b)
+        assert err <= tol, f"stage {i}: relative error {err:.3e} > {tol}"
+
+
+def _segmentation_attn(self, x):
+    """Segmentation-Swin window attention for a timm block: pad first, then roll the padded map."""
+    B, H, W, C = x.shape
+    wh, ww = self.window_size
+    pad_h, pad_w = (wh - H % wh) % wh, (ww - W % ww) % ww
+    x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    Hp, Wp = H + pad_h, W + pad_w
+    shifted = any(self.shift_size)
+    mask = None
+    if shifted:
+        x = torch.roll(x, shifts=(-self.shift_size[0], -self.shift_size[1]), dims=(1, 2))
+        mask = self.get_attn_mask(x)  # built for the padded Hp x Wp map
+    windows = timm_swin.window_partition(x, self.window_size).view(-1, wh * ww, C)
+    windows = self.attn(windows, mask=mask).view(-1, wh, ww, C)
+    x = timm_swin.window_reverse(windows, self.window_size, Hp, Wp)
+    if shifted:
+        x = torch.roll(x, shifts=self.shift_size, dims=(1, 2))
+    return x[:, :H, :W, :]
+
+
+class StagewiseRunner(nn.Cell):
+    """An outer Cell driving the encoder through the stage-by-stage API, as the CoupAlign fusion does.
+
+    Between each stage's blocks and its patch merging the tokens are scaled by ``gain[i]`` (ones), a
+    stand-in for the fusion module.
+    """
+
+    def __init__(self, swin):
+        super().__init__()
+        self.swin = swin
+        self.gain = ms.Parameter(ms.Tensor(np.ones(swin.num_layers, np.float32)), name="gain")
+
+    def construct(self, x):
+        tokens, H, W = self.swin.embed(x)
+        outs = ()
+        for i in range(self.swin.num_layers):
+            tokens = self.swin.run_stage(i, tokens, H, W)
+            tokens = tokens * self.gain[i]
+            outs = outs + (self.swin.stage_output(i, tokens, H, W),)
+            tokens, H, W = self.swin.downsample(i, tokens, H, W)
+        return outs
+
+
+def _run(cell, x):
+    return [o.asnumpy() for o in cell(ms.Tensor(x))]
+
+
+# ------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def window7():
+    """Window 7, input 2x3x224x224 (maps 56, 28, 14, 7: multiples of the window), via ``construct``."""
+    torch.manual_seed(0)
+    ref = timm_swin.SwinTransformer(img_size=224, window_size=7, always_partition=True, num_classes=10,
+                                    drop_path_rate=0.3, **TINY).eval()
+    _randomize_(ref, seed=1)
+    state = _numpy_state(ref)
+    x = np.random.default_rng(2).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    norms = _stage_norms(state, 4, seed=3)
+    refs = _timm_stage_features(ref, torch.from_numpy(x), [(norms[f"norm{i}.weight"], norms[f"norm{i}.bias"])
+                                                             for i in range(4)])
+
+    ours = SwinTransformer(window_size=7, drop_path_rate=0.3, **TINY)
+    ours.set_train(False)
+    params, report = convert_swin_state_dict(state, window_size=7, expected_shapes=swin_param_shapes(ours))
+    params.update({k: v for k, v in norms.items() if k not in params})
+    _load_exact(ours, params)
+    start = time.perf_counter()
+    outs = _run(ours, x)
+    compile_run = time.perf_counter() - start
+    start = time.perf_counter()
+    _run(ours, x)
+    print(f"\n[window7] graph compile+first run {compile_run:.1f}s, second run {time.perf_counter() - start:.2f}s")
+    return dict(ref=ref, state=state, x=x, refs=refs, ours=ours, outs=outs, params=params, report=report)
+
+
+@pytest.fixture(scope="module")
+def window12_padded():
+    """Window 12, input 2x3x168x136 (maps 42x34, 21x17, 11x9, 6x5: all padded; 21, 17, 11, 9 odd before
+    merging), run through an outer Cell using the stage-by-stage API."""
+    torch.manual_seed(10)
+    ref = timm_swin.SwinTransformer(img_size=(168, 136), window_size=12, always_partition=True,
+                                    strict_img_size=False, num_classes=0, drop_path_rate=0.0, **TINY).eval()
+    _randomize_(ref, seed=11)
+    state = _numpy_state(ref)
+    x = np.random.default_rng(12).standard_normal((2, 3, 168, 136)).astype(np.float32)
+    norms = _stage_norms(state, 4, seed=13)
+    norm_pairs = [(norms[f"norm{i}.weight"], norms[f"norm{i}.bias"]) for i in range(4)]
+    timm_native = _timm_stage_features(ref, torch.from_numpy(x), norm_pairs)
+    for stage in ref.layers:
+        for block in stage.blocks:
+            block._attn = types.MethodType(_segmentation_attn, block)
+    refs = _timm_stage_features(ref, torch.from_numpy(x), norm_pairs)
+
+    swin = SwinTransformer(window_size=12, drop_path_rate=0.2, **TINY)
+    params, _ = convert_swin_state_dict(state, window_size=12)
+    params.update({k: v for k, v in norms.items() if k not in params})
+    _load_exact(swin, params)
+    runner = StagewiseRunner(swin)
+    runner.set_train(False)
+    start = time.perf_counter()
+    outs = _run(runner, x)
+    print(f"\n[window12 padded, outer Cell] graph compile+first run {time.perf_counter() - start:.1f}s")
+    return dict(x=x, refs=refs, timm_native=timm_native, runner=runner, swin=swin, outs=outs, state=state)
+
+
+# ------------------------------------------------------------------------------------------------ parity
+def test_parity_window7_with_timm(window7):
+    assert [o.shape for o in window7["outs"]] == [(2, 32, 56, 56), (2, 64, 28, 28), (2, 128, 14, 14),
+                                                   (2, 256, 7, 7)]
+    assert_stage_parity(window7["outs"], window7["refs"])
+    report = window7["report"]
+    assert report.layout == "timm"
+    assert report.missing == ["norm0.bias", "norm0.weight", "norm1.bias", "norm1.weight", "norm2.bias",
+                              "norm2.weight"]
+    assert not report.unexpected and not report.mismatched
+    assert ("norm.weight", "norm3.weight") in report.renamed
+    assert "head.fc.weight" in report.dropped
+
+
+def test_parity_window12_padded_stagewise_with_segmentation_semantics(window12_padded):
+    data = window12_padded
+    assert [o.shape for o in data["outs"]] == [(2, 32, 42, 34), (2, 64, 21, 17), (2, 128, 11, 9),
+                                               (2, 256, 6, 5)]
+    assert_stage_parity(data["outs"], data["refs"])
+    # timm's own roll-then-pad order is a different function on padded maps (see module docstring).
+    native_err = max(relative_error(a, b) for a, b in zip(data["timm_native"], data["refs"]))
+    assert native_err > 1e-2, "timm's native padding now equals the segmentation semantics; revisit the oracle"
+
+
+def test_stagewise_hook_changes_tokens(window12_padded):
+    """Tokens modified between a stage's blocks and its merging reach stage_output and later stages."""
+    data = window12_padded
+    runner, gain = data["runner"], data["runner"].gain
+    gain.set_data(ms.Tensor(np.array([0.0, 1.0, 1.0, 1.0], np.float32)))
+    try:
+        outs = _run(runner, data["x"])  # same graph, new parameter value
+    finally:
+        gain.set_data(ms.Tensor(np.ones(4, np.float32)))
+    bias0 = _param(data["swin"], "norm0.bias").asnumpy()
+    np.testing.assert_allclose(outs[0], np.broadcast_to(bias0[None, :, None, None], outs[0].shape), atol=1e-6)
+    assert relative_error(outs[1], data["outs"][1]) > 0.1
+
+
+@pytest.mark.parametrize("breakage", ["transpose_attn_proj", "reorder_patch_merging_inputs"])
+def test_parity_check_catches_a_broken_mapping(window7, breakage):
+    ours, params = window7["ours"], window7["params"]
+    if breakage == "transpose_attn_proj":
+        name = "layers.1.blocks.1.attn.proj.weight"
+        broken = params[name].T.copy()
+    else:  # concatenation order of the 2x2 neighbourhood (rows vs columns swapped)
+        name = "layers.0.downsample.reduction.weight"
+        w = params[name]
+        c = w.shape[1] // 4
+        broken = np.concatenate([w[:, :c], w[:, 2 * c:3 * c], w[:, c:2 * c], w[:, 3 * c:]], axis=1)
+    param = _param(ours, name)
+    param.set_data(ms.Tensor(broken))
+    try:
+        outs = _run(ours, window7["x"])
+    finally:
+        param.set_data(ms.Tensor(params[name]))
+    with pytest.raises(AssertionError, match="relative error"):
+        assert_stage_parity(outs, window7["refs"])
+
+
+# ------------------------------------------------------------------------------------------------ model API
+def test_presets_and_drop_path_schedule():
+    assert SWIN_PRESETS["base"] == dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32))
+    model = build_swin("tiny", embed_dim=16, depths=(1, 2, 1, 2), num_heads=(1, 1, 2, 2), window_size=7,
+                       drop_path_rate=0.3)
+    assert model.num_features == [16, 32, 64, 128]
+    rates = [blk.drop_path.drop_prob for layer in model.layers for blk in layer.blocks]
+    np.testing.assert_allclose(rates, np.linspace(0.0, 0.3, 6), atol=1e-7)
+    shifts = [blk.shift_size for layer in model.layers for blk in layer.blocks]
+    assert shifts == [0, 0, 3, 0, 0, 3]
+    names = {p.name for p in model.get_parameters()}
+    assert {"patch_embed.proj.weight", "layers.0.blocks.0.attn.qkv.weight", "layers.0.blocks.0.norm1.weight",
+            "layers.0.downsample.reduction.weight", "norm0.weight", "norm3.bias"} <= names
+    assert not any("relative_position_index" in n or "attn_mask" in n for n in names)
+    assert not any(n.startswith("layers.3.downsample") for n in names)
+
+
+def test_drop_path_identity_in_eval_and_active_in_training():
+    x = ms.Tensor(np.random.default_rng(0).standard_normal((4000, 3, 5)).astype(np.float32) + 3.0)
+    cell = DropPath(0.25)
+    cell.set_train(False)
+    np.testing.assert_array_equal(cell(x).asnumpy(), x.asnumpy())
+    cell.set_train(True)
+    y, xn = cell(x).asnumpy(), x.asnumpy()
+    dropped = np.all(y == 0, axis=(1, 2))
+    kept = np.all(np.isclose(y, xn / 0.75, rtol=1e-6), axis=(1, 2))
+    assert np.all(dropped | kept), "each sample must be dropped or kept whole"
+    assert 0.72 < kept.mean() < 0.78
+
+
+# ------------------------------------------------------------------------------------------------ converter
+def _official_layout(state):
+    """The official release layout of a timm state dict: merging after stage i, buffers, head, 'model' key."""
+    out = collections.OrderedDict()
+    for key, value in state.items():
+        parts = key.split(".")
+        if key.startswith("layers.") and parts[2] == "downsample":
+            key = ".".join(["layers", str(int(parts[1]) - 1)] + parts[2:])
+        elif key.startswith("head.fc."):
+            key = "head." + parts[-1]
+        out[key] = value
+        if key.endswith("attn.relative_position_bias_table"):
+            out[key.replace("relative_position_bias_table", "relative_position_index")] = np.zeros((49, 49),
+                                                                                                   np.int64)
+            out[key.replace("attn.relative_position_bias_table", "attn_mask")] = np.zeros((1, 49, 49), np.float32)
+    return out
+
+
+def test_official_and_timm_layouts_convert_identically(window7, tmp_path):
+    timm_state = window7["state"]
+    path = tmp_path / "official.pth"
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in _official_layout(timm_state).items()},
+                "epoch": 30}, path)
+    official_state = flatten_state_dict(load_pth(path))
+    assert "layers.0.downsample.reduction.weight" in official_state
+    from_official, rep_official = convert_swin_state_dict(official_state, window_size=7)
+    from_timm, _ = convert_swin_state_dict(timm_state, window_size=7)
+    feature_naming = {("layers_" + k[len("layers."):]) if k.startswith("layers.") else k: v
+                      for k, v in timm_state.items()}
+    from_timm_features, _ = convert_swin_state_dict({"module." + k: v for k, v in feature_naming.items()},
+                                                    window_size=7)
+    assert rep_official.layout == "official"
+    assert any(k.endswith("relative_position_index") for k in rep_official.dropped)
+    assert "head.weight" in rep_official.dropped
+    for other in (from_timm, from_timm_features):
+        assert sorted(other) == sorted(from_official)
+        for key in from_official:
+            np.testing.assert_array_equal(other[key], from_official[key], err_msg=key)
+
+
+def test_relative_position_table_resize_matches_torch_bicubic():
+    rng = np.random.default_rng(0)
+    for old, new in ((7, 12), (12, 7), (7, 7)):
+        table = rng.standard_normal(((2 * old - 1) ** 2, 3)).astype(np.float32)
+        ours = resize_relative_position_bias_table(table, new)
+        side, new_side = 2 * old - 1, 2 * new - 1
+        assert ours.shape == (new_side ** 2, 3)
+        grid = torch.from_numpy(table).permute(1, 0).reshape(1, 3, side, side)
+        ref = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+        ref = ref.reshape(3, new_side ** 2).permute(1, 0).numpy()
+        np.testing.assert_allclose(ours, ref, atol=2e-6, rtol=0)
+
+
+def test_converter_resizes_tables_and_reports_key_problems(window7):
+    state = dict(window7["state"])
+    model = SwinTransformer(window_size=12, **TINY)  # no graph compile needed for shapes
+    params, report = convert_swin_state_dict(state, window_size=12, expected_shapes=swin_param_shapes(model))
+    assert len(report.resized) == 8 and not report.mismatched
+    assert params["layers.3.blocks.1.attn.relative_position_bias_table"].shape == (23 * 23, 8)
+
+    del state["layers.0.blocks.0.mlp.fc1.bias"]
+    state["layers.0.blocks.0.bogus.weight"] = np.zeros(3, np.float32)
+    state["patch_embed.proj.bias"] = np.zeros(7, np.float32)
+    _, report = convert_swin_state_dict(state, window_size=12, expected_shapes=swin_param_shapes(model))
+    assert "layers.0.blocks.0.mlp.fc1.bias" in report.missing
+    assert report.unexpected == ["layers.0.blocks.0.bogus.weight"]
+    assert report.mismatched == [("patch_embed.proj.bias", (7,), (32,))]
+    text = report.format()
+    for needle in ("layers.0.blocks.0.mlp.fc1.bias", "bogus", "patch_embed.proj.bias: checkpoint (7,)"):
+        assert needle in text
+
+
+def test_convert_cli_writes_mindspore_checkpoint(window7, tmp_path):
+    src, dst = tmp_path / "timm.pth", tmp_path / "swin.ckpt"
+    torch.save(window7["ref"].state_dict(), src)
+    args = ["--src", str(src), "--dst", str(dst), "--preset", "tiny", "--embed_dim", "32", "--depths", "2,2,2,2",
+            "--num_heads", "1,2,4,8", "--window_size", "7"]
+    assert convert_main(args) == 0
+    saved = ms.load_checkpoint(str(dst))
+    assert sorted(saved) == sorted(swin_param_shapes(window7["ours"]))
+    for key in ("layers.0.downsample.reduction.weight", "norm3.weight", "layers.2.blocks.1.attn.qkv.bias"):
+        np.testing.assert_array_equal(saved[key].asnumpy(), window7["params"][key])
+    np.testing.assert_array_equal(saved["norm0.weight"].asnumpy(), np.ones(32, np.float32))
+    bad = tmp_path / "bad.ckpt"
+    assert convert_main(args[:-6] + ["--embed_dim", "48", "--window_size", "7", "--dst", str(bad)]) == 2
+    assert not bad.exists()
+
+
+# ------------------------------------------------------------------------------------------------ pth reader
+def test_pth_reader_matches_torch_load(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(6, 5, generator=gen)
+    state = collections.OrderedDict(
+        fp32=torch.randn(3, 4, generator=gen), fp16=torch.randn(2, 3, generator=gen).half(),
+        bf16=torch.randn(7, generator=gen).bfloat16(), int64=torch.arange(5) - 2,
+        boolean=torch.tensor([True, False, True]), transposed=torch.randn(4, 3, generator=gen).t(),
+        offset_view=base[1:, 2:], strided_view=base[::2, ::3], scalar=torch.tensor(2.5),
+        param=torch.nn.Parameter(torch.randn(2, generator=gen)), empty=torch.zeros(0, 3))
+    path = tmp_path / "ckpt.pth"
+    torch.save({"model": state, "epoch": 7, "meta": {"lr": [0.1, 0.01]}}, path)
+
+    loaded = load_pth(path)
+    assert loaded["epoch"] == 7 and loaded["meta"] == {"lr": [0.1, 0.01]}
+    flat = flatten_state_dict(loaded)
+    reference = torch.load(path)["model"]
+    assert sorted(flat) == sorted(reference)
+    for key, tensor in reference.items():
+        tensor = tensor.detach()
+        expected = tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+        assert flat[key].dtype == expected.dtype, key
+        assert flat[key].shape == expected.shape, key
+        np.testing.assert_array_equal(flat[key], expected, err_msg=key)
+    assert flat["fp16"].dtype == np.float16 and flat["bf16"].dtype == np.float32
+
+
+def test_pth_reader_errors_name_the_file(tmp_path):
+    path = tmp_path / "whole.pth"
+    torch.save({"w": torch.randn(64, 64)}, path)
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointFormatError, match="truncated.pth"):
+        load_pth(truncated)
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(CheckpointFormatError, match="notes.pth: not a zip"):
+        load_pth(text)
+
+    unsafe = tmp_path / "unsafe.pth"
+    torch.save({"w": torch.ones(2), "counts": collections.Counter(a=1)}, unsafe)
+    with pytest.raises(UnsupportedPickleGlobal, match="collections.Counter"):
+        load_pth(unsafe)
+    stubbed = load_pth(unsafe, unknown_globals="stub")
+    np.testing.assert_array_equal(stubbed["w"], np.ones(2, np.float32))
+    assert type(stubbed["counts"]).qualname == "collections.Counter"
