@@ -10,14 +10,13 @@ import pytest
 import torch
 import transformers
 
-import mindspore as ms
 from mindspore import Tensor, nn
 
 from src.data.tokenizer import BertTokenizer
-from src.models.bert import (BertConfig, BertModel, MASK_NEGATIVE, expected_param_shapes,
+from src.models.bert import (BertConfig, BertModel, MASK_NEGATIVE, build_bert_from_checkpoint, expected_param_shapes,
                              load_bert_params, load_converted_bert, split_layers)
-from tools.convert_bert import (ConversionReport, convert_bert_state_dict, locate_source, main as convert_main,
-                                read_safetensors)
+from tools.convert_bert import (convert_bert_state_dict, locate_source, main as convert_main, read_safetensors,
+                                read_weights)
 
 TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=4, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=64)
@@ -35,7 +34,7 @@ def minilm_dir():
 
 
 def padded_batch(seed=0, lengths=(12, 7, 3), seq_len=12, vocab=1000):
-    """Random ids with [CLS]=101-like first token; padded positions hold id 0 and mask 0."""
+    """Random ids (B, T) and a 1/0 mask with the given real lengths; padded positions hold id 0."""
     rng = np.random.RandomState(seed)
     ids = rng.randint(1, vocab, (len(lengths), seq_len)).astype(np.int32)
     mask = np.zeros((len(lengths), seq_len), np.int32)
@@ -211,6 +210,28 @@ def test_broken_mapping_fails_parity(tiny):
     assert rel_err(run(model, ids, mask), hf_forward(hf, ids, mask)) > 100 * PARITY_TOL
 
 
+def test_optional_pooler_matches_hf(tmp_path):
+    torch.manual_seed(5)
+    hf = transformers.BertModel(transformers.BertConfig(**{**TINY, "num_hidden_layers": 1})).eval()
+    config = BertConfig(**{**TINY, "num_hidden_layers": 1})
+    params, report = convert_bert_state_dict({k: v.numpy() for k, v in hf.state_dict().items()}, config,
+                                             keep_pooler=True)
+    assert report.ok and "pooler.dense.weight" in params
+    model = BertModel(config, add_pooler=True)
+    load_bert_params(model, params)
+    model.set_train(False)
+    ids, mask = padded_batch(seed=6)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids).long(), attention_mask=torch.tensor(mask).long()).pooler_output
+    pooled = model.pool(Tensor(run(model, ids, mask))).asnumpy()
+    assert rel_err(pooled, ref.numpy()) <= PARITY_TOL
+
+
+def test_converter_cli_errors(tmp_path, capsys):
+    assert convert_main(["--src", str(tmp_path), "--dst", str(tmp_path / "x.ckpt")]) == 1
+    assert "no HF BERT checkpoint" in capsys.readouterr().err
+
+
 def test_load_bert_params_reports_mismatch(tiny):
     _, config, params, _ = tiny
     model = BertModel(config)
@@ -300,12 +321,11 @@ def test_safetensors_reader_rejects_corrupt_file(tmp_path):
 
 
 def test_pytorch_bin_equals_safetensors(tiny, tmp_path):
-    pytest.importorskip("src.utils.pth_reader")
     hf, config, params, _ = tiny
     torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
     (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
     files = locate_source(str(tmp_path))
-    from tools.convert_bert import read_weights
+    assert files.weights == [str(tmp_path / "pytorch_model.bin")]
     out, report = convert_bert_state_dict(read_weights(files.weights), config)
     assert report.ok, report.summary()
     for name, value in params.items():
@@ -323,8 +343,9 @@ def test_real_minilm_weights_match_hf(tmp_path):
     with open(vocab_path, "rb") as a, open(os.path.join(src, "vocab.txt"), "rb") as b:
         assert a.read() == b.read()
 
-    model = BertModel(config)
-    load_bert_params(model, params)
+    assert sorted(params) == sorted(expected_param_shapes(config))
+    model, vocab_from_build = build_bert_from_checkpoint(dst)
+    assert vocab_from_build == vocab_path
     model.set_train(False)
     tokenizer = BertTokenizer(vocab_path, max_tokens=20)
     sentences = ["man in red shirt on left", "the second zebra from the right, partially hidden behind a tree",

@@ -252,19 +252,24 @@ def test_all_background_batch_gives_zero_aux(criterion, data):
     assert np.isfinite(total.asnumpy()) and total.asnumpy() == seg.asnumpy()
 
 
+@pytest.fixture(scope="module")
+def total_grad(criterion):
+    """Gradient of the total w.r.t. (logits, pixel_embed, target_embed), compiled once for the module."""
+
+    def total_loss(x, t, p, a, kf, kb):
+        return criterion(x, t, p, a, kf, kb)[0]
+
+    return ms.jit(ms.grad(total_loss, grad_position=(0, 2, 3)))
+
+
 @pytest.mark.parametrize("all_background", [False, True])
-def test_gradients_are_finite(criterion, data, all_background):
+def test_gradients_are_finite(total_grad, data, all_background):
     logits, target, pixel_embed, target_embed, fg_keys, bg_keys = data
     pixel_embed = pixel_embed.copy()
     pixel_embed[0, :, 0, 0] = 0.0  # a zero embedding: normalisation must not produce NaN
     if all_background:
         target = np.zeros_like(target)
-
-    def total_loss(x, t, p, a, kf, kb):
-        return criterion(x, t, p, a, kf, kb)[0]
-
-    grads = ms.grad(total_loss, grad_position=(0, 2, 3))(
-        *(Tensor(x) for x in (logits, target, pixel_embed, target_embed, fg_keys, bg_keys)))
+    grads = total_grad(*(Tensor(x) for x in (logits, target, pixel_embed, target_embed, fg_keys, bg_keys)))
     for g in grads:
         assert np.all(np.isfinite(g.asnumpy()))
     assert np.abs(grads[0].asnumpy()).max() > 0

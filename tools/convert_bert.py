@@ -272,12 +272,12 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-pooler", action="store_true", help="keep pooler.dense (for add_pooler=True)")
     args = parser.parse_args(argv)
 
-    files = locate_source(args.src)
-    print(f"source: {files.directory}\n  config: {files.config}\n  weights: {files.weights}\n"
-          f"  vocab: {files.vocab}")
     try:
+        files = locate_source(args.src)
+        print(f"source: {files.directory}\n  config: {files.config}\n  weights: {files.weights}\n"
+              f"  vocab: {files.vocab}")
         config, report, vocab = convert_directory(args.src, args.dst, keep_pooler=args.keep_pooler)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(report.summary())

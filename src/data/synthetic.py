@@ -400,16 +400,32 @@ def _luma(rgb: Sequence[float]) -> float:
     return 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
 
 
-def make_background(height: int, width: int, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+NOISE_TILE = 704  # side of the shared Gaussian noise tile; images take a random crop of it
+
+
+def make_noise_tile(seed: int) -> np.ndarray:
+    """(704, 704, 3) float32 standard-normal noise, drawn once per dataset: cropping it is much
+    cheaper than drawing fresh Gaussian noise for every pixel of every image."""
+    return np.random.default_rng([seed, 2**31 - 2]).standard_normal((NOISE_TILE, NOISE_TILE, 3), dtype=np.float32)
+
+
+def _noise(tile: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    y = int(rng.integers(0, tile.shape[0] - height + 1))
+    x = int(rng.integers(0, tile.shape[1] - width + 1))
+    return tile[y:y + height, x:x + width]
+
+
+def make_background(height: int, width: int, rng: np.random.Generator,
+                    noise_tile: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """A muted, textured, noisy (H, W, 3) float32 background and its base colour."""
     hsv = np.array([[[rng.uniform(0, 180), rng.uniform(0, 90), rng.uniform(90, 215)]]], np.float32)
     base = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
     img = np.broadcast_to(base, (height, width, 3)).astype(np.float32)
     kind = int(rng.integers(0, 5))
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) if kind in (1, 2, 3) else (None, None)
     if kind == 0:  # low-frequency blotches
         cell = int(rng.integers(16, 64))
-        small = rng.normal(0, 1, (height // cell + 2, width // cell + 2, 3)).astype(np.float32)
+        small = rng.standard_normal((height // cell + 2, width // cell + 2, 3), dtype=np.float32)
         img += rng.uniform(8, 22) * cv2.resize(small, (width, height), interpolation=cv2.INTER_CUBIC)
     elif kind == 1:  # linear gradient
         theta = rng.uniform(0, 2 * np.pi)
@@ -423,7 +439,7 @@ def make_background(height: int, width: int, rng: np.random.Generator) -> Tuple[
         cell = int(rng.integers(8, 40))
         img += (rng.uniform(6, 16) * (((xx // cell + yy // cell) % 2) * 2 - 1))[..., None]
     # kind 4: plain; every kind gets pixel noise
-    img += rng.normal(0, rng.uniform(2, 8), (height, width, 3)).astype(np.float32)
+    img += np.float32(rng.uniform(2, 8)) * _noise(noise_tile, height, width, rng)
     return img, base
 
 
@@ -525,19 +541,30 @@ def _render(background: np.ndarray, shapes: List[_Shape], rng: np.random.Generat
     img = background.copy()
     height, width = img.shape[:2]
     for s in shapes:  # drawing order = occlusion order; later shapes cover earlier ones
-        ys, xs = np.nonzero(s.drawn)
+        x0, y0, x1, y1 = _box(s.drawn)
+        ys, xs = np.nonzero(s.drawn[y0:y1, x0:x1])
+        ys += y0
+        xs += x0
         colour = np.array(COLOURS[s.colour], np.float32) + rng.uniform(-12, 12, 3).astype(np.float32)
         theta = rng.uniform(0, 2 * np.pi)
         span = max(xs.max() - xs.min(), ys.max() - ys.min(), 1)
         shade = rng.uniform(0, 24) * ((xs - xs.mean()) * np.cos(theta) + (ys - ys.mean()) * np.sin(theta)) / span
-        noise = rng.normal(0, 4, (len(xs), 3))
+        noise = 4 * rng.standard_normal((len(xs), 3), dtype=np.float32)
         img[ys, xs] = colour + shade[:, None] + noise
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
+def _box(mask: np.ndarray) -> Tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), exclusive ends, of a non-empty mask."""
+    cols = np.flatnonzero(mask.any(axis=0))
+    rows = np.flatnonzero(mask.any(axis=1))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def _mask_facts(mask: np.ndarray, category: str, colour: Optional[str]) -> ObjectFacts:
-    ys, xs = np.nonzero(mask)
-    return ObjectFacts(category, colour, float(xs.mean()), float(ys.mean()), float(len(xs)))
+    x0, y0, x1, y1 = _box(mask)
+    ys, xs = np.nonzero(mask[y0:y1, x0:x1])
+    return ObjectFacts(category, colour, float(xs.mean() + x0), float(ys.mean() + y0), float(len(xs)))
 
 
 def mask_facts(mask: np.ndarray, category: str, colour: Optional[str]) -> ObjectFacts:
@@ -559,15 +586,17 @@ def _image_id(index: int) -> int:
     return 100_000 + 7 * index  # not contiguous, like COCO's ids
 
 
-def generate_scene(index: int, split: str, seed: int, gray_fraction: float = 0.15):
-    """Generates image `index` (deterministic in (seed, index)). Returns (uint8 image, shapes, gray, jpeg quality)."""
+def generate_scene(index: int, split: str, seed: int, noise_tile: np.ndarray, gray_fraction: float = 0.15):
+    """Generates image `index` (deterministic in (seed, index)).
+
+    Returns (uint8 RGB image, shapes, gray, JPEG quality, the image's generator for what follows)."""
     rng = np.random.default_rng([seed, index])
     aspect = math.exp(rng.uniform(-math.log(1.6), math.log(1.6)))
     long_side = rng.uniform(200, 640)
     width, height = (long_side, long_side / aspect) if aspect >= 1 else (long_side * aspect, long_side)
     width, height = int(np.clip(round(width), 160, 640)), int(np.clip(round(height), 160, 640))
     gray = bool(rng.random() < gray_fraction)
-    background, base = make_background(height, width, rng)
+    background, base = make_background(height, width, rng, noise_tile)
     categories = _compose_categories(rng, split)
     shapes = _place_shapes(categories, height, width, base, gray, rng)
     image = _render(background, shapes, rng)
@@ -583,12 +612,13 @@ def generate_synthetic_refer(out_dir: str, num_images: int = 600, seed: int = 0,
     os.makedirs(image_dir, exist_ok=True)
     os.makedirs(ann_dir, exist_ok=True)
     splits = _image_split_plan(num_images, seed)
+    noise_tile = make_noise_tile(seed)
 
     images, annotations, refs, scenes = [], [], [], []
     next_ann_id, next_ref_id, next_sent_id = 1, 0, 0
     for index in range(num_images):
         split = splits[index]
-        image, shapes, gray, quality, rng = generate_scene(index, split, seed, gray_fraction)
+        image, shapes, gray, quality, rng = generate_scene(index, split, seed, noise_tile, gray_fraction)
         height, width = image.shape[:2]
         image_id = _image_id(index)
         file_name = f"COCO_train2014_{image_id:012d}.jpg"
@@ -611,12 +641,11 @@ def generate_synthetic_refer(out_dir: str, num_images: int = 600, seed: int = 0,
                 segmentation = uncompressed_rle(s.visible) if rng.random() < 0.3 else compressed_rle(s.visible)
             else:
                 segmentation = [p.ravel().tolist() for p in s.polys]
-            ys, xs = np.nonzero(s.visible)
+            x0, y0, x1, y1 = _box(s.visible)
             annotations.append({
                 "id": next_ann_id, "image_id": image_id, "category_id": CATEGORY_ID[s.category],
-                "segmentation": segmentation, "area": float(len(xs)),
-                "bbox": [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1),
-                         float(ys.max() - ys.min() + 1)],
+                "segmentation": segmentation, "area": float(s.visible.sum()),
+                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
                 "iscrowd": 0, "color": s.colour,  # "color": synthetic-only extra field, readers ignore it
             })
             ann_ids.append(next_ann_id)

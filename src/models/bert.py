@@ -35,7 +35,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -154,16 +154,32 @@ class BertLayerNorm(nn.Cell):
         return y
 
 
+class Embedding(nn.Cell):
+    """A lookup table with PyTorch's parameter name (``weight``), built on ``ops.gather``.
+
+    ``mint.nn.Embedding`` has the same name but no PyNative CPU kernel in MindSpore 2.10, and
+    ``nn.Embedding`` calls its table ``embedding_table``. Initial values are set by
+    ``BertModel._init_weights`` (HF's scheme, including the zero padding row).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int):
+        super().__init__()
+        self.weight = Parameter(initializer(Normal(sigma=0.02), (num_embeddings, embedding_dim), ms.float32),
+                                name="weight")
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)  # (..., embedding_dim)
+
+
 class BertEmbeddings(nn.Cell):
     """Word + absolute position + token type embeddings, then LayerNorm and dropout."""
 
     def __init__(self, config: BertConfig):
         super().__init__()
         self.max_position_embeddings = config.max_position_embeddings
-        self.word_embeddings = mint.nn.Embedding(config.vocab_size, config.hidden_size,
-                                                 padding_idx=config.pad_token_id)
-        self.position_embeddings = mint.nn.Embedding(config.max_position_embeddings, config.hidden_size)
-        self.token_type_embeddings = mint.nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
+        self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = BertLayerNorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
 
@@ -174,7 +190,7 @@ class BertEmbeddings(nn.Cell):
             raise ValueError("BERT input longer than max_position_embeddings")
         if token_type_ids is None:
             token_type_ids = ops.zeros_like(input_ids)
-        position_ids = mint.arange(0, seq_len, dtype=ms.int32)  # (T,), not a Parameter
+        position_ids = ops.arange(0, seq_len, dtype=ms.int32)  # (T,), not a Parameter; mint.arange has no PyNative CPU kernel
         hidden = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)  # (B, T, H)
         hidden = hidden + self.position_embeddings(position_ids)  # (T, H) broadcast over B
         return self.dropout(self.LayerNorm(hidden))
@@ -205,7 +221,7 @@ class BertSelfAttention(nn.Cell):
         key = self._split_heads(self.key(hidden))      # (B, h, T, d)
         value = self._split_heads(self.value(hidden))  # (B, h, T, d)
         scores = mint.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale  # (B, h, T, T)
-        scores = scores + ext_mask
+        scores = scores + ext_mask.astype(scores.dtype)  # float16 under mixed precision; -1e4 fits
         probs = self.dropout(ops.softmax(scores, axis=-1))  # (B, h, T, T)
         context = mint.matmul(probs, value)  # (B, h, T, d)
         return context.transpose(0, 2, 1, 3).reshape(batch, seq_len, hidden_size)  # (B, T, H)

@@ -120,16 +120,14 @@ class _LazyStorage:
     def array(self) -> np.ndarray:
         if self._array is None:
             raw = self.archive.read_storage(self.key)
-            if self.dtype == "bfloat16":
-                itemsize = 2
-            else:
-                itemsize = self.dtype.itemsize
+            is_bf16 = isinstance(self.dtype, str)  # "bfloat16": NumPy has no such dtype
+            itemsize = 2 if is_bf16 else self.dtype.itemsize
             if len(raw) < self.numel * itemsize:
                 raise CheckpointFormatError(
                     f"{self.archive.path}: storage {self.key!r} holds {len(raw)} bytes, "
                     f"expected {self.numel * itemsize} (truncated or corrupted file)")
             raw = raw[: self.numel * itemsize]
-            if self.dtype == "bfloat16":
+            if is_bf16:
                 bits = np.frombuffer(raw, dtype=self.archive.endian + "u2").astype(np.uint32)
                 arr = (bits << 16).view(np.float32)  # bf16 is the top half of a float32
             else:

@@ -1,0 +1,204 @@
+"""MindSpore input pipeline over a `ReferDataset`.
+
+`create_refer_dataset(...)` builds ``GeneratorDataset(ReferSource, sampler=ReferSampler) -> batch``:
+
+* `ReferSource` is a random-access source over `refer.samples()` (every (ref, sentence) pair):
+  item i = the sample's image (resized to S x S, ImageNet-normalised, CHW), its tokens, its mask
+  (resized with Pillow-nearest) and, for evaluation, i itself. Preprocessing is NumPy/OpenCV
+  (`src/data/transforms.py`), run in `num_workers` worker processes or threads.
+* `ReferSampler` decides, each epoch, which samples are drawn and in which order:
+  - training (``epoch_sampling="one_per_ref"``, the LAVT recipe): every referred object once per
+    epoch with one of its sentences drawn at random; ``"all_sentences"``: every sentence once per
+    epoch. Order and sentence choice come from ``numpy.random.default_rng([seed, epoch])``, so
+    they change every epoch and are reproducible. All shards draw the same permutation and each
+    takes every `num_shards`-th entry of it, cut to the same length (the < num_shards left-over
+    refs of an epoch are skipped), so shards never overlap and run the same number of steps.
+  - evaluation: every sample once, in `samples()` order; shard k takes samples k, k + num_shards,
+    ... (a partition). With ``pad_last_batch`` (default) the shard's list is padded to a whole
+    number of batches with copies of sample 0 whose ``index`` is -1, so every batch has the same
+    static shape (graph mode would otherwise compile the network again for the last batch). The
+    evaluation loop must skip rows whose index is -1.
+
+Columns (batched): ``image`` float32 (B, 3, S, S), ``input_ids`` int32 (B, T), ``attention_mask``
+int32 (B, T), ``mask`` float32 (B, S, S) in {0, 1}, and in evaluation ``index`` int32 (B,) into
+`refer.samples()` (the original-resolution metric fetches the original mask and size through it:
+``refer.load_mask(refer.sample(i).ann_id)``). Training drops the last incomplete batch.
+
+Epochs: MindSpore calls the sampler once per epoch of *one* iterator (``Model.train`` and
+``create_tuple_iterator(num_epochs=E)`` do this), on its own copy of the sampler. To resume at
+epoch e, pass ``start_epoch=e``. If you build a new iterator every epoch instead, call
+``dataset.refer_sampler.set_epoch(e)`` before creating each one.
+"""
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import mindspore.dataset as ds
+
+from .refer import ReferDataset
+from .transforms import preprocess_image, resize_mask
+
+logger = logging.getLogger(__name__)
+
+TRAIN_COLUMNS = ["image", "input_ids", "attention_mask", "mask"]
+EVAL_COLUMNS = TRAIN_COLUMNS + ["index"]
+EPOCH_SAMPLING = ("one_per_ref", "all_sentences")
+PAD_INDEX = -1
+
+
+class ReferSampler(ds.Sampler):
+    """Sample indices (into `refer.samples()`) for one epoch; see the module docstring.
+
+    Indices >= `num_source_samples` denote padding rows (evaluation only).
+    """
+
+    def __init__(self, ref_sample_ranges: Sequence[Tuple[int, int]], train: bool, seed: int = 0,
+                 epoch_sampling: str = "one_per_ref", num_shards: int = 1, shard_id: int = 0,
+                 batch_size: int = 1, pad_last_batch: bool = True, start_epoch: int = 0):
+        if epoch_sampling not in EPOCH_SAMPLING:
+            raise ValueError(f"unknown epoch_sampling '{epoch_sampling}'; valid: {list(EPOCH_SAMPLING)}")
+        self.ref_starts = np.array([r[0] for r in ref_sample_ranges], np.int64)
+        self.ref_counts = np.array([r[1] - r[0] for r in ref_sample_ranges], np.int64)
+        self.num_source_samples = int(self.ref_counts.sum())
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch_sampling = epoch_sampling
+        self.num_shards = int(num_shards)
+        self.shard_id = int(shard_id)
+        self.batch_size = int(batch_size)
+        self.pad_last_batch = bool(pad_last_batch) and not self.train
+        self.epoch = int(start_epoch)
+        self._length = len(self.indices_for_epoch(self.epoch))
+        super().__init__(num_samples=None)  # reads len(self)
+
+    def _shard(self, order: np.ndarray) -> np.ndarray:
+        per_shard = len(order) // self.num_shards
+        return order[self.shard_id::self.num_shards][:per_shard]
+
+    def indices_for_epoch(self, epoch: int) -> np.ndarray:
+        """The int64 sample indices this shard visits in `epoch`, in order."""
+        if self.train:
+            rng = np.random.default_rng([self.seed, epoch])
+            if self.epoch_sampling == "one_per_ref":
+                offsets = np.floor(rng.random(len(self.ref_counts)) * self.ref_counts).astype(np.int64)
+                pool = self.ref_starts + offsets  # one sentence of every ref
+            else:
+                pool = np.arange(self.num_source_samples, dtype=np.int64)
+            return self._shard(pool[rng.permutation(len(pool))])
+        indices = np.arange(self.shard_id, self.num_source_samples, self.num_shards, dtype=np.int64)
+        if self.pad_last_batch and len(indices) % self.batch_size:
+            pad = self.batch_size - len(indices) % self.batch_size
+            indices = np.concatenate([indices, np.full(pad, self.num_source_samples, np.int64)])
+        return indices
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch the next `__iter__` (the next iterator's first epoch) draws."""
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        indices = self.indices_for_epoch(self.epoch)
+        self.epoch += 1
+        return iter(indices.tolist())
+
+    def __len__(self) -> int:
+        return self._length
+
+
+class ReferSource:
+    """Random-access source: item i -> (image, input_ids, attention_mask, mask[, index]) of `refer.samples()[i]`.
+
+    Item `len(refer.samples())` is a padding row (a copy of sample 0 with index -1).
+    Keeps the last few preprocessed images/masks: consecutive evaluation samples are sentences of
+    the same object.
+    """
+
+    CACHE_SIZE = 4
+
+    def __init__(self, refer: ReferDataset, tokenizer, image_size: int, with_index: bool):
+        self.refer = refer
+        self.tokenizer = tokenizer
+        self.image_size = int(image_size)
+        self.with_index = bool(with_index)
+        self.num_samples = len(refer.samples())
+        self._images: "OrderedDict[int, np.ndarray]" = OrderedDict()
+        self._masks: "OrderedDict[int, np.ndarray]" = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.num_samples + 1  # + the padding row
+
+    def _cached(self, cache: OrderedDict, key: int, make):
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+        value = make()
+        cache[key] = value
+        if len(cache) > self.CACHE_SIZE:
+            cache.popitem(last=False)
+        return value
+
+    def __getitem__(self, i):
+        i = int(i)
+        index = i if i < self.num_samples else PAD_INDEX
+        sample = self.refer.sample(i if i < self.num_samples else 0)
+        size = self.image_size
+        image = self._cached(self._images, sample.image_id,
+                             lambda: preprocess_image(self.refer.load_image(sample.image_id), size))  # (3, S, S)
+        mask = self._cached(self._masks, sample.ann_id,
+                            lambda: resize_mask(self.refer.load_mask(sample.ann_id), size).astype(np.float32))
+        input_ids, attention_mask = self.tokenizer.encode(sample.text)  # (T,), (T,)
+        row = (image, input_ids.astype(np.int32, copy=False), attention_mask.astype(np.int32, copy=False), mask)
+        if self.with_index:
+            row = row + (np.array(index, np.int32),)
+        return row
+
+
+def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_size: int, train: bool,
+                         num_workers: int = 2, num_shards: Optional[int] = None, shard_id: Optional[int] = None,
+                         seed: int = 0, epoch_sampling: str = "one_per_ref", start_epoch: int = 0,
+                         pad_last_batch: bool = True, python_multiprocessing: bool = True) -> ds.Dataset:
+    """The batched MindSpore dataset of one split; see the module docstring for columns and sampling.
+
+    Args:
+        refer: the split to read.
+        tokenizer: an object with ``encode(text) -> (input_ids int32 (T,), attention_mask int32 (T,))``.
+        image_size: S, the square input side.
+        batch_size: per-device batch.
+        train: training sampling, drop_remainder; otherwise evaluation (all sentences, `index` column).
+        num_workers: parallel preprocessing workers.
+        num_shards / shard_id: data-parallel sharding (both or neither).
+        seed, epoch_sampling, start_epoch: training sampling (see `ReferSampler`).
+        pad_last_batch: evaluation only; pad the last batch with index -1 rows (static shapes).
+        python_multiprocessing: workers are processes (default; measured faster, see
+            docs/performance.md) or threads.
+
+    The returned dataset carries the sampler as ``dataset.refer_sampler`` (for `set_epoch`).
+    """
+    if (num_shards is None) != (shard_id is None):
+        raise ValueError("num_shards and shard_id must be given together")
+    num_shards = 1 if num_shards is None else int(num_shards)
+    shard_id = 0 if shard_id is None else int(shard_id)
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"invalid shard {shard_id} of {num_shards}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sampler = ReferSampler(refer.ref_sample_ranges, train=train, seed=seed, epoch_sampling=epoch_sampling,
+                           num_shards=num_shards, shard_id=shard_id, batch_size=batch_size,
+                           pad_last_batch=pad_last_batch, start_epoch=start_epoch)
+    per_epoch = len(sampler)
+    if train and per_epoch < batch_size:
+        raise ValueError(f"{refer!r}: shard {shard_id}/{num_shards} holds {per_epoch} samples per epoch, "
+                         f"fewer than one batch of {batch_size}")
+    columns = TRAIN_COLUMNS if train else EVAL_COLUMNS
+    source = ReferSource(refer, tokenizer, image_size, with_index=not train)
+    dataset = ds.GeneratorDataset(source, column_names=columns, sampler=sampler,
+                                  num_parallel_workers=max(1, int(num_workers)),
+                                  python_multiprocessing=python_multiprocessing and num_workers > 1)
+    dataset = dataset.batch(batch_size, drop_remainder=train)
+    dataset.refer_sampler = sampler
+    logger.info("%r -> %s dataset: %d samples per epoch on shard %d/%d, %d batches of %d",
+                refer, "train" if train else "eval", per_epoch, shard_id, num_shards,
+                dataset.get_dataset_size(), batch_size)
+    return dataset

@@ -1,0 +1,166 @@
+"""The assembled CoupAlign network: contract, parameter count, padding, gradients, graph vs PyNative,
+ablation switches, and overfitting one batch with the compiled train step."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Tensor
+
+from src.config import config_from_dict
+from src.engine.optimizer import AdamW, param_groups
+from src.engine.train_step import TrainStep
+from src.models.coupalign import CoupAlign, CoupAlignWithLoss, build_criterion
+
+IMAGE, TOKENS, VOCAB = 64, 8, 100
+
+# The paper's structure (msdeform pixel decoder, bidirectional WPA, SMA with deep supervision) at a tiny width.
+TINY = {
+    "model": {
+        "image_size": IMAGE, "max_tokens": TOKENS,
+        "swin": {"preset": "", "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8],
+                 "window_size": 4, "drop_path_rate": 0.1},
+        "bert": {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 4, "num_attention_heads": 4,
+                 "intermediate_size": 64, "max_position_embeddings": 32},
+        "wpa": {"word_heads": 4},
+        "mask_generator": {"pixel_decoder": "msdeform", "conv_dim": 32, "mask_dim": 32, "encoder_layers": 1,
+                           "encoder_heads": 4, "encoder_ffn_dim": 64, "num_queries": 8, "decoder_layers": 3,
+                           "decoder_heads": 4, "decoder_ffn_dim": 64},
+    },
+    "loss": {"aux_num_fg": 16, "aux_num_bg": 32},
+}
+
+
+def tiny_config(**model_overrides):
+    overrides = {f"model.{k}": v for k, v in model_overrides.items()}
+    return config_from_dict(TINY, overrides)
+
+
+def make_batch(seed=0, batch=2):
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal((batch, 3, IMAGE, IMAGE)).astype(np.float32)
+    ids = rng.integers(1, VOCAB, (batch, TOKENS)).astype(np.int32)
+    mask = np.ones((batch, TOKENS), np.int32)
+    mask[1, 5:] = 0
+    ids[1, 5:] = 0
+    target = np.zeros((batch, IMAGE, IMAGE), np.float32)
+    target[0, 8:40, 10:30] = 1
+    target[1, 30:60, 20:56] = 1
+    return image, ids, mask, target
+
+
+@pytest.fixture(scope="module")
+def model():
+    ms.set_seed(0)
+    net = CoupAlign(tiny_config().model)
+    net.set_train(False)
+    return net
+
+
+def test_inference_contract(model):
+    image, ids, mask, _ = make_batch()
+    logits = model(Tensor(image), Tensor(ids), Tensor(mask))
+    assert logits.shape == (2, 1, IMAGE, IMAGE) and logits.dtype == ms.float32
+    assert np.isfinite(logits.asnumpy()).all()
+
+
+def test_padding_tokens_have_no_influence(model):
+    image, ids, mask, _ = make_batch()
+    out = model(Tensor(image), Tensor(ids), Tensor(mask)).asnumpy()
+    ids2 = ids.copy()
+    ids2[1, 5:] = np.array([7, 42, 99])  # change only padded positions of sample 1
+    out2 = model(Tensor(image), Tensor(ids2), Tensor(mask)).asnumpy()
+    np.testing.assert_allclose(out2, out, rtol=1e-5, atol=1e-5)
+    ids3 = ids.copy()
+    ids3[1, 2] = (ids3[1, 2] % (VOCAB - 2)) + 1  # a real token: the output must change
+    out3 = model(Tensor(image), Tensor(ids3), Tensor(mask)).asnumpy()
+    assert np.abs(out3[1] - out[1]).max() > 1e-4
+    np.testing.assert_allclose(out3[0], out[0], rtol=1e-5, atol=1e-5)  # samples do not mix
+
+
+def test_heads_shapes_and_deep_supervision(model):
+    image, ids, mask, _ = make_batch()
+    stage_logits, pixel_embed, target_embed = model.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
+    # 3 decoder layers + the learnable queries before the first = 4 supervised stages, stride 4
+    assert stage_logits.shape == (4, 2, 1, IMAGE // 4, IMAGE // 4)
+    assert pixel_embed.shape == (2, 32, IMAGE // 4, IMAGE // 4) and target_embed.shape == (2, 32)
+    # The final stage, upsampled, is exactly the inference output.
+    final = ms.ops.interpolate(stage_logits[-1], size=(IMAGE, IMAGE), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(final.asnumpy(), model(Tensor(image), Tensor(ids), Tensor(mask)).asnumpy(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_pynative_and_graph_forward_agree(model):
+    image, ids, mask, _ = make_batch()
+    graph_out = model(Tensor(image), Tensor(ids), Tensor(mask)).asnumpy()
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        pynative_out = model(Tensor(image), Tensor(ids), Tensor(mask)).asnumpy()
+    finally:
+        ms.set_context(mode=ms.GRAPH_MODE)
+    np.testing.assert_allclose(pynative_out, graph_out, rtol=1e-4, atol=1e-4)
+
+
+def test_ablation_switches_change_the_structure():
+    full = CoupAlign(tiny_config().model)
+    one_way = CoupAlign(tiny_config(**{"wpa.bidirectional": False, "sma.enabled": False,
+                                       "mask_generator.pixel_decoder": "fpn", "sma.sentence_pool": "mean"}).model)
+    names_full = {p.name for p in full.trainable_params()}
+    names_ablated = {p.name for p in one_way.trainable_params()}
+    assert any("word_pixel_attn" in n for n in names_full)
+    assert not any("word_pixel_attn" in n for n in names_ablated)
+    assert any(n.startswith("transformer_decoder.") for n in names_full)
+    assert not any(n.startswith("transformer_decoder.") for n in names_ablated)
+    one_way.set_train(False)
+    image, ids, mask, _ = make_batch()
+    out = one_way(Tensor(image), Tensor(ids), Tensor(mask))
+    assert out.shape == (2, 1, IMAGE, IMAGE) and np.isfinite(out.asnumpy()).all()
+    stage_logits, _, _ = one_way.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
+    assert stage_logits.shape[0] == 1  # no proposals, no deep supervision
+
+
+def test_num_queries_switch():
+    net = CoupAlign(tiny_config(**{"mask_generator.num_queries": 5}).model)
+    assert tuple(net.transformer_decoder.query_feat.shape) == (5, 32)
+
+
+@pytest.fixture(scope="module")
+def train_setup():
+    """One compiled train step (forward + backward + AdamW) of the tiny paper-structure model. Weight
+    decay is off so that a parameter moves exactly when some gradient of it so far was non-zero."""
+    ms.set_seed(1)
+    cfg = tiny_config()
+    net = CoupAlign(cfg.model)
+    with_loss = CoupAlignWithLoss(net, build_criterion(cfg.loss))
+    with_loss.set_train(True)
+    optimizer = AdamW(param_groups(with_loss.trainable_params(), 0.0), learning_rate=1e-3)
+    return with_loss, TrainStep(with_loss, optimizer)
+
+
+# alpha = 0 at init (method.md): until it moves, the word-to-pixel attention branch is cut off, so its
+# projections get no gradient in the very first step.
+ZERO_GRAD_AT_INIT = ("word_pixel_attn.query.", "word_pixel_attn.key.", "word_pixel_attn.value.",
+                     "word_pixel_attn.dense.")
+
+
+def test_gradients_reach_every_parameter(train_setup):
+    with_loss, step = train_setup
+    params = with_loss.trainable_params()
+    batch = [Tensor(a) for a in make_batch()]
+    before = [p.asnumpy().copy() for p in params]
+    step(*batch)
+    after_one = [p.asnumpy().copy() for p in params]
+    unmoved = [p.name for p, a, b in zip(params, before, after_one) if np.array_equal(a, b)]
+    unexpected = [n for n in unmoved if not any(part in n for part in ZERO_GRAD_AT_INIT)]
+    assert not unexpected, f"parameters without gradient in step 1: {unexpected}"
+    assert unmoved, "the zero-initialised residual scale should cut the word-to-pixel branch at step 1"
+    step(*batch)  # alpha is off zero now, so the branch learns too
+    still = [p.name for p, a, b in zip(params, after_one, [q.asnumpy() for q in params]) if np.array_equal(a, b)]
+    assert not still, f"parameters without gradient after one step: {still}"
+
+
+def test_overfits_one_batch_in_graph_mode(train_setup):
+    _, step = train_setup
+    batch = [Tensor(a) for a in make_batch(seed=3)]
+    losses = [float(step(*batch)[0].asnumpy()) for _ in range(40)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.35 * losses[0], losses
