@@ -154,7 +154,6 @@ class TrainSection:
 
 @dataclass
 class EvalSection:
-    checkpoint_path: str = ""
     split: str = "val"
     batch_size: int = 1
     output_dir: str = ""
@@ -165,7 +164,6 @@ class EvalSection:
 
 @dataclass
 class ExportSection:
-    checkpoint_path: str = ""
     file_name: str = "coupalign"
     file_format: str = "MINDIR"  # MINDIR | AIR | ONNX
     batch_size: int = 1
@@ -179,6 +177,8 @@ class Config:
     distribute: bool = False
     seed: int = 42
     output_dir: str = "outputs/run"
+    # Trained weights for eval.py / infer.py / export.py (a train.py checkpoint or best.ckpt).
+    checkpoint_path: str = ""
     model: ModelSection = field(default_factory=ModelSection)
     loss: LossSection = field(default_factory=LossSection)
     data: DataSection = field(default_factory=DataSection)

