@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     from src.utils.runtime import setup_context
     from src.utils.visualize import overlay, write_png
 
-    cfg = load_config("default_config.yaml", sys.argv[1:] if argv is None else argv)
+    cfg = load_config("default_config.yaml", sys.argv[1:] if argv is None else argv,
+                      aliases={"batch_size": "eval.batch_size"})
     if not cfg.checkpoint_path:
         raise ConfigError("eval.py needs --checkpoint_path=<a train.py checkpoint>")
     out_dir = cfg.eval.output_dir or cfg.output_dir

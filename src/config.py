@@ -350,8 +350,10 @@ def parse_value(text: str) -> Any:
     return text
 
 
-def parse_overrides(argv: Sequence[str]) -> Tuple[Optional[str], Dict[str, Any]]:
-    """Splits argv into (config_path, {dotted_key: value}). Accepts --k=v and --k v."""
+def parse_overrides(argv: Sequence[str], aliases: Optional[Dict[str, str]] = None
+                    ) -> Tuple[Optional[str], Dict[str, Any]]:
+    """Splits argv into (config_path, {dotted_key: value}). Accepts --k=v and --k v. `aliases` maps a
+    script's short names to full keys (export.py: batch_size -> export.batch_size)."""
     config_path = None
     overrides: Dict[str, Any] = {}
     args = list(argv)
@@ -372,6 +374,7 @@ def parse_overrides(argv: Sequence[str]) -> Tuple[Optional[str], Dict[str, Any]]
         if key == "config_path":
             config_path = text
             continue
+        key = (aliases or {}).get(key, key)
         overrides[resolve_key(key)] = parse_value(text)
     return config_path, overrides
 
@@ -434,9 +437,10 @@ def read_yaml(path: str, _seen: Tuple[str, ...] = ()) -> Dict[str, Any]:
     return data
 
 
-def load_config(path: Optional[str] = None, argv: Sequence[str] = ()) -> Config:
+def load_config(path: Optional[str] = None, argv: Sequence[str] = (),
+                aliases: Optional[Dict[str, str]] = None) -> Config:
     """YAML file (`path`, or `--config_path` in argv) + argv overrides -> validated Config."""
-    argv_path, overrides = parse_overrides(argv)
+    argv_path, overrides = parse_overrides(argv, aliases)
     path = argv_path or path
     data = read_yaml(path) if path else {}
     return config_from_dict(data, overrides, path or "<defaults>")

@@ -9,9 +9,16 @@ import numpy as np
 MASK_COLOUR = np.array([255, 60, 60], np.float32)  # RGB
 
 
-def overlay(image_rgb: np.ndarray, mask: np.ndarray, sentence: str, alpha: float = 0.5) -> np.ndarray:
-    """(H, W, 3) uint8 RGB + (H, W) bool mask -> RGB picture with a caption band on top."""
-    picture = image_rgb.astype(np.float32).copy()
+def overlay(image_rgb: np.ndarray, mask: np.ndarray, sentence: str, alpha: float = 0.5,
+            max_side: int = 2048) -> np.ndarray:
+    """(H, W, 3) uint8 RGB + (H, W) bool mask -> RGB picture with a caption band on top, shrunk so its
+    longer side is at most `max_side` (a 10000 x 10000 photo gives a 2048 x 2048 overlay)."""
+    scale = max_side / max(image_rgb.shape[:2])
+    if scale < 1:
+        size = (max(1, round(image_rgb.shape[1] * scale)), max(1, round(image_rgb.shape[0] * scale)))
+        image_rgb = cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    picture = image_rgb.astype(np.float32)
     m = mask.astype(bool)
     picture[m] = (1 - alpha) * picture[m] + alpha * MASK_COLOUR
     picture = picture.astype(np.uint8)

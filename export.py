@@ -1,0 +1,62 @@
+"""Export a trained CoupAlign for deployment (MindSpore Lite / Ascend 310).
+
+    python export.py --config_path C --checkpoint_path CK --file_name NAME --file_format MINDIR [--batch_size 1]
+
+Inputs of the exported graph, in this order: image float32 (B, 3, S, S) (S = model.image_size,
+ImageNet-normalised RGB), input_ids int32 (B, T), attention_mask int32 (B, T) (T = model.max_tokens).
+Output: logits float32 (B, 1, S, S); mask = logits > 0. The batch is static (a dynamic-batch graph
+with interpolation loads but does not run in MindSpore 2.10). AIR needs an Ascend device.
+"""
+import sys
+
+from src.utils.runtime import apply_cpu_env_defaults
+
+apply_cpu_env_defaults()  # before MindSpore is imported
+
+
+def export_model(model, file_name: str, file_format: str, batch_size: int, image_size: int, max_tokens: int) -> str:
+    import numpy as np
+    import mindspore as ms
+
+    inputs = (ms.Tensor(np.zeros((batch_size, 3, image_size, image_size), np.float32)),
+              ms.Tensor(np.zeros((batch_size, max_tokens), np.int32)),
+              ms.Tensor(np.ones((batch_size, max_tokens), np.int32)))
+    ms.export(model, *inputs, file_name=file_name, file_format=file_format)
+    suffix = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}[file_format]
+    return file_name if file_name.endswith(suffix) else file_name + suffix
+
+
+def main(argv=None) -> int:
+    import os
+
+    from src.config import ConfigError, load_config
+    from src.engine.checkpoint import load_model_weights
+    from src.models import create_model
+    from src.utils.runtime import setup_context
+
+    cfg = load_config("default_config.yaml", sys.argv[1:] if argv is None else argv,
+                      aliases={"batch_size": "export.batch_size", "file_name": "export.file_name",
+                               "file_format": "export.file_format"})
+    if not cfg.checkpoint_path:
+        raise ConfigError("export.py needs --checkpoint_path=<a train.py checkpoint>")
+    if cfg.export.file_format == "AIR" and cfg.device_target != "Ascend":
+        raise ConfigError("AIR export needs device_target=Ascend (an Ascend device); use MINDIR elsewhere")
+    setup_context(cfg)
+    model = create_model(cfg, load_pretrained=False)
+    load_model_weights(model, cfg.checkpoint_path)
+    model.set_train(False)
+    out_dir = os.path.dirname(os.path.abspath(cfg.export.file_name))
+    os.makedirs(out_dir, exist_ok=True)
+    path = export_model(model, cfg.export.file_name, cfg.export.file_format, cfg.export.batch_size,
+                        cfg.model.image_size, cfg.model.max_tokens)
+    print(f"exported {path}: inputs image float32 ({cfg.export.batch_size}, 3, {cfg.model.image_size}, "
+          f"{cfg.model.image_size}), input_ids int32 ({cfg.export.batch_size}, {cfg.model.max_tokens}), "
+          f"attention_mask int32 ({cfg.export.batch_size}, {cfg.model.max_tokens}); output logits float32 "
+          f"({cfg.export.batch_size}, 1, {cfg.model.image_size}, {cfg.model.image_size})")
+    return 0
+
+
+if __name__ == "__main__":
+    from src.utils.cli import run_main
+
+    run_main(main)
