@@ -111,6 +111,11 @@ def test_training_sentence_sampling_per_epoch_and_seeded(refer, tokenizer):
         got = np.concatenate([b[1] for b in epoch])
         want = np.stack([tokenizer.encode(refer.sample(int(i)).text)[0] for i in expected[:len(got)]])
         np.testing.assert_array_equal(got, want)
+    # the trainer's pattern: set_epoch(e), then a fresh one-epoch iterator
+    for e in (1, 0):
+        data.refer_sampler.set_epoch(e)
+        got = np.concatenate([b[1] for b in batches(data)[0]])
+        np.testing.assert_array_equal(got, np.concatenate([b[1] for b in epochs[e]]))
     # resuming at epoch 1 reproduces epoch 1
     resumed = create_refer_dataset(refer, tokenizer, S, 2, train=True, num_workers=1, seed=3, start_epoch=1)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches(resumed)[0]]),
@@ -168,3 +173,42 @@ def test_eval_pipeline_index_and_padding(refer, tokenizer):
                                             pad_last_batch=False))[0]
     assert unpadded[-1][0].shape[0] == n % batch_size
     assert np.concatenate([b[4] for b in unpadded]).tolist() == list(range(n))
+
+
+# ----------------------------------------------------------------------------------------------
+# transforms (the Pillow semantics LAVT's torchvision pipeline has)
+# ----------------------------------------------------------------------------------------------
+def test_resize_image_antialiases_like_pillow_by_hand():
+    # 4 -> 2 pixels: Pillow's triangle filter widens to support 2; output 0 is centred at 1.0 and
+    # weighs pixels 0, 1, 2 by 0.75, 0.75, 0.25 (normalised: 3/7, 3/7, 1/7); plain bilinear gives 35, 175
+    row = np.array([[0, 70, 140, 210]], np.uint8)
+    np.testing.assert_allclose(resize_image(row, (1, 2)), [[50.0, 160.0]], atol=1e-4)
+    # upscaling is ordinary half-pixel bilinear, clamped at the borders
+    np.testing.assert_allclose(resize_image(np.array([[0, 100]], np.uint8), (1, 4)), [[0, 25, 75, 100]], atol=1e-4)
+
+
+def test_resize_mask_is_pillow_nearest_by_hand():
+    # 640 -> 480: Pillow picks 0, 2, 3, 4, 5, 7 (its accumulated position 5.999... at i = 4, where the
+    # closed form floor(4.5 * 4 / 3) = 6); PyTorch "nearest" would pick 0, 1, 2, 4, 5, 6
+    row = np.arange(640, dtype=np.int32)[None]
+    assert resize_mask(row, (1, 480))[0, :6].tolist() == [0, 2, 3, 4, 5, 7]
+    assert resize_mask(np.array([[10, 20, 30, 40]], np.uint8), (1, 3)).tolist() == [[10, 30, 40]]
+    mask = np.zeros((4, 4), np.uint8)
+    mask[1:3, 1:3] = 1
+    assert resize_mask(mask, 2).tolist() == [[1, 0], [0, 0]]  # centres 1.0 and 3.0 -> rows/cols 1, 3
+
+
+def test_transforms_match_pillow_on_random_sizes():
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        h, w = rng.integers(5, 500, 2)
+        out_h, out_w = rng.integers(5, 400, 2)
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ref = np.asarray(Image.fromarray(img).resize((int(out_w), int(out_h)), Image.BILINEAR), np.float32)
+        ours = resize_image(img, (out_h, out_w))
+        assert ours.shape == (out_h, out_w, 3) and ours.dtype == np.float32
+        assert np.abs(ours - ref).max() <= 1.0 + 1e-3  # Pillow rounds to uint8 after each pass
+        mask = (rng.random((h, w)) > 0.5).astype(np.uint8)
+        ref_mask = np.asarray(Image.fromarray(mask).resize((int(out_w), int(out_h)), Image.NEAREST))
+        np.testing.assert_array_equal(resize_mask(mask, (out_h, out_w)), ref_mask)

@@ -47,6 +47,7 @@ def test_every_split_every_field(synthetic_root, raw_refs, caplog):
                    (raw["ann_id"], raw["image_id"], raw["category_id"], split)
             assert [s.sent_id for s in ref.sentences] == raw["sent_ids"]
             assert [s.text for s in ref.sentences] == [s["raw"] for s in raw["sentences"]]
+            assert [s.sent for s in ref.sentences] == [s["sent"] for s in raw["sentences"]]
         samples = data.samples()
         assert len(samples) == sum(len(r["sentences"]) for r in expected)
         assert [s.index for s in samples] == list(range(len(samples)))
@@ -278,6 +279,18 @@ def test_clear_errors(tmp_path):
     write_tree(root, {1: image}, anns, [bad])
     with pytest.raises(ValueError, match=r"ref_id 3.*'sentences'"):
         ReferDataset(root, "refcoco", "unc", "train")
+
+    root = str(tmp_path / "e2")
+    bad = ref(4, 1)
+    bad["sentences"][0]["raw"] = bad["sentences"][0]["sent"] = ""
+    write_tree(root, {1: image}, anns, [bad])
+    with pytest.raises(ValueError, match=r"ref_id 4: sentences\[0\].*empty"):
+        ReferDataset(root, "refcoco", "unc", "train")
+    root = str(tmp_path / "e3")
+    only_sent = ref(4, 1)
+    only_sent["sentences"][0]["raw"] = ""
+    write_tree(root, {1: image}, anns, [only_sent])
+    assert ReferDataset(root, "refcoco", "unc", "train").samples()[0].text == "the thing"  # falls back to sent
 
     root = str(tmp_path / "f")
     write_tree(root, {1: image}, anns, [ref(1, 1, split="val")])

@@ -32,7 +32,7 @@ torch = pytest.importorskip("torch")
 timm_swin = pytest.importorskip("timm.models.swin_transformer")
 
 import mindspore as ms  # noqa: E402
-from mindspore import nn  # noqa: E402
+from mindspore import Tensor, nn  # noqa: E402
 
 from src.models.swin import DropPath, SwinTransformer, build_swin, load_swin_checkpoint, SWIN_PRESETS  # noqa: E402
 from src.utils.pth_reader import (CheckpointFormatError, UnsupportedPickleGlobal, flatten_state_dict,  # noqa: E402
@@ -454,3 +454,29 @@ def test_pth_reader_errors_name_the_file(tmp_path):
     stubbed = load_pth(unsafe, unknown_globals="stub")
     np.testing.assert_array_equal(stubbed["w"], np.ones(2, np.float32))
     assert type(stubbed["counts"]).qualname == "collections.Counter"
+
+
+def test_padded_backward_is_deterministic():
+    """Gradients of a configuration that pads its feature maps must not change between identical calls.
+
+    Regression test: with ``ops.pad`` the CPU backward read uninitialised memory, so gradients
+    drifted from call to call and turned NaN after a few training steps.
+    """
+    class SumOfStages(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.swin = SwinTransformer(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), window_size=4,
+                                        drop_path_rate=0.0)
+
+        def construct(self, x):
+            outs = self.swin(x)
+            return (outs[0] ** 2).sum() + (outs[1] ** 2).sum() + (outs[2] ** 2).sum() + (outs[3] ** 2).sum()
+
+    net = SumOfStages()  # 66x66 input: odd maps before merging and maps smaller than the window
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 66, 66)).astype(np.float32))
+    grad_fn = ms.jit(ms.value_and_grad(net, None, net.trainable_params()))
+    reference = [g.asnumpy() for g in grad_fn(x)[1]]
+    for _ in range(6):
+        for ref, g in zip(reference, grad_fn(x)[1]):
+            np.testing.assert_array_equal(g.asnumpy(), ref)
+    assert all(np.isfinite(r).all() for r in reference)

@@ -310,7 +310,8 @@ def _to_hf_decoder_state(params):
             key = key.replace(".multihead_attn.", ".cross_attn.").replace(".norm.", ".cross_attn_layer_norm.")
         elif key.startswith("transformer_ffn_layers."):
             key = key.replace("transformer_ffn_layers.", "decoder.layers.")
-            key = key.replace(".linear1.", ".fc1.").replace(".linear2.", ".fc2.").replace(".norm.", ".final_layer_norm.")
+            key = key.replace(".linear1.", ".fc1.").replace(".linear2.", ".fc2.")
+            key = key.replace(".norm.", ".final_layer_norm.")
         elif key.startswith("transformer_self_attention_layers."):
             key = key.replace("transformer_self_attention_layers.", "decoder.layers.")
             key = key.replace(".norm.", ".self_attn_layer_norm.")

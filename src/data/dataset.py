@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore.dataset as ds
@@ -171,8 +171,9 @@ def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_
         num_shards / shard_id: data-parallel sharding (both or neither).
         seed, epoch_sampling, start_epoch: training sampling (see `ReferSampler`).
         pad_last_batch: evaluation only; pad the last batch with index -1 rows (static shapes).
-        python_multiprocessing: workers are processes (default; measured faster, see
-            docs/performance.md) or threads.
+        python_multiprocessing: workers are processes (default) or threads. Measured on the 2-core
+            CPU machine, synthetic data at 320x320 (~12 ms of CPU per sample): 2 processes gave
+            104-169 images/s, 2 threads 98-114, 1 worker 94-98 (the machine was shared, hence ranges).
 
     The returned dataset carries the sampler as ``dataset.refer_sampler`` (for `set_epoch`).
     """

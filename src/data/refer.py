@@ -59,7 +59,13 @@ class Sentence:
     """One referring expression of a ref."""
 
     sent_id: int
-    text: str  # the text given to the tokenizer: `raw`, or `sent` when `raw` is empty
+    raw: str  # as typed by the annotator
+    sent: str  # lower-cased, punctuation removed (by the dataset authors)
+
+    @property
+    def text(self) -> str:
+        """What the tokenizer reads: `raw` (as LAVT), or `sent` when `raw` is empty."""
+        return self.raw or self.sent
 
 
 @dataclass(frozen=True)
@@ -297,10 +303,12 @@ class ReferDataset:
                 sent_id = int(sent_ids[k])
             else:
                 raise ValueError(f"{s_where}: missing field 'sent_id' (and no sent_ids[{k}])")
-            text = s.get("raw") or s.get("sent")
-            if not isinstance(text, str) or not text.strip():
+            raw_text, sent_text = s.get("raw") or "", s.get("sent") or ""
+            if not isinstance(raw_text, str) or not isinstance(sent_text, str):
+                raise ValueError(f"{s_where}: fields 'raw' and 'sent' must be strings")
+            if not (raw_text.strip() or sent_text.strip()):
                 raise ValueError(f"{s_where}: missing or empty fields 'raw' and 'sent'")
-            sentences.append(Sentence(sent_id, text))
+            sentences.append(Sentence(sent_id, raw_text, sent_text))
         category_id = int(raw.get("category_id", self.annotations[ann_id].get("category_id", -1)))
         return Ref(ref_id, ann_id, image_id, category_id, str(raw["split"]), tuple(sentences))
 

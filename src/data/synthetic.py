@@ -45,7 +45,7 @@ import json
 import math
 import os
 import pickle
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -357,7 +357,7 @@ def shape_polygons(category: str, cx: float, cy: float, size: float, rng: np.ran
     elif category == "square":
         half = r * 0.82
         polys = [_rectangle(cx, cy, half, half, rng.uniform(-0.25, 0.25))]
-    elif category == "triangle":  # pointing up, slightly rotated; centroid moved to the centre
+    elif category == "triangle":  # pointing up, slightly rotated, shifted down to roughly centre its box
         polys = [_regular_polygon(cx, cy + r * 0.12, r * 1.05, 3, -np.pi / 2 + rng.uniform(-0.2, 0.2))]
     elif category == "star":
         outer = r * 1.02
@@ -443,9 +443,9 @@ def make_background(height: int, width: int, rng: np.random.Generator,
     return img, base
 
 
-def _pick_colour(rng: np.random.Generator, background: np.ndarray, gray: bool, avoid: Sequence[str] = ()) -> str:
+def _pick_colour(rng: np.random.Generator, background: np.ndarray, gray: bool) -> str:
     """A colour that stands out from the background (by luminance in grayscale images)."""
-    names = [c for c in COLOUR_WORDS if c not in avoid] or list(COLOUR_WORDS)
+    names = list(COLOUR_WORDS)
     if gray:
         ok = [c for c in names if abs(_luma(COLOURS[c]) - _luma(background)) >= 55]
     else:
@@ -460,9 +460,7 @@ class _Shape:
     polys: List[np.ndarray]
     holes: List[np.ndarray]
     drawn: np.ndarray  # (H, W) bool, the full shape
-    visible: Optional[np.ndarray] = None
-    facts: Optional[ObjectFacts] = None
-    refs: List[Tuple[str, Description]] = field(default_factory=list)
+    visible: Optional[np.ndarray] = None  # (H, W) bool, what later shapes leave uncovered
 
 
 @dataclass

@@ -3,7 +3,7 @@
 A checkpoint holds every Parameter of the train step (model, optimizer moments and step counters,
 accumulation buffers, loss scale) plus metadata: the global step, the epoch, the number of batches
 of that epoch already consumed, the seed, the best validation score so far and the config.
-It is written to `<name>.tmp` and renamed, so a kill or a full disk never leaves a half-written
+It is written to `<name>.tmp.ckpt` and renamed, so a kill or a full disk never leaves a half-written
 file under a checkpoint's name and the previous checkpoint stays intact.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ class TrainState:
 def _write_atomic(params, path: str, meta: Dict) -> None:
     import mindspore as ms
 
-    tmp = path + ".tmp"
+    # ms.save_checkpoint appends ".ckpt" to names without it, so the temporary keeps that suffix.
+    tmp = path[:-len(".ckpt")] + ".tmp.ckpt" if path.endswith(".ckpt") else path + ".tmp.ckpt"
     try:
         ms.save_checkpoint(params, tmp, append_dict=meta)
         os.replace(tmp, path)

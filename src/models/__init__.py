@@ -42,8 +42,10 @@ def load_into(cell, params: Dict[str, object], prefix: str, source: str) -> Tupl
     if mismatched:
         raise ValueError(f"{source}: shapes do not match the configured model:\n  " + "\n  ".join(mismatched))
     unused = sorted(k[len(prefix):] for k in wanted if k not in own)
-    loadable = {k: (v if isinstance(v, ms.Parameter) else ms.Parameter(v, name=k)) for k, v in wanted.items() if k in own}
-    ms.load_param_into_net(cell, loadable, strict_load=True)
+    for name, value in wanted.items():
+        if name in own:
+            data = value if isinstance(value, ms.Tensor) else ms.Tensor(value)
+            own[name].set_data(data.astype(own[name].dtype))
     missing = sorted(k for k in own if k.startswith(prefix) and k not in wanted and own[k].requires_grad)
     return missing, unused
 

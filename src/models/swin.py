@@ -168,6 +168,25 @@ def window_reverse(windows, window_size: int, H: int, W: int):
     return x.reshape(-1, H, W, C)
 
 
+def _pad_end(x, axis: int, amount: int):
+    """Appends `amount` zeros along `axis`.
+
+    Written with concatenation because the backward of ``ops.pad`` on CPU in MindSpore 2.10 reads
+    uninitialised memory: gradients change from call to call and turn NaN within a few steps
+    (tests/test_swin.py checks that repeated gradients of a padded configuration are identical).
+    """
+    if amount == 0:
+        return x
+    shape = list(x.shape)
+    shape[axis] = amount
+    return ops.concat((x, ops.zeros(tuple(shape), x.dtype)), axis=axis)
+
+
+def _pad_bottom_right(x, pad_b: int, pad_r: int):
+    """Zero-pads (B, H, W, C) to (B, H + pad_b, W + pad_r, C) at the bottom and right."""
+    return _pad_end(_pad_end(x, 2, pad_r), 1, pad_b)
+
+
 def _roll_hw(x, shift_h: int, shift_w: int):
     """``torch.roll(x, (shift_h, shift_w), dims=(1, 2))`` for (B, H, W, C) with static integer shifts.
 
@@ -296,7 +315,7 @@ class SwinTransformerBlock(nn.Cell):
         pad_b = (ws - H % ws) % ws
         pad_r = (ws - W % ws) % ws
         if pad_b > 0 or pad_r > 0:
-            x = ops.pad(x, (0, 0, 0, pad_r, 0, pad_b))  # (B, Hp, Wp, C), zeros bottom/right
+            x = _pad_bottom_right(x, pad_b, pad_r)  # (B, Hp, Wp, C)
         Hp, Wp = H + pad_b, W + pad_r
 
         if self.shift_size > 0:
@@ -338,7 +357,7 @@ class PatchMerging(nn.Cell):
         B, L, C = x.shape
         x = x.reshape(B, H, W, C)
         if H % 2 == 1 or W % 2 == 1:
-            x = ops.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+            x = _pad_bottom_right(x, H % 2, W % 2)
         H2, W2 = (H + 1) // 2, (W + 1) // 2
         x = x.reshape(B, H2, 2, W2, 2, C).transpose(0, 1, 3, 4, 2, 5)  # (B, H2, W2, col, row, C)
         x = x.reshape(B, H2 * W2, 4 * C)
@@ -366,7 +385,7 @@ class PatchEmbed(nn.Cell):
         pad_b = (p - H % p) % p
         pad_r = (p - W % p) % p
         if pad_b > 0 or pad_r > 0:
-            x = ops.pad(x, (0, pad_r, 0, pad_b))
+            x = _pad_end(_pad_end(x, 3, pad_r), 2, pad_b)  # NCHW, zeros bottom/right
         x = self.proj(x)  # (B, C0, Wh, Ww)
         B, C, Wh, Ww = x.shape
         x = x.reshape(B, C, Wh * Ww).transpose(0, 2, 1)  # (B, Wh*Ww, C0)
