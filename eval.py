@@ -39,6 +39,8 @@ def main(argv=None) -> int:
     setup_context(cfg)
     setup_logging(out_dir, "eval")
     refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.eval.split)
+    if cfg.eval.swap_sentences:
+        refer = refer.with_swapped_sentences(seed=cfg.seed)
     dataset = create_refer_dataset(refer, build_tokenizer(cfg), cfg.model.image_size, cfg.eval.batch_size,
                                    train=False, num_workers=cfg.data.num_workers)
     model = create_model(cfg, load_pretrained=False)
@@ -64,6 +66,7 @@ def main(argv=None) -> int:
     result = evaluate(predict, refer, dataset, on_prediction=on_prediction, progress=True)
     metrics = {"dataset": cfg.data.dataset, "split_by": cfg.data.split_by, "split": cfg.eval.split,
                "num_samples": result.num_samples, "checkpoint": cfg.checkpoint_path,
+               "swap_sentences": cfg.eval.swap_sentences,
                "input_resolution": {k: v for k, v in result.input_resolution.items() if k != "num_samples"},
                "original_resolution": {k: v for k, v in result.original_resolution.items() if k != "num_samples"}}
     with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:

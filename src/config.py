@@ -159,6 +159,8 @@ class EvalSection:
     output_dir: str = ""
     save_masks: bool = False
     visualize: int = 0
+    # Grounding control: replace every sentence by one of another object in the same image.
+    swap_sentences: bool = False
     skip_bad_samples: bool = False
 
 

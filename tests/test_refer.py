@@ -306,3 +306,29 @@ def test_clear_errors(tmp_path):
     write_tree(root, {1: np.zeros((H + 1, W, 3), np.uint8)}, anns, [ref(1, 1)])
     with pytest.raises(ValueError, match=r"differs from instances\.json"):
         data.load_image(1)
+
+
+def test_swapped_sentences_come_from_another_object_of_the_same_image(tmp_path_factory):
+    from src.data.refer import ReferDataset
+    from src.data.synthetic import generate_synthetic_refer
+
+    root = str(tmp_path_factory.mktemp("swap"))
+    generate_synthetic_refer(root, num_images=12, seed=5)
+    refer = ReferDataset(root, "refcoco", "unc", "train")
+    control = refer.with_swapped_sentences(seed=0)
+    by_image = {}
+    for ref in refer.refs:
+        by_image.setdefault(ref.image_id, []).append(ref)
+    own_texts = {ref.ref_id: {s.text for s in ref.sentences} for ref in refer.refs}
+    assert 0 < len(control.refs) <= len(refer.refs)
+    assert len(control.samples()) == sum(len(r.sentences) for r in control.refs)
+    for sample in control.samples():
+        others = {s.text for r in by_image[sample.image_id] if r.ref_id != sample.ref_id for s in r.sentences}
+        assert sample.text in others
+        assert sample.ann_id == next(r.ann_id for r in refer.refs if r.ref_id == sample.ref_id)
+    # Refs alone in their image are the only ones dropped.
+    kept = {r.ref_id for r in control.refs}
+    for ref in refer.refs:
+        assert (ref.ref_id in kept) == (len(by_image[ref.image_id]) > 1)
+    # Most swapped sentences differ from every sentence of the object itself.
+    assert np.mean([s.text not in own_texts[s.ref_id] for s in control.samples()]) > 0.8

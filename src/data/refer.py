@@ -27,6 +27,8 @@ Design decisions:
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import logging
 import os
@@ -216,14 +218,7 @@ class ReferDataset:
             present = sorted({str(r["split"]) for r in all_refs})
             raise ValueError(f"{self.refs_path}: no refs with split '{split}'; the file holds splits {present}")
 
-        self._samples: List[ReferSample] = []
-        self._ref_sample_ranges: List[Tuple[int, int]] = []
-        for ref_index, ref in enumerate(self.refs):
-            start = len(self._samples)
-            for sentence in ref.sentences:
-                self._samples.append(ReferSample(len(self._samples), ref_index, ref.ref_id, ref.ann_id,
-                                                 ref.image_id, sentence.sent_id, sentence.text))
-            self._ref_sample_ranges.append((start, len(self._samples)))
+        self._index_samples()
         self._log_counts(all_refs)
 
     # ------------------------------------------------------------------------------------------
@@ -329,6 +324,40 @@ class ReferDataset:
     # ------------------------------------------------------------------------------------------
     # Public interface
     # ------------------------------------------------------------------------------------------
+    def _index_samples(self) -> None:
+        """(Re)builds the flat (ref, sentence) sample list and each ref's range in it."""
+        self._samples: List[ReferSample] = []
+        self._ref_sample_ranges: List[Tuple[int, int]] = []
+        for ref_index, ref in enumerate(self.refs):
+            start = len(self._samples)
+            for sentence in ref.sentences:
+                self._samples.append(ReferSample(len(self._samples), ref_index, ref.ref_id, ref.ann_id,
+                                                 ref.image_id, sentence.sent_id, sentence.text))
+            self._ref_sample_ranges.append((start, len(self._samples)))
+
+    def with_swapped_sentences(self, seed: int = 0) -> "ReferDataset":
+        """The grounding control: a copy in which every sentence is replaced by a sentence of a
+        *different* object in the same image (drawn with `seed`). Refs alone in their image have no
+        such sentence and are left out. A model that reads the sentence should score far lower on
+        this copy than on the original; one that ignores it scores about the same."""
+        rng = np.random.default_rng(seed)
+        by_image: Dict[int, List[Ref]] = {}
+        for ref in self.refs:
+            by_image.setdefault(ref.image_id, []).append(ref)
+        swapped = []
+        for ref in self.refs:
+            others = [s for r in by_image[ref.image_id] if r.ref_id != ref.ref_id for s in r.sentences]
+            if not others:
+                continue
+            picks = rng.integers(0, len(others), len(ref.sentences))
+            sentences = tuple(Sentence(own.sent_id, others[k].raw, others[k].sent)
+                              for own, k in zip(ref.sentences, picks))
+            swapped.append(dataclasses.replace(ref, sentences=sentences))
+        control = copy.copy(self)
+        control.refs = swapped
+        control._index_samples()
+        return control
+
     def __len__(self) -> int:
         """Number of refs (referred objects) in the split."""
         return len(self.refs)
