@@ -172,3 +172,37 @@ def test_overfits_one_batch_in_graph_mode(train_setup):
     losses = [float(step(*batch)[0].asnumpy()) for _ in range(40)]
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.35 * losses[0], losses
+
+
+def test_paper_configuration_parameter_count(capsys):
+    """Builds the full paper configuration (Swin-B window 12, BERT-base, msdeform, N = 100) and counts
+    its parameters; the encoders' counts must equal timm's Swin-B and HF's BERT-base exactly."""
+    import os
+
+    import timm
+    import transformers
+
+    from src.config import load_config
+
+    cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "default_config.yaml"),
+                      ["--model.swin.pretrained=", "--model.bert.pretrained="])
+    net = CoupAlign(cfg.model)
+    counts = {}
+    for p in net.trainable_params():
+        part = p.name.split(".")[0]
+        counts[part] = counts.get(part, 0) + int(np.prod(p.shape))
+    total = sum(counts.values())
+
+    swin_ref = timm.create_model("swin_base_patch4_window12_384", pretrained=False, num_classes=0)
+    timm_swin = sum(p.numel() for p in swin_ref.parameters())
+    # timm has one final norm (our norm3); the segmentation Swin adds norm0..norm2 on stages 1-3.
+    extra_norms = 2 * (128 + 256 + 512)
+    assert counts["swin"] == timm_swin + extra_norms
+    bert_ref = transformers.BertModel(transformers.BertConfig(), add_pooling_layer=False)
+    assert counts["bert"] == sum(p.numel() for p in bert_ref.parameters())
+    heads = total - counts["swin"] - counts["bert"]
+    assert 15e6 < heads < 60e6, counts
+    with capsys.disabled():
+        print(f"\nparameters, paper configuration: total {total:,} = Swin-B {counts['swin']:,} + BERT-base "
+              f"{counts['bert']:,} + WPA {counts['wpa']:,} + pixel decoder {counts['pixel_decoder']:,} + "
+              f"transformer decoder {counts['transformer_decoder']:,} + SMA {counts['head']:,}")
