@@ -14,8 +14,6 @@ apply_cpu_env_defaults()  # before MindSpore is imported
 
 
 def main(argv=None) -> int:
-    import csv
-    import json
     import os
 
     from mindspore import Tensor
@@ -24,7 +22,7 @@ def main(argv=None) -> int:
     from src.data.dataset import create_refer_dataset
     from src.data.refer import ReferDataset
     from src.engine.checkpoint import load_model_weights
-    from src.engine.evaluator import evaluate, format_table
+    from src.engine.evaluator import evaluate, format_table, write_reports
     from src.engine.trainer import build_tokenizer
     from src.models import create_model
     from src.utils.log import setup_logging
@@ -64,20 +62,11 @@ def main(argv=None) -> int:
             write_png(os.path.join(out_dir, "visualize", f"{position:04d}_{sample.ref_id}_{sample.sent_id}.png"), picture)
 
     result = evaluate(predict, refer, dataset, on_prediction=on_prediction, progress=True)
-    metrics = {"dataset": cfg.data.dataset, "split_by": cfg.data.split_by, "split": cfg.eval.split,
-               "num_samples": result.num_samples, "checkpoint": cfg.checkpoint_path,
-               "swap_sentences": cfg.eval.swap_sentences,
-               "input_resolution": {k: v for k, v in result.input_resolution.items() if k != "num_samples"},
-               "original_resolution": {k: v for k, v in result.original_resolution.items() if k != "num_samples"}}
-    with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
-    with open(os.path.join(out_dir, "per_sample.csv"), "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["ref_id", "sent_id", "sentence", "iou_input", "iou_original"])
-        for s in result.samples:
-            writer.writerow([s.ref_id, s.sent_id, s.sentence, f"{s.iou_input:.6f}", f"{s.iou_original:.6f}"])
+    path = write_reports(result, out_dir, {"dataset": cfg.data.dataset, "split_by": cfg.data.split_by,
+                                           "split": cfg.eval.split, "checkpoint": cfg.checkpoint_path,
+                                           "swap_sentences": cfg.eval.swap_sentences})
     print(format_table(cfg.eval.split, result))
-    print(f"wrote {os.path.join(out_dir, 'metrics.json')}")
+    print(f"wrote {path}")
     return 0
 
 

@@ -147,6 +147,8 @@ class TrainSection:
     log_every: int = 50
     save_every_steps: int = 0  # 0 = only at epoch end
     keep_last: int = 3
+    # Ranks other than 0 also save (to checkpoints/rank_<r>/): for checking that ranks stay identical.
+    save_all_ranks: bool = False
     resume: bool = False
     validate: bool = True
     max_steps: int = 0  # 0 = epochs decide

@@ -181,3 +181,28 @@ def test_checkpoint_from_another_configuration_is_refused(trained, tmp_path):
                "--model.mask_generator.conv_dim=64", "--output_dir", str(tmp_path), expect=2)
     assert "shapes do not match" in proc.stderr and "pixel_decoder" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_310_flow_reproduces_eval_metrics(trained, tmp_path):
+    """preprocess.py -> the MINDIR run over the .bin layout (tools/run_mindir_bins.py, the stand-in for
+    the C++ program) -> postprocess.py gives exactly eval.py's metrics."""
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    name = str(tmp_path / "model")
+    run("export.py", "--config_path", trained["config"], "--checkpoint_path", ckpt, "--file_name", name)
+    pre, res = str(tmp_path / "pre"), str(tmp_path / "res")
+    run("preprocess.py", "--config_path", trained["config"], "--split", "val", "--output_path", pre)
+    meta = json.load(open(os.path.join(pre, "samples.json")))
+    first = meta["samples"][0]["name"]
+    assert os.path.getsize(os.path.join(pre, "00_image", first + ".bin")) == 4 * 3 * IMAGE * IMAGE
+    assert os.path.getsize(os.path.join(pre, "01_input_ids", first + ".bin")) == 4 * 12
+    run("tools/run_mindir_bins.py", "--mindir_path", name + ".mindir", "--input_dir", pre, "--output_dir", res)
+    run("postprocess.py", "--config_path", trained["config"], "--preprocess_path", pre, "--result_path", res,
+        "--output_dir", str(tmp_path / "post"))
+    run("eval.py", "--config_path", trained["config"], "--checkpoint_path", ckpt, "--split", "val",
+        "--output_dir", str(tmp_path / "eval"), "--eval.batch_size=1")
+    post = json.load(open(tmp_path / "post" / "metrics.json"))
+    ref = json.load(open(tmp_path / "eval" / "metrics.json"))
+    assert post["num_samples"] == ref["num_samples"] == len(meta["samples"])
+    for resolution in ("input_resolution", "original_resolution"):
+        for key, value in ref[resolution].items():
+            assert post[resolution][key] == pytest.approx(value, abs=1e-9), (resolution, key)

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from src.data.transforms import resize_mask
 from src.metrics import RefSegMetrics, logits_to_mask, resize_logits_to
 
 logger = logging.getLogger(__name__)
@@ -40,17 +41,47 @@ class EvalResult:
         return len(self.samples)
 
 
+class Scorer:
+    """Accumulates per-sample results at both resolutions from (sample index, logits S x S).
+
+    Shared by `evaluate` (in-process model) and postprocess.py (logits written by the Ascend 310
+    program), so both produce the same metrics from the same logits.
+    """
+
+    def __init__(self, refer, on_prediction: Optional[Callable] = None):
+        self.refer = refer
+        self.on_prediction = on_prediction
+        self.input_metrics, self.original_metrics = RefSegMetrics(), RefSegMetrics()
+        self.samples: List[SampleResult] = []
+
+    def add(self, index: int, logits: np.ndarray, gt_input: Optional[np.ndarray] = None) -> None:
+        """`logits` (S, S) at input resolution; `gt_input` the ground truth resized to S x S (computed
+        here with the pipeline's nearest rule when not given)."""
+        sample = self.refer.sample(index)
+        gt = self.refer.load_mask(sample.ann_id)  # original resolution
+        if gt_input is None:
+            gt_input = resize_mask(gt, logits.shape)
+        iou_in = self.input_metrics.update(logits_to_mask(logits), gt_input > 0.5)
+        original_logits = resize_logits_to(logits, gt.shape)
+        iou_orig = self.original_metrics.update(logits_to_mask(original_logits), gt > 0)
+        self.samples.append(SampleResult(index, sample.ref_id, sample.sent_id, sample.text, iou_in, iou_orig))
+        if self.on_prediction is not None:
+            self.on_prediction(sample, original_logits, len(self.samples) - 1)
+
+    def result(self) -> EvalResult:
+        return EvalResult(self.input_metrics.compute(), self.original_metrics.compute(), self.samples)
+
+
 def evaluate(predict: Callable, refer, dataset, max_batches: Optional[int] = None,
              on_prediction: Optional[Callable] = None, progress: bool = False) -> EvalResult:
     """Runs `predict(image, input_ids, attention_mask) -> logits (B, 1, S, S) numpy` over `dataset`
     (an evaluation pipeline from `create_refer_dataset(train=False)`, which carries an `index` column
     into `refer.samples()`; rows with index -1 are padding and skipped).
 
-    `on_prediction(sample, original_logits, image_index)` is called for each sample (for saving masks
+    `on_prediction(sample, original_logits, position)` is called for each sample (for saving masks
     and overlays) with the logits at the original image size.
     """
-    input_metrics, original_metrics = RefSegMetrics(), RefSegMetrics()
-    results: List[SampleResult] = []
+    scorer = Scorer(refer, on_prediction)
     iterator = dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
     if progress:
         from tqdm import tqdm
@@ -61,17 +92,32 @@ def evaluate(predict: Callable, refer, dataset, max_batches: Optional[int] = Non
             break
         logits = np.asarray(predict(batch["image"], batch["input_ids"], batch["attention_mask"]))[:, 0]  # (B, S, S)
         for row, index in enumerate(batch["index"].tolist()):
-            if index < 0:
-                continue
-            sample = refer.sample(index)
-            iou_in = input_metrics.update(logits_to_mask(logits[row]), batch["mask"][row] > 0.5)
-            gt = refer.load_mask(sample.ann_id)
-            original_logits = resize_logits_to(logits[row], gt.shape)
-            iou_orig = original_metrics.update(logits_to_mask(original_logits), gt > 0)
-            results.append(SampleResult(index, sample.ref_id, sample.sent_id, sample.text, iou_in, iou_orig))
-            if on_prediction is not None:
-                on_prediction(sample, original_logits, len(results) - 1)
-    return EvalResult(input_metrics.compute(), original_metrics.compute(), results)
+            if index >= 0:
+                scorer.add(index, logits[row], batch["mask"][row])
+    return scorer.result()
+
+
+def write_reports(result: EvalResult, out_dir: str, header: Dict) -> str:
+    """OUT/metrics.json (`header` + metrics at both resolutions, in percent) and OUT/per_sample.csv."""
+    import csv
+    import json
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    metrics = dict(header)
+    metrics["num_samples"] = result.num_samples
+    for name, values in (("input_resolution", result.input_resolution),
+                         ("original_resolution", result.original_resolution)):
+        metrics[name] = {k: v for k, v in values.items() if k != "num_samples"}
+    path = os.path.join(out_dir, "metrics.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(metrics, f, indent=2)
+    with open(os.path.join(out_dir, "per_sample.csv"), "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ref_id", "sent_id", "sentence", "iou_input", "iou_original"])
+        for s in result.samples:
+            writer.writerow([s.ref_id, s.sent_id, s.sentence, f"{s.iou_input:.6f}", f"{s.iou_original:.6f}"])
+    return path
 
 
 def format_table(split: str, result: EvalResult) -> str:

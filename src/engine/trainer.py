@@ -107,6 +107,10 @@ class Trainer:
                               f"batches of an epoch")
         self.total_updates = tc.max_steps or tc.epochs * updates_per_epoch
         self.model = create_model(cfg)
+        if tc.amp_level != "O0":
+            # Mixed precision for Ascend/GPU (fp16 compute); pair it with train.loss_scale > 1.
+            # Not measurable on the CPU this project is tested on.
+            self.model = ms.amp.auto_mixed_precision(self.model, tc.amp_level)
         self.net_with_loss = CoupAlignWithLoss(self.model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
         self.net_with_loss.set_train(True)
         self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)
@@ -115,7 +119,9 @@ class Trainer:
         self.step_cell = TrainStep(self.net_with_loss, optimizer, grad_clip_norm=tc.grad_clip_norm,
                                    loss_scale=tc.loss_scale, accumulate_steps=tc.accumulate_steps,
                                    distributed=ctx.group_size > 1)
-        self.ckpt = CheckpointManager(os.path.join(cfg.output_dir, "checkpoints"), tc.keep_last)
+        self.main_ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
+        ckpt_dir = self.main_ckpt_dir if ctx.is_main else os.path.join(self.main_ckpt_dir, f"rank_{ctx.rank}")
+        self.ckpt = CheckpointManager(ckpt_dir, tc.keep_last)
         self.log = JsonLog(os.path.join(cfg.output_dir, "train_log.jsonl") if ctx.is_main else None)
         self.state = TrainState()
         if tc.resume:
@@ -123,9 +129,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def _resume(self) -> None:
-        path = self.ckpt.latest()
+        # Every rank resumes from rank 0's checkpoint: data-parallel ranks hold identical parameters.
+        path = CheckpointManager(self.main_ckpt_dir, self.cfg.train.keep_last).latest()
         if path is None:
-            logger.warning("train.resume=true but %s holds no checkpoint: starting from scratch", self.ckpt.directory)
+            logger.warning("train.resume=true but %s holds no checkpoint: starting from scratch", self.main_ckpt_dir)
             return
         params, self.state, seed = split_meta(read_checkpoint(path))
         if seed is not None and int(seed) != self.cfg.seed:
@@ -138,7 +145,7 @@ class Trainer:
                     self.state.epoch, self.state.batch_in_epoch)
 
     def _save(self) -> None:
-        if self.ctx.is_main:
+        if self.ctx.is_main or self.cfg.train.save_all_ranks:
             path = self.ckpt.save(self.step_cell, self.state, self.cfg.seed, self.cfg.to_yaml())
             logger.info("saved %s", path)
 

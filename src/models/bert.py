@@ -18,7 +18,7 @@ Parameter names mirror the Hugging Face ``BertModel`` state dict (``embeddings.w
 ``encoder.layer.0.attention.self.query.weight``, ``encoder.layer.0.attention.output.LayerNorm.weight``, ...),
 so converting an HF checkpoint is an identity mapping on names (see ``tools/convert_bert.py``).
 ``mindspore.mint.nn.LayerNorm`` would give those names but has no CPU kernel in MindSpore 2.10, so
-``BertLayerNorm`` wraps the ``ops.LayerNorm`` primitive with ``weight``/``bias`` Parameters instead.
+``src.models.layers.LayerNorm`` wraps the ``ops.LayerNorm`` primitive with ``weight``/``bias`` Parameters instead.
 
 Numerics follow HF BERT: LayerNorm epsilon from the config (1e-12, not MindSpore's 1e-7 default), exact erf
 GELU (not MindSpore's tanh default), attention scores scaled by 1/sqrt(head_dim), an additive mask on the key
@@ -42,6 +42,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
+
+from src.models.layers import LayerNorm
 
 # Added to the attention score of a padded key. exp(-1e4) is exactly 0 in float32/float16.
 MASK_NEGATIVE = -10000.0
@@ -136,24 +138,6 @@ class BertConfig:
 # ----------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------
-class BertLayerNorm(nn.Cell):
-    """LayerNorm over the last axis with HF's parameter names (``weight``, ``bias``) and an explicit epsilon.
-
-    ``mint.nn.LayerNorm`` has these names but no CPU kernel in MindSpore 2.10; ``nn.LayerNorm`` names them
-    ``gamma``/``beta`` and defaults to eps 1e-7. The ``ops.LayerNorm`` primitive runs on CPU, GPU and Ascend.
-    """
-
-    def __init__(self, hidden_size: int, eps: float):
-        super().__init__()
-        self.weight = Parameter(initializer(One(), (hidden_size,), ms.float32), name="weight")
-        self.bias = Parameter(initializer(Zero(), (hidden_size,), ms.float32), name="bias")
-        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-
-    def construct(self, x):
-        y, _, _ = self.layer_norm(x, self.weight, self.bias)
-        return y
-
-
 class Embedding(nn.Cell):
     """A lookup table with PyTorch's parameter name (``weight``), built on ``ops.gather``.
 
@@ -180,7 +164,7 @@ class BertEmbeddings(nn.Cell):
         self.word_embeddings = Embedding(config.vocab_size, config.hidden_size)
         self.position_embeddings = Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = Embedding(config.type_vocab_size, config.hidden_size)
-        self.LayerNorm = BertLayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
 
     def construct(self, input_ids, token_type_ids=None):
@@ -233,7 +217,7 @@ class BertSelfOutput(nn.Cell):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = mint.nn.Linear(config.hidden_size, config.hidden_size)
-        self.LayerNorm = BertLayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
 
     def construct(self, context, residual):
@@ -269,7 +253,7 @@ class BertOutput(nn.Cell):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = mint.nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = BertLayerNorm(config.hidden_size, config.layer_norm_eps)
+        self.LayerNorm = LayerNorm(config.hidden_size, config.layer_norm_eps)
         self.dropout = nn.Dropout(p=config.hidden_dropout_prob)
 
     def construct(self, intermediate, residual):
@@ -518,7 +502,7 @@ def build_bert_from_checkpoint(path: str, add_pooler: bool = False) -> Tuple[Ber
 
 
 __all__ = [
-    "BertConfig", "BertModel", "BertEmbeddings", "BertLayer", "BertLayerNorm", "MASK_NEGATIVE",
+    "BertConfig", "BertModel", "BertEmbeddings", "BertLayer", "MASK_NEGATIVE",
     "SUPPORTED_HIDDEN_ACTS", "split_layers", "expected_param_shapes", "load_bert_params",
     "save_converted_bert", "load_converted_bert", "build_bert_from_checkpoint", "vocab_path_for",
 ]

@@ -39,6 +39,8 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
+from src.models.layers import LayerNorm
+
 __all__ = [
     "SWIN_PRESETS",
     "LayerNorm",
@@ -73,29 +75,6 @@ def _dense(in_features: int, out_features: int, has_bias: bool = True) -> nn.Den
     """Linear layer with Swin's initialisation (truncated normal std 0.02, zero bias)."""
     return nn.Dense(in_features, out_features, weight_init=TruncatedNormal(sigma=0.02),
                     bias_init="zeros", has_bias=has_bias)
-
-
-class LayerNorm(nn.Cell):
-    """LayerNorm over the last axis with PyTorch parameter names (``weight``/``bias``) and eps 1e-5.
-
-    ``mindspore.nn.LayerNorm`` names its parameters gamma/beta and defaults to eps 1e-7, and
-    ``mindspore.mint.nn.LayerNorm`` has no CPU kernel in MindSpore 2.10; this wraps the ``LayerNorm``
-    primitive, which runs on CPU, GPU and Ascend.
-    """
-
-    def __init__(self, normalized_dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.normalized_dim = normalized_dim
-        self.eps = eps
-        self.weight = ms.Parameter(initializer("ones", (normalized_dim,), ms.float32), name="weight")
-        self.bias = ms.Parameter(initializer("zeros", (normalized_dim,), ms.float32), name="bias")
-        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-
-    def construct(self, x):
-        return self.layer_norm(x, self.weight, self.bias)[0]
-
-    def extend_repr(self):
-        return f"{self.normalized_dim}, eps={self.eps}"
 
 
 class DropPath(nn.Cell):

@@ -1,0 +1,50 @@
+"""Runs an exported MINDIR over preprocess.py's .bin layout with MindSpore (nn.GraphCell) and writes
+<name>_0.bin logits exactly as ascend310_infer/ does: a CPU/GPU stand-in for the 310 program, and the
+reference the tests compare the 310 flow against.
+
+    python tools/run_mindir_bins.py --mindir_path M.mindir --input_dir PRE --output_dir RES
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from src.utils.runtime import apply_cpu_env_defaults  # noqa: E402
+
+apply_cpu_env_defaults()
+
+
+def main(argv=None) -> int:
+    import json
+
+    import numpy as np
+    import mindspore as ms
+    from mindspore import Tensor, nn
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mindir_path", required=True)
+    parser.add_argument("--input_dir", required=True)
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--device_target", default="CPU")
+    args = parser.parse_args(argv)
+    ms.set_device(args.device_target)
+    graph = nn.GraphCell(ms.load(args.mindir_path))
+    meta = json.load(open(os.path.join(args.input_dir, "samples.json"), encoding="utf-8"))
+    size, tokens = meta["image_size"], None
+    os.makedirs(args.output_dir, exist_ok=True)
+    for entry in meta["samples"]:
+        name = entry["name"]
+        image = np.fromfile(os.path.join(args.input_dir, "00_image", name + ".bin"), np.float32)
+        ids = np.fromfile(os.path.join(args.input_dir, "01_input_ids", name + ".bin"), np.int32)
+        mask = np.fromfile(os.path.join(args.input_dir, "02_attention_mask", name + ".bin"), np.int32)
+        tokens = ids.size
+        logits = graph(Tensor(image.reshape(1, 3, size, size)), Tensor(ids.reshape(1, tokens)),
+                       Tensor(mask.reshape(1, tokens)))
+        logits.asnumpy().astype(np.float32).tofile(os.path.join(args.output_dir, name + "_0.bin"))
+    print(f"wrote {len(meta['samples'])} logits files to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
