@@ -17,6 +17,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON_BIN="${PYTHON_BIN:-$REPO_ROOT/.venv/bin/python}"
 [ -x "$PYTHON_BIN" ] || PYTHON_BIN=python3
 MSRUN="$(dirname "$PYTHON_BIN")/msrun"; [ -x "$MSRUN" ] || MSRUN=msrun
+# msrun starts each worker with the `python` found on PATH: make it the project's interpreter.
+export PATH="$(dirname "$PYTHON_BIN"):$PATH"
 LOG_DIR="${LOG_DIR:-outputs/msrun_logs}"
 mkdir -p "$LOG_DIR"
 cd "$REPO_ROOT"

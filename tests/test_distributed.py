@@ -80,9 +80,18 @@ def test_ranks_stay_identical_and_equal_single_process(runs, step):
     rank1 = _params(os.path.join(runs["out_dist"], "checkpoints", "rank_1", name))
     single = _params(os.path.join(runs["out_single"], "checkpoints", name))
     assert rank0.keys() == rank1.keys() == single.keys()
+    lr = tiny_config("", "")["train"]["lr"]
+    total = off = 0
     for key in rank0:
         np.testing.assert_array_equal(rank0[key], rank1[key], err_msg=key)
-        np.testing.assert_allclose(rank0[key], single[key], rtol=1e-4, atol=2e-5, err_msg=key)
+        # AdamW moves each weight by about lr * sign(gradient); where a gradient is within fp32 rounding
+        # of zero, summing it in another order (allreduce of two halves vs one batch) may flip that sign.
+        # So: nearly every element agrees tightly, and none is further apart than 2 lr per step.
+        diff = np.abs(rank0[key] - single[key])
+        assert diff.max() <= 2 * lr * step + 1e-6, key
+        total += diff.size
+        off += int(np.count_nonzero(diff > 2e-5 + 1e-4 * np.abs(single[key])))
+    assert off <= 1e-3 * total, f"{off} of {total} elements differ"  # without the reduction: most differ
     if step > 1:  # the parameters really move from step to step, so the equalities above say something
         before = _params(os.path.join(runs["out_single"], "checkpoints", f"step_{step - 1:08d}.ckpt"))
         assert sum(not np.array_equal(before[k], single[k]) for k in single) > 0.9 * len(single)
