@@ -95,3 +95,17 @@ def test_ranks_stay_identical_and_equal_single_process(runs, step):
     if step > 1:  # the parameters really move from step to step, so the equalities above say something
         before = _params(os.path.join(runs["out_single"], "checkpoints", f"step_{step - 1:08d}.ckpt"))
         assert sum(not np.array_equal(before[k], single[k]) for k in single) > 0.9 * len(single)
+
+
+def test_failing_workers_fail_the_job_and_are_named(tmp_path):
+    """Every worker stops on a missing dataset: msrun exits non-zero and the script names the ranks."""
+    cfg = _deterministic(tiny_config(str(tmp_path / "no_such_data"), str(tmp_path / "out")))
+    cfg_path = str(tmp_path / "bad.yaml")
+    yaml.safe_dump(cfg, open(cfg_path, "w"))
+    env = dict(os.environ, GLOG_v="3", MASTER_PORT=str(_free_port()), LOG_DIR=str(tmp_path / "logs"),
+               PYTHON_BIN=sys.executable)
+    proc = subprocess.run(["bash", "scripts/run_distribute_train.sh", "2", cfg_path], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank} FAILED" in proc.stderr and "no_such_data" in proc.stderr, proc.stderr[-2000:]
