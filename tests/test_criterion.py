@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, nn
 
 from src.models.criterion import AuxPixelSampler, CoupAlignCriterion, aux_contrastive_loss, nearest_resize
 

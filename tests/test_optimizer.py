@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn
 
 from src.engine.optimizer import AdamW, PolyLR, param_groups, uses_weight_decay
 

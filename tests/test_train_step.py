@@ -1,6 +1,5 @@
 """TrainStep: accumulation, clipping and loss scaling on a small net whose gradients we know."""
 import numpy as np
-import pytest
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops

@@ -8,7 +8,7 @@ behaviour compiles once into its own static graph and no step branches on a tens
 from __future__ import annotations
 
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Tensor, nn, ops
 from mindspore.communication import get_group_size
 
 _add_scaled = ops.MultitypeFuncGraph("add_scaled")

@@ -9,7 +9,6 @@ import os
 import time
 from typing import Dict, List, Optional
 
-import numpy as np
 
 import mindspore as ms
 from mindspore import Tensor

@@ -57,17 +57,25 @@ def _build_coupalign(cfg, load_pretrained: bool = True):
     from src.models.bert import load_converted_bert
     from src.models.coupalign import CoupAlign, bert_config_from
 
-    model = CoupAlign(cfg.model, bert_config_from(cfg.model.bert))
+    bert_section = cfg.model.bert
+    if bert_section.pretrained and not os.path.isfile(bert_section.pretrained):
+        raise FileNotFoundError(f"model.bert.pretrained: checkpoint not found: {bert_section.pretrained} "
+                                "(convert one with tools/convert_bert.py, or set model.bert.pretrained='')")
+    # A converted BERT checkpoint defines the architecture; read it once for config and weights.
+    bert_config, bert_params, _ = (load_converted_bert(bert_section.pretrained) if bert_section.pretrained
+                                   else (bert_config_from(bert_section), None, None))
+    model = CoupAlign(cfg.model, bert_config)
     if not load_pretrained:
         return model
-    for part, path, prefix in (("swin", cfg.model.swin.pretrained, "swin."), ("bert", cfg.model.bert.pretrained, "bert.")):
+    sources = (("swin", cfg.model.swin.pretrained, "swin."), ("bert", bert_section.pretrained, "bert."))
+    for part, path, prefix in sources:
         if not path:
             logger.info("%s: no pretrained checkpoint configured; random initialisation", part)
             continue
         if not os.path.isfile(path):
             raise FileNotFoundError(f"model.{part}.pretrained: checkpoint not found: {path} "
                                     f"(convert one with tools/convert_{part}.py, or set model.{part}.pretrained='')")
-        params = load_converted_bert(path)[1] if part == "bert" else ms.load_checkpoint(path)
+        params = bert_params if part == "bert" else ms.load_checkpoint(path)
         missing, unused = load_into(model, params, prefix, f"model.{part}.pretrained={path}")
         logger.info("%s: loaded %d tensors from %s; %d model parameters not in the checkpoint%s; "
                     "%d checkpoint entries unused%s", part, len(params) - len(unused), path, len(missing),

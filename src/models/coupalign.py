@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from typing import Optional
 
-import mindspore as ms
 from mindspore import nn, ops
 
 from src.config import ConfigError, LossSection, ModelSection, swin_arch
-from src.models.bert import BertConfig, BertModel, load_converted_bert, load_bert_params
+from src.models.bert import BertConfig, BertModel, load_converted_bert
 from src.models.criterion import CoupAlignCriterion
 from src.models.pixel_decoder import build_pixel_decoder
 from src.models.sma import SentenceMaskAlignment, SentencePixelHead, pool_sentence
@@ -29,7 +28,7 @@ from src.models.wpa import WordPixelAlignment
 NUM_STAGES = 4
 
 
-def bert_config_from(section, strict_vocab: bool = True) -> BertConfig:
+def bert_config_from(section) -> BertConfig:
     """The BERT architecture: the converted checkpoint's own config when `pretrained` is set, else the
     architecture keys of the `model.bert` section."""
     if section.pretrained:
