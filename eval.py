@@ -1,10 +1,12 @@
 """Evaluate a trained CoupAlign on one split by the LAVT protocol (oIoU, mIoU, precision@0.5..0.9).
 
     python eval.py --config_path C --checkpoint_path CK --data_root D --dataset refcocog --split_by umd \
-        --split val --output_dir OUT [--save_masks true] [--visualize 16]
+        --split val --output_dir OUT [--save_masks true] [--visualize 16] [--skip_bad_samples true]
 
 Writes OUT/metrics.json, OUT/per_sample.csv, OUT/masks/<ref_id>_<sent_id>.png (--save_masks) and
-OUT/visualize/*.png (--visualize K), and prints the paper's table.
+OUT/visualize/*.png (--visualize K), and prints the paper's table. A sample whose image or mask cannot
+be loaded stops the evaluation with the file and field named; with --skip_bad_samples true it is left
+out of the metrics and listed (with the reason) in metrics.json.
 """
 import sys
 
@@ -61,7 +63,8 @@ def main(argv=None) -> int:
             picture = overlay(refer.load_image(sample.image_id), mask, sample.text)
             write_png(os.path.join(out_dir, "visualize", f"{position:04d}_{sample.ref_id}_{sample.sent_id}.png"), picture)
 
-    result = evaluate(predict, refer, dataset, on_prediction=on_prediction, progress=True)
+    result = evaluate(predict, refer, dataset, on_prediction=on_prediction, progress=True,
+                      skip_bad_samples=cfg.eval.skip_bad_samples)
     path = write_reports(result, out_dir, {"dataset": cfg.data.dataset, "split_by": cfg.data.split_by,
                                            "split": cfg.eval.split, "checkpoint": cfg.checkpoint_path,
                                            "swap_sentences": cfg.eval.swap_sentences})

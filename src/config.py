@@ -130,6 +130,10 @@ class DataSection:
     train_split: str = "train"
     val_split: str = "val"
     num_workers: int = 4
+    # Training skips samples whose image or mask cannot be loaded (each is logged with the file and
+    # field) and aborts once more than this many were skipped: a few bad files should not cost a
+    # run, a broken data_root should stop it early. 0 = the first bad sample aborts.
+    max_bad_samples: int = 100
 
 
 @dataclass
@@ -392,6 +396,9 @@ def _check_choices(cfg: Config) -> None:
                 "model.image_size", "model.max_tokens", "model.mask_generator.num_queries"):
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected a positive integer")
+    for key in ("data.max_bad_samples", "data.num_workers", "train.warmup_steps", "train.max_steps"):
+        if flat[key] < 0:
+            raise ConfigError(f"config key '{key}' = {flat[key]}; expected an integer >= 0")
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

@@ -82,6 +82,8 @@ def test_choices_and_ambiguous_leaf():
         resolve_key("batch_size")
     with pytest.raises(ConfigError, match="positive"):
         load_config(None, ["--train.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"data\.max_bad_samples.*>= 0"):
+        load_config(None, ["--data.max_bad_samples=-1"])
 
 
 def test_parse_value():

@@ -38,11 +38,11 @@ def batches(dataset, num_epochs=1):
 
 
 def test_source_item_values(refer, tokenizer):
-    source = ReferSource(refer, tokenizer, S, with_index=True)
+    source = ReferSource(refer, tokenizer, S, train=False)
     assert len(source) == len(refer.samples()) + 1
     for i in (0, len(refer.samples()) // 2, len(refer.samples()) - 1):
         sample = refer.sample(i)
-        image, ids, att, mask, index = source[i]
+        image, ids, att, mask, bad, index = source[i]
         assert image.shape == (3, S, S) and image.dtype == np.float32
         raw = refer.load_image(sample.image_id)
         resized = resize_image(raw, S)
@@ -55,9 +55,9 @@ def test_source_item_values(refer, tokenizer):
         np.testing.assert_array_equal(ids, exp_ids)
         np.testing.assert_array_equal(att, exp_att)
         assert ids.dtype == np.int32 and att.dtype == np.int32 and int(index) == i and index.dtype == np.int32
+        assert int(bad) == 0
     pad = source[len(refer.samples())]
-    assert int(pad[4]) == PAD_INDEX
-    np.testing.assert_array_equal(pad[0], source[0][0])
+    assert int(pad[5]) == PAD_INDEX and int(pad[4]) == 0 and pad[0].shape == (3, S, S)
 
 
 def test_normalisation_of_a_constant_image():
@@ -79,12 +79,13 @@ def test_train_pipeline_shapes_dtypes_and_drop_remainder(refer, tokenizer):
     n_refs = len(refer.refs)
     assert n_refs % batch_size != 0  # the test needs a remainder to drop
     assert len(epoch) == n_refs // batch_size == data.get_dataset_size()
-    for image, ids, att, mask in epoch:
+    for image, ids, att, mask, bad in epoch:
         assert image.shape == (batch_size, 3, S, S) and image.dtype == np.float32
         assert ids.shape == (batch_size, T) and ids.dtype == np.int32
         assert att.shape == (batch_size, T) and att.dtype == np.int32
         assert mask.shape == (batch_size, S, S) and mask.dtype == np.float32
         assert (att[:, 0] == 1).all() and ((att == 0) | (att == 1)).all()
+        assert bad.shape == (batch_size,) and (bad == 0).all()
 
 
 def test_training_sentence_sampling_per_epoch_and_seeded(refer, tokenizer):
@@ -145,7 +146,7 @@ def test_sharding_partitions(refer, tokenizer):
         data = create_refer_dataset(refer, tokenizer, S, 4, train=False, num_workers=1, num_shards=2, shard_id=k)
         for batch in batches(data)[0]:
             assert batch[0].shape[0] == 4  # padded to whole batches
-            seen.extend(int(i) for i in batch[4] if i != PAD_INDEX)
+            seen.extend(int(i) for i in batch[5] if i != PAD_INDEX)
     assert sorted(seen) == list(range(n))
     with pytest.raises(ValueError):
         create_refer_dataset(refer, tokenizer, S, 4, train=False, num_shards=2)
@@ -162,7 +163,7 @@ def test_eval_pipeline_index_and_padding(refer, tokenizer):
     data = create_refer_dataset(refer, tokenizer, S, batch_size, train=False, num_workers=2)
     epoch = batches(data)[0]
     assert len(epoch) == -(-n // batch_size)
-    indices = np.concatenate([b[4] for b in epoch])
+    indices = np.concatenate([b[5] for b in epoch])
     assert indices.dtype == np.int32 and all(b[0].shape[0] == batch_size for b in epoch)
     assert indices[:n].tolist() == list(range(n)) and (indices[n:] == PAD_INDEX).all()
     # masks of the evaluation rows are the samples' own masks
@@ -172,7 +173,7 @@ def test_eval_pipeline_index_and_padding(refer, tokenizer):
     unpadded = batches(create_refer_dataset(refer, tokenizer, S, batch_size, train=False, num_workers=1,
                                             pad_last_batch=False))[0]
     assert unpadded[-1][0].shape[0] == n % batch_size
-    assert np.concatenate([b[4] for b in unpadded]).tolist() == list(range(n))
+    assert np.concatenate([b[5] for b in unpadded]).tolist() == list(range(n))
 
 
 # ----------------------------------------------------------------------------------------------

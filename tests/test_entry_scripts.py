@@ -206,3 +206,54 @@ def test_310_flow_reproduces_eval_metrics(trained, tmp_path):
     for resolution in ("input_resolution", "original_resolution"):
         for key, value in ref[resolution].items():
             assert post[resolution][key] == pytest.approx(value, abs=1e-9), (resolution, key)
+
+
+def test_truncated_checkpoint_and_wrong_vocabulary_get_clear_errors(trained, tmp_path):
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    data = open(ckpt, "rb").read()
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(data[: len(data) // 2])  # what a copy interrupted half-way leaves
+    proc = run("eval.py", "--config_path", trained["config"], "--checkpoint_path", str(cut),
+               "--output_dir", str(tmp_path / "e"), expect=1)
+    assert f"checkpoint {cut} cannot be read" in proc.stderr and "Traceback" not in proc.stderr
+
+    # a well-formed BERT vocabulary, but of another model (fewer tokens than the embedding table)
+    vocab = tmp_path / "other_vocab.txt"
+    tokens = open(_vocab_path(), encoding="utf-8").read().splitlines()
+    vocab.write_text("\n".join(tokens[:20000]) + "\n", encoding="utf-8")
+    image = glob.glob(os.path.join(trained["data"], "images", "train2014", "*.jpg"))[0]
+    for script, extra in (("eval.py", ("--output_dir", str(tmp_path / "v"))),
+                          ("infer.py", ("--image", image, "--text", "the circle", "--output", str(tmp_path / "p.png")))):
+        proc = run(script, "--config_path", trained["config"], "--checkpoint_path", ckpt,
+                   "--model.bert.vocab_path", str(vocab), *extra, expect=2)
+        assert f"vocabulary {vocab} has 20000 tokens" in proc.stderr and "30522 rows" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
+def test_infer_on_a_10000_by_10000_image(trained, tmp_path):
+    """A 100-megapixel photo: the full-size mask comes out, and the process stays far from the
+    machine's memory (the image itself is 300 MB as uint8; float copies of it would be 1.2 GB each)."""
+    side = 10000
+    yy, xx = np.mgrid[0:side:8, 0:side:8]
+    small = np.stack([(xx * 255 // side), (yy * 255 // side), np.full_like(xx, 90)], -1).astype(np.uint8)
+    big = cv2.resize(small, (side, side), interpolation=cv2.INTER_NEAREST)
+    path = str(tmp_path / "huge.jpg")
+    assert cv2.imwrite(path, big)
+    del big, small
+    out = str(tmp_path / "huge_mask.png")
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    log = tmp_path / "infer.log"
+    with open(log, "w") as sink:  # a file, not a pipe: nobody reads a pipe while we wait
+        proc = subprocess.Popen([sys.executable, "infer.py", "--config_path", trained["config"], "--checkpoint_path",
+                                 ckpt, "--image", path, "--text", "the blue square", "--output", out], cwd=ROOT,
+                                env=dict(os.environ, GLOG_v="3"), stdout=sink, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak memory
+    stderr = log.read_text()
+    assert os.waitstatus_to_exitcode(status) == 0, stderr[-3000:]
+    mask = cv2.imread(out, cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (side, side) and set(np.unique(mask)) <= {0, 255}
+    overlay = cv2.imread(str(tmp_path / "huge_mask_overlay.png"))
+    assert max(overlay.shape[:2]) <= 2048 + 200  # shrunk to 2048 (+ the caption band)
+    peak_gb = usage.ru_maxrss / 2**20  # ru_maxrss is in kB on Linux
+    print(f"infer.py peak RSS on a {side}x{side} image: {peak_gb:.2f} GB")
+    assert peak_gb < 4.0, f"infer.py peaked at {peak_gb:.1f} GB on a 10000x10000 image"

@@ -2,6 +2,7 @@
 resumed with --train.resume=true ends with exactly the parameters of an uninterrupted run; a diverging
 run stops with the step and the loss components."""
 import glob
+import json
 import os
 import random
 import signal
@@ -88,3 +89,90 @@ def test_diverging_loss_stops_with_step_and_components(data_root, tmp_path):
     message = proc.stderr.strip().splitlines()[-1]
     assert message.startswith("error: non-finite loss at step") and "seg=" in message and "aux=" in message
     assert "Traceback" not in proc.stderr
+
+
+# A checkpoint save that runs out of space, run in a child process. Writes a first checkpoint, then a
+# second one that cannot fit, and reports what it saw as JSON on its last line.
+DISK_FULL_SCRIPT = r"""
+import json, os, resource, sys
+sys.path.insert(0, sys.argv[1])
+from mindspore import nn
+from src.engine.checkpoint import CheckpointError, CheckpointManager, TrainState, read_checkpoint
+
+directory, mode = sys.argv[2], sys.argv[3]
+cell = nn.Dense(256, 256)  # ~260 kB per checkpoint
+manager = CheckpointManager(directory, keep_last=2)
+first = manager.save(cell, TrainState(step=1), 0, "config")
+if mode == "fsize":  # no mountable filesystem: a per-process file-size limit makes the write fail instead
+    size = os.path.getsize(first)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size // 2, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    manager.save(cell, TrainState(step=2), 0, "config")
+    error = None
+except CheckpointError as e:
+    error = str(e)
+left = sorted(os.path.relpath(os.path.join(d, f), directory) for d, _, fs in os.walk(directory) for f in fs)
+weights = read_checkpoint(first)["weight"].asnumpy()
+print(json.dumps({"error": error, "left": left, "first_ok": bool((weights == cell.weight.asnumpy()).all())}))
+"""
+
+
+def _tmpfs_available() -> bool:
+    import shutil
+
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /tmp && echo ok"],
+                           capture_output=True, text=True)
+    return probe.returncode == 0 and "ok" in probe.stdout
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path):
+    """With a mountable filesystem (user namespaces, or root), a real 400 kB tmpfs fills up (ENOSPC);
+    otherwise RLIMIT_FSIZE makes the kernel refuse the write (EFBIG). Either way: a clear error, the
+    first checkpoint intact and loadable, nothing partial left behind."""
+    directory = str(tmp_path / "ckpt")
+    os.makedirs(directory)
+    script = str(tmp_path / "disk_full.py")
+    open(script, "w").write(DISK_FULL_SCRIPT)
+    if _tmpfs_available():
+        command = ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o size=400k tmpfs "{directory}" && '
+                   f'"{sys.executable}" "{script}" "{ROOT}" "{directory}" enospc']
+        expected = "No space left on device"
+    else:
+        command = [sys.executable, script, ROOT, directory, "fsize"]
+        expected = "File too large"
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ, GLOG_v="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["error"] is not None, "the save into a full disk did not fail"
+    assert "could not write checkpoint" in report["error"] and "step_00000002.ckpt" in report["error"]
+    assert expected in report["error"] and "previous checkpoint is intact" in report["error"]
+    assert report["left"] == ["step_00000001.ckpt"]  # no partial file, not even MindSpore's own temporary
+    assert report["first_ok"]
+
+
+def test_same_seed_same_loss_trajectory_and_another_seed_differs(data_root, tmp_path):
+    """Everything random is on: data order, the sentence drawn per object, dropout, drop path and the
+    auxiliary loss's point sampling. Two runs with seed 0 log identical losses; seed 1 does not."""
+    def run(name, seed):
+        cfg = tiny_config(data_root, str(tmp_path / name))
+        cfg["seed"] = seed
+        cfg["model"]["swin"]["drop_path_rate"] = 0.1
+        cfg["model"]["bert"].update(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+        cfg["train"].update(max_steps=5, log_every=1, validate=False, save_every_steps=0)
+        path = str(tmp_path / f"{name}.yaml")
+        yaml.safe_dump(cfg, open(path, "w"))
+        proc = _train(path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        records = [json.loads(line) for line in open(tmp_path / name / "train_log.jsonl")]
+        assert records[0] == {**records[0], "type": "run", "seed": seed}  # the seed is in the log
+        losses = [(r["loss"], r["seg_loss"], r["aux_loss"]) for r in records if r["type"] == "train"]
+        final = glob.glob(str(tmp_path / name / "checkpoints" / "step_*.ckpt"))[-1]
+        assert int(ms.load_checkpoint(final)["seed"].asnumpy()) == seed  # and in the checkpoint
+        return losses
+
+    first, again, other = run("a", 0), run("b", 0), run("c", 1)
+    assert len(first) == 5
+    assert first == again  # exactly, not approximately
+    assert all(x != y for x, y in zip(first, other))

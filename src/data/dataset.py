@@ -20,7 +20,8 @@
     evaluation loop must skip rows whose index is -1.
 
 Columns (batched): ``image`` float32 (B, 3, S, S), ``input_ids`` int32 (B, T), ``attention_mask``
-int32 (B, T), ``mask`` float32 (B, S, S) in {0, 1}, and in evaluation ``index`` int32 (B,) into
+int32 (B, T), ``mask`` float32 (B, S, S) in {0, 1}, ``bad`` int32 (B,) (0, or: this row's sample could
+not be loaded; see `ReferSource`), and in evaluation ``index`` int32 (B,) into
 `refer.samples()` (the original-resolution metric fetches the original mask and size through it:
 ``refer.load_mask(refer.sample(i).ann_id)``). Training drops the last incomplete batch.
 
@@ -38,12 +39,12 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import mindspore.dataset as ds
 
-from .refer import ReferDataset
+from .refer import ReferDataset, SAMPLE_ERRORS
 from .transforms import preprocess_image, resize_mask
 
 logger = logging.getLogger(__name__)
 
-TRAIN_COLUMNS = ["image", "input_ids", "attention_mask", "mask"]
+TRAIN_COLUMNS = ["image", "input_ids", "attention_mask", "mask", "bad"]
 EVAL_COLUMNS = TRAIN_COLUMNS + ["index"]
 EPOCH_SAMPLING = ("one_per_ref", "all_sentences")
 PAD_INDEX = -1
@@ -108,20 +109,32 @@ class ReferSampler(ds.Sampler):
 
 
 class ReferSource:
-    """Random-access source: item i -> (image, input_ids, attention_mask, mask[, index]) of `refer.samples()[i]`.
+    """Random-access source: item i -> (image, input_ids, attention_mask, mask, bad[, index]) of `refer.samples()[i]`.
 
-    Item `len(refer.samples())` is a padding row (a copy of sample 0 with index -1).
+    Item `len(refer.samples())` is a padding row (index -1).
     Keeps the last few preprocessed images/masks: consecutive evaluation samples are sentences of
     the same object.
+
+    A sample whose image or mask cannot be loaded (`SAMPLE_ERRORS`: missing or corrupt image, size
+    differing from instances.json, empty or malformed segmentation) never raises here, because an
+    exception inside a pipeline worker reaches the user as a MindSpore traceback. Instead:
+    * training: the next samples i+1, i+2, ... are tried and the first good one is returned with
+      ``bad = REPLACED`` (the trainer counts such rows and aborts past ``data.max_bad_samples``);
+      when `MAX_ATTEMPTS` samples in a row are bad the row is a zero placeholder with
+      ``bad = UNREPLACEABLE`` and the trainer aborts;
+    * evaluation: the row is a zero placeholder with ``bad = 1``; the evaluator raises a clear error
+      naming the file and field, or skips and counts it (``eval.skip_bad_samples``).
     """
 
     CACHE_SIZE = 4
+    MAX_ATTEMPTS = 32
+    REPLACED, UNREPLACEABLE = 1, 2  # values of the `bad` column (0: the sample itself)
 
-    def __init__(self, refer: ReferDataset, tokenizer, image_size: int, with_index: bool):
+    def __init__(self, refer: ReferDataset, tokenizer, image_size: int, train: bool):
         self.refer = refer
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
-        self.with_index = bool(with_index)
+        self.train = bool(train)
         self.num_samples = len(refer.samples())
         self._images: "OrderedDict[int, np.ndarray]" = OrderedDict()
         self._masks: "OrderedDict[int, np.ndarray]" = OrderedDict()
@@ -139,20 +152,40 @@ class ReferSource:
             cache.popitem(last=False)
         return value
 
-    def __getitem__(self, i):
-        i = int(i)
-        index = i if i < self.num_samples else PAD_INDEX
-        sample = self.refer.sample(i if i < self.num_samples else 0)
+    def _pixels(self, sample):
+        """(image (3, S, S) float32, mask (S, S) float32) of `sample`; raises one of SAMPLE_ERRORS."""
         size = self.image_size
         image = self._cached(self._images, sample.image_id,
-                             lambda: preprocess_image(self.refer.load_image(sample.image_id), size))  # (3, S, S)
+                             lambda: preprocess_image(self.refer.load_image(sample.image_id), size))
         mask = self._cached(self._masks, sample.ann_id,
                             lambda: resize_mask(self.refer.load_mask(sample.ann_id), size).astype(np.float32))
+        return image, mask
+
+    def _placeholder(self):
+        size = self.image_size
+        return np.zeros((3, size, size), np.float32), np.zeros((size, size), np.float32)
+
+    def _row(self, sample, pixels, bad: int, index: int):
+        image, mask = pixels
         input_ids, attention_mask = self.tokenizer.encode(sample.text)  # (T,), (T,)
-        row = (image, input_ids.astype(np.int32, copy=False), attention_mask.astype(np.int32, copy=False), mask)
-        if self.with_index:
-            row = row + (np.array(index, np.int32),)
-        return row
+        row = (image, input_ids.astype(np.int32, copy=False), attention_mask.astype(np.int32, copy=False), mask,
+               np.array(bad, np.int32))
+        return row if self.train else row + (np.array(index, np.int32),)
+
+    def __getitem__(self, i):
+        i = int(i)
+        if i >= self.num_samples:  # padding row: never scored
+            return self._row(self.refer.sample(0), self._placeholder(), 0, PAD_INDEX)
+        attempts = self.MAX_ATTEMPTS if self.train else 1
+        for attempt in range(attempts):
+            j = (i + attempt) % self.num_samples
+            sample = self.refer.sample(j)
+            try:
+                return self._row(sample, self._pixels(sample), self.REPLACED if attempt else 0, i)
+            except SAMPLE_ERRORS as e:
+                logger.warning("bad sample %d (ref_id %d, sent_id %d)%s: %s", j, sample.ref_id, sample.sent_id,
+                               ", trying the next one in its place" if self.train else "", e)
+        return self._row(self.refer.sample(i), self._placeholder(), self.UNREPLACEABLE if self.train else 1, i)
 
 
 def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_size: int, train: bool,
@@ -193,7 +226,7 @@ def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_
         raise ValueError(f"{refer!r}: shard {shard_id}/{num_shards} holds {per_epoch} samples per epoch, "
                          f"fewer than one batch of {batch_size}")
     columns = TRAIN_COLUMNS if train else EVAL_COLUMNS
-    source = ReferSource(refer, tokenizer, image_size, with_index=not train)
+    source = ReferSource(refer, tokenizer, image_size, train=train)
     dataset = ds.GeneratorDataset(source, column_names=columns, sampler=sampler,
                                   num_parallel_workers=max(1, int(num_workers)),
                                   python_multiprocessing=python_multiprocessing and num_workers > 1)

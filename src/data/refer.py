@@ -55,6 +55,10 @@ VALID_SPLITS: Dict[str, Dict[str, Tuple[str, ...]]] = {
 
 IMAGE_SUBDIR = os.path.join("images", "train2014")
 
+# What loading one sample can raise when its files are bad (missing or corrupt image, a size that
+# differs from instances.json, an empty or malformed segmentation); the pipeline skips or reports these.
+SAMPLE_ERRORS = (OSError, ValueError, cv2.error)
+
 
 @dataclass(frozen=True)
 class Sentence:
@@ -401,11 +405,15 @@ class ReferDataset:
         return img
 
     def load_mask(self, ann_id: int) -> np.ndarray:
-        """(H, W) uint8 {0, 1}: the union of the annotation's polygons, or its RLE."""
+        """(H, W) uint8 {0, 1}: the union of the annotation's polygons, or its RLE; a ValueError naming
+        the annotation when it is empty."""
         ann = self.annotations[ann_id]
         height, width = self.image_size(ann["image_id"])
-        return decode_segmentation(ann["segmentation"], height, width,
-                                   where=f"{self.instances_path}: annotation {ann_id} segmentation")
+        where = f"{self.instances_path}: annotation {ann_id} segmentation"
+        mask = decode_segmentation(ann["segmentation"], height, width, where=where)
+        if not mask.any():  # a referred object without pixels cannot be learned or scored
+            raise ValueError(f"{where}: empty (no polygon with 3 or more points, or an RLE without foreground)")
+        return mask
 
     def category_name(self, category_id: int) -> Optional[str]:
         return self.categories.get(category_id)

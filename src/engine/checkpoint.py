@@ -3,8 +3,8 @@
 A checkpoint holds every Parameter of the train step (model, optimizer moments and step counters,
 accumulation buffers, loss scale) plus metadata: the global step, the epoch, the number of batches
 of that epoch already consumed, the seed, the best validation score so far and the config.
-It is written to `<name>.tmp.ckpt` and renamed, so a kill or a full disk never leaves a half-written
-file under a checkpoint's name and the previous checkpoint stays intact.
+It is written into `<dir>/.incomplete/` and renamed into place, so a kill or a full disk never leaves a
+half-written file under a checkpoint's name and the previous checkpoint stays intact.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 logger = logging.getLogger(__name__)
 
 CKPT_PATTERN = re.compile(r"^step_(\d+)\.ckpt$")
-META_KEYS = ("step", "epoch", "batch_in_epoch", "seed", "best_score", "config_yaml")
+META_KEYS = ("step", "epoch", "batch_in_epoch", "seed", "best_score", "bad_samples", "config_yaml")
 
 
 class CheckpointError(RuntimeError):
@@ -31,25 +31,48 @@ class TrainState:
     epoch: int = 0  # the epoch in progress (or the next one when batch_in_epoch == 0)
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
     best_score: float = -1.0  # best validation overall IoU so far (-1: none yet)
+    bad_samples: int = 0  # unreadable training samples skipped so far (data.max_bad_samples)
+
+
+STAGING_DIR = ".incomplete"  # inside the checkpoint directory: same filesystem, so rename is atomic
+
+
+def _clear_staging(staging: str) -> None:
+    for name in os.listdir(staging) if os.path.isdir(staging) else ():
+        try:
+            os.remove(os.path.join(staging, name))
+        except OSError:
+            pass
 
 
 def _write_atomic(params, path: str, meta: Dict) -> None:
+    """Writes into `<dir>/.incomplete/` and renames into place. MindSpore itself writes through a
+    temporary of its own (`<name>.tmp`) that it leaves behind when a write fails, so the whole staging
+    directory is cleared on failure rather than one known file name."""
     import mindspore as ms
 
-    # ms.save_checkpoint appends ".ckpt" to names without it, so the temporary keeps that suffix.
-    tmp = path[:-len(".ckpt")] + ".tmp.ckpt" if path.endswith(".ckpt") else path + ".tmp.ckpt"
+    staging = os.path.join(os.path.dirname(path) or ".", STAGING_DIR)
+    os.makedirs(staging, exist_ok=True)
+    # ms.save_checkpoint appends ".ckpt" to names without it, so the staged name keeps that suffix.
+    staged = os.path.join(staging, os.path.basename(path) if path.endswith(".ckpt") else os.path.basename(path) + ".ckpt")
     try:
-        ms.save_checkpoint(params, tmp, append_dict=meta)
-        os.replace(tmp, path)
-    except BaseException as e:  # includes KeyboardInterrupt: never leave the temporary behind
-        if os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+        ms.save_checkpoint(params, staged, append_dict=meta)
+        os.replace(staged, path)
+    except BaseException as e:  # includes KeyboardInterrupt: never leave a partial file behind
+        _clear_staging(staging)
         if isinstance(e, (OSError, RuntimeError, ValueError)):
             raise CheckpointError(f"could not write checkpoint {path}: {e} (the previous checkpoint is intact)") from e
         raise
+
+
+def list_checkpoints(directory: str) -> List[str]:
+    """The step_<N>.ckpt files in `directory`, oldest first."""
+    found = []
+    for path in glob.glob(os.path.join(directory, "step_*.ckpt")):
+        m = CKPT_PATTERN.match(os.path.basename(path))
+        if m:
+            found.append((int(m.group(1)), path))
+    return [p for _, p in sorted(found)]
 
 
 class CheckpointManager:
@@ -60,17 +83,13 @@ class CheckpointManager:
         self.directory = directory
         self.keep_last = max(1, int(keep_last))
         os.makedirs(directory, exist_ok=True)
+        _clear_staging(os.path.join(directory, STAGING_DIR))  # left by a process killed while writing
 
     def path_for(self, step: int) -> str:
         return os.path.join(self.directory, f"step_{step:08d}.ckpt")
 
     def list(self) -> List[str]:
-        found = []
-        for path in glob.glob(os.path.join(self.directory, "step_*.ckpt")):
-            m = CKPT_PATTERN.match(os.path.basename(path))
-            if m:
-                found.append((int(m.group(1)), path))
-        return [p for _, p in sorted(found)]
+        return list_checkpoints(self.directory)
 
     def latest(self) -> Optional[str]:
         paths = self.list()
@@ -91,7 +110,8 @@ class CheckpointManager:
     @staticmethod
     def _meta(state: TrainState, seed: int, config_yaml: str) -> Dict:
         return {"step": int(state.step), "epoch": int(state.epoch), "batch_in_epoch": int(state.batch_in_epoch),
-                "seed": int(seed), "best_score": float(state.best_score), "config_yaml": config_yaml}
+                "seed": int(seed), "best_score": float(state.best_score), "bad_samples": int(state.bad_samples),
+                "config_yaml": config_yaml}
 
 
 def read_checkpoint(path: str) -> Dict:
@@ -116,7 +136,8 @@ def split_meta(entries: Dict):
         return value.asnumpy().item() if hasattr(value, "asnumpy") else value
 
     state = TrainState(step=int(scalar("step", 0)), epoch=int(scalar("epoch", 0)),
-                       batch_in_epoch=int(scalar("batch_in_epoch", 0)), best_score=float(scalar("best_score", -1.0)))
+                       batch_in_epoch=int(scalar("batch_in_epoch", 0)), best_score=float(scalar("best_score", -1.0)),
+                       bad_samples=int(scalar("bad_samples", 0)))
     return entries, state, scalar("seed", None)
 
 

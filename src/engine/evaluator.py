@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from src.data.refer import SAMPLE_ERRORS
 from src.data.transforms import resize_mask
 from src.metrics import RefSegMetrics, logits_to_mask, resize_logits_to
 
@@ -31,10 +32,19 @@ class SampleResult:
 
 
 @dataclass
+class SkippedSample:
+    index: int
+    ref_id: int
+    sent_id: int
+    reason: str
+
+
+@dataclass
 class EvalResult:
     input_resolution: Dict[str, float]
     original_resolution: Dict[str, float]
     samples: List[SampleResult] = field(default_factory=list)
+    skipped: List[SkippedSample] = field(default_factory=list)  # unreadable, with skip_bad_samples
 
     @property
     def num_samples(self) -> int:
@@ -72,16 +82,33 @@ class Scorer:
         return EvalResult(self.input_metrics.compute(), self.original_metrics.compute(), self.samples)
 
 
+def _load_error(refer, index: int) -> str:
+    """Why sample `index` cannot be loaded (the pipeline worker only flags it): the reader's message,
+    which names the file and field."""
+    sample = refer.sample(index)
+    try:
+        refer.load_image(sample.image_id)
+        refer.load_mask(sample.ann_id)
+    except SAMPLE_ERRORS as e:
+        return str(e)
+    return "it failed to load in a pipeline worker but loads now (a file changed during evaluation?)"
+
+
 def evaluate(predict: Callable, refer, dataset, max_batches: Optional[int] = None,
-             on_prediction: Optional[Callable] = None, progress: bool = False) -> EvalResult:
+             on_prediction: Optional[Callable] = None, progress: bool = False,
+             skip_bad_samples: bool = False) -> EvalResult:
     """Runs `predict(image, input_ids, attention_mask) -> logits (B, 1, S, S) numpy` over `dataset`
     (an evaluation pipeline from `create_refer_dataset(train=False)`, which carries an `index` column
     into `refer.samples()`; rows with index -1 are padding and skipped).
+
+    A sample whose image or mask cannot be loaded raises a ValueError naming the file and field, or,
+    with `skip_bad_samples`, is left out of the metrics and listed in `EvalResult.skipped`.
 
     `on_prediction(sample, original_logits, position)` is called for each sample (for saving masks
     and overlays) with the logits at the original image size.
     """
     scorer = Scorer(refer, on_prediction)
+    skipped: List[SkippedSample] = []
     iterator = dataset.create_dict_iterator(num_epochs=1, output_numpy=True)
     if progress:
         from tqdm import tqdm
@@ -90,11 +117,25 @@ def evaluate(predict: Callable, refer, dataset, max_batches: Optional[int] = Non
     for batch_id, batch in enumerate(iterator):
         if max_batches is not None and batch_id >= max_batches:
             break
+        bad_rows = [row for row, (index, bad) in enumerate(zip(batch["index"].tolist(), batch["bad"].tolist()))
+                    if index >= 0 and bad]
+        for row in bad_rows:
+            index = int(batch["index"][row])
+            sample, reason = refer.sample(index), _load_error(refer, index)
+            if not skip_bad_samples:
+                raise ValueError(f"evaluation sample {index} (ref_id {sample.ref_id}, sent_id {sample.sent_id}) cannot "
+                                 f"be loaded: {reason}. Fix the file, or pass --skip_bad_samples true to leave such "
+                                 f"samples out of the metrics (they are counted and listed in metrics.json)")
+            logger.warning("skipped evaluation sample %d (ref_id %d, sent_id %d): %s", index, sample.ref_id,
+                           sample.sent_id, reason)
+            skipped.append(SkippedSample(index, sample.ref_id, sample.sent_id, reason))
         logits = np.asarray(predict(batch["image"], batch["input_ids"], batch["attention_mask"]))[:, 0]  # (B, S, S)
         for row, index in enumerate(batch["index"].tolist()):
-            if index >= 0:
+            if index >= 0 and row not in bad_rows:
                 scorer.add(index, logits[row], batch["mask"][row])
-    return scorer.result()
+    result = scorer.result()
+    result.skipped = skipped
+    return result
 
 
 def write_reports(result: EvalResult, out_dir: str, header: Dict) -> str:
@@ -106,6 +147,8 @@ def write_reports(result: EvalResult, out_dir: str, header: Dict) -> str:
     os.makedirs(out_dir, exist_ok=True)
     metrics = dict(header)
     metrics["num_samples"] = result.num_samples
+    metrics["num_skipped"] = len(result.skipped)
+    metrics["skipped"] = [dict(ref_id=k.ref_id, sent_id=k.sent_id, reason=k.reason) for k in result.skipped]
     for name, values in (("input_resolution", result.input_resolution),
                          ("original_resolution", result.original_resolution)):
         metrics[name] = {k: v for k, v in values.items() if k != "num_samples"}
@@ -129,4 +172,6 @@ def format_table(split: str, result: EvalResult) -> str:
         row = f"{split:<10}{name:<12}" + "".join(f"{m[f'precision@{t}']:>8.2f}" for t in (0.5, 0.6, 0.7, 0.8, 0.9))
         row += f"{m['overall_iou']:>8.2f}{m['mean_iou']:>8.2f}{m['num_samples']:>8d}"
         lines.append(row)
+    if result.skipped:
+        lines.append(f"({len(result.skipped)} unreadable samples skipped and left out of these numbers)")
     return "\n".join(lines)

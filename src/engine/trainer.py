@@ -14,16 +14,16 @@ import mindspore as ms
 from mindspore import Tensor
 
 from src.config import Config, ConfigError
-from src.data.dataset import create_refer_dataset
+from src.data.dataset import ReferSource, create_refer_dataset
 from src.data.refer import ReferDataset
 from src.data.tokenizer import BertTokenizer
-from src.engine.checkpoint import CheckpointManager, TrainState, read_checkpoint, split_meta
+from src.engine.checkpoint import CheckpointManager, TrainState, list_checkpoints, read_checkpoint, split_meta
 from src.engine.evaluator import evaluate, format_table
 from src.engine.optimizer import AdamW, PolyLR, param_groups
 from src.engine.train_step import TrainStep
 from src.models import create_model
 from src.models.bert import vocab_path_for
-from src.models.coupalign import CoupAlignWithLoss, build_criterion
+from src.models.coupalign import CoupAlignWithLoss, bert_config_from, build_criterion
 from src.utils.runtime import RunContext
 
 logger = logging.getLogger(__name__)
@@ -33,15 +33,28 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or Inf."""
 
 
+class TooManyBadSamples(RuntimeError):
+    """More training samples were unreadable than data.max_bad_samples allows."""
+
+
 def build_tokenizer(cfg: Config) -> BertTokenizer:
-    """The WordPiece tokenizer of the configured text encoder."""
+    """The WordPiece tokenizer of the configured text encoder. Its vocabulary must have exactly as many
+    tokens as the encoder's embedding table has rows: a vocab.txt from another model would otherwise
+    give ids that index the wrong rows (or beyond the table) without any error."""
     vocab = cfg.model.bert.vocab_path
     if not vocab and cfg.model.bert.pretrained:
         vocab = vocab_path_for(cfg.model.bert.pretrained)
     if not vocab:
         raise ConfigError("no vocabulary: set model.bert.vocab_path, or model.bert.pretrained to a checkpoint "
                           "written by tools/convert_bert.py (its vocab.txt is stored beside it)")
-    return BertTokenizer(vocab, max_tokens=cfg.model.max_tokens)
+    tokenizer = BertTokenizer(vocab, max_tokens=cfg.model.max_tokens)
+    table_rows = bert_config_from(cfg.model.bert).vocab_size
+    if len(tokenizer.vocab) != table_rows:
+        source = (f"the converted checkpoint model.bert.pretrained={cfg.model.bert.pretrained}"
+                  if cfg.model.bert.pretrained else "model.bert.vocab_size")
+        raise ConfigError(f"vocabulary {vocab} has {len(tokenizer.vocab)} tokens but the text encoder's embedding "
+                          f"table has {table_rows} rows ({source}): this vocab.txt belongs to another model")
+    return tokenizer
 
 
 class JsonLog:
@@ -129,7 +142,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     def _resume(self) -> None:
         # Every rank resumes from rank 0's checkpoint: data-parallel ranks hold identical parameters.
-        path = CheckpointManager(self.main_ckpt_dir, self.cfg.train.keep_last).latest()
+        found = list_checkpoints(self.main_ckpt_dir)
+        path = found[-1] if found else None
         if path is None:
             logger.warning("train.resume=true but %s holds no checkpoint: starting from scratch", self.main_ckpt_dir)
             return
@@ -156,7 +170,8 @@ class Trainer:
         def predict(image, input_ids, attention_mask):
             return self.model(Tensor(image), Tensor(input_ids), Tensor(attention_mask)).asnumpy()
 
-        result = evaluate(predict, self.val_refer, self.val_data)
+        # A bad validation file must not end a long run at an epoch boundary: skip it, with a warning.
+        result = evaluate(predict, self.val_refer, self.val_data, skip_bad_samples=True)
         self.model.set_train(True)
         logger.info("validation after epoch %d:\n%s", self.state.epoch, format_table(self.cfg.data.val_split, result))
         metrics = result.input_resolution
@@ -178,6 +193,22 @@ class Trainer:
             return
         raise TrainingDiverged(message + "; lower train.lr, enable train.grad_clip_norm, or check the data")
 
+    def _count_bad_samples(self, bad) -> None:
+        """`bad` (B,): nonzero where the drawn sample could not be loaded (see ReferSource)."""
+        new = int((bad > 0).sum())
+        if not new:
+            return
+        self.state.bad_samples += new
+        limit = self.cfg.data.max_bad_samples
+        logger.warning("skipped %d unreadable training sample(s) in epoch %d (%d so far, limit data.max_bad_samples"
+                       "=%d); the files and fields are named in the warnings above", new, self.state.epoch,
+                       self.state.bad_samples, limit)
+        if self.state.bad_samples > limit or (bad == ReferSource.UNREPLACEABLE).any():
+            raise TooManyBadSamples(
+                f"{self.state.bad_samples} training samples of {self.train_refer!r} could not be loaded (limit "
+                f"data.max_bad_samples={limit}); the first files and fields are named in the warnings above. "
+                f"Fix or remove them, or raise data.max_bad_samples")
+
     # ------------------------------------------------------------------------------------------
     def fit(self) -> Dict:
         cfg, tc = self.cfg, self.cfg.train
@@ -186,6 +217,9 @@ class Trainer:
         logger.info("training: %d updates (%d batches/epoch/device, per-device batch %d x %d devices x %d "
                     "accumulation = global batch %d)", self.total_updates, self.batches_per_epoch, tc.batch_size,
                     self.ctx.group_size, accumulate, global_batch)
+        logger.info("seed %d; data order, sentence choice and initialisation follow from it", cfg.seed)
+        self.log.write({"type": "run", "seed": cfg.seed, "start_step": self.state.step, "total_steps": self.total_updates,
+                        "global_batch": global_batch, "devices": self.ctx.group_size})
         start_time = time.time()
         window_start, window_steps = time.time(), 0
         last_metrics = None
@@ -194,10 +228,11 @@ class Trainer:
         while self.state.step < self.total_updates and self.state.epoch < max_epochs:
             sampler.set_epoch(self.state.epoch)
             skip = self.state.batch_in_epoch
-            for batch_id, (image, input_ids, attention_mask, target) in enumerate(
+            for batch_id, (image, input_ids, attention_mask, target, bad) in enumerate(
                     self.train_data.create_tuple_iterator(num_epochs=1)):
                 if batch_id < skip:  # resumed mid-epoch: these batches were consumed before the stop
                     continue
+                self._count_bad_samples(bad.asnumpy())
                 update = (batch_id + 1) % accumulate == 0
                 total, seg, aux, finite = self.step_cell(image, input_ids, attention_mask, target, update)
                 losses = (float(total.asnumpy()), float(seg.asnumpy()), float(aux.asnumpy()))
@@ -212,6 +247,7 @@ class Trainer:
                     sec_per_step = elapsed / window_steps
                     record = {"type": "train", "step": self.state.step, "epoch": self.state.epoch,
                               "loss": losses[0], "seg_loss": losses[1], "aux_loss": losses[2],
+                              "bad_samples": self.state.bad_samples,
                               "lr": self.schedule.value(self.state.step - 1), "sec_per_step": sec_per_step,
                               "images_per_sec": global_batch / sec_per_step,
                               "eta_sec": sec_per_step * (self.total_updates - self.state.step)}
