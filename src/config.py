@@ -143,6 +143,10 @@ class TrainSection:
     lr: float = 5e-5
     weight_decay: float = 0.01
     lr_power: float = 0.9
+    # Multiplier of lr for the text encoder's parameters (names "bert."). The paper trains everything
+    # with one lr (1.0); a pretrained text encoder next to an image encoder trained from scratch
+    # (the CPU quickstart) wants a smaller one.
+    text_encoder_lr_scale: float = 1.0
     warmup_steps: int = 0
     grad_clip_norm: float = 0.0  # 0 = off
     accumulate_steps: int = 1

@@ -75,3 +75,39 @@ def test_no_decay_rule():
     for name, shape in [("norm0.weight", (2,)), ("x.bias", (2,)), ("embeddings.position_embeddings.weight", (5, 2)),
                         ("layers.0.blocks.0.attn.relative_position_bias_table", (9, 2))]:
         assert not uses_weight_decay(p(name, shape)), name
+
+
+def test_lr_scale_per_group_matches_torch_group_lrs():
+    """A group with lr_scale 0.1 moves exactly like a torch group with lr 0.1 * base under the same schedule."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((4, 3)).astype(np.float32)
+    b = rng.standard_normal(4).astype(np.float32)
+    table = rng.standard_normal((5, 2)).astype(np.float32)
+    grads = [tuple(rng.standard_normal(a.shape).astype(np.float32) for a in (w, b, table)) for _ in range(5)]
+    lr, wd, total, power, scale = 0.05, 0.1, 10, 0.9, 0.1
+
+    net = _Toy(w, b, table)
+    groups = param_groups(net.trainable_params(), wd, lr_scales={"layer.": scale})
+    assert [(len(g["params"]), g.get("lr_scale", 1.0)) for g in groups] == [(1, 1.0), (1, scale), (1, scale)]
+    opt = AdamW(groups, learning_rate=PolyLR(lr, total, power))
+
+    assert [p.name for p in opt.parameters] == ["attn.relative_position_bias_table", "layer.weight", "layer.bias"]
+
+    @ms.jit
+    def apply(gt, gw, gb):  # gradients come in the optimizer's parameter order (as in TrainStep)
+        return opt((gt, gw, gb))
+
+    for gw, gb, gt in grads:
+        apply(Tensor(gt), Tensor(gw), Tensor(gb))
+
+    tw, tb, tt = (torch.nn.Parameter(torch.tensor(a)) for a in (w, b, table))
+    reference = torch.optim.AdamW([{"params": [tw], "weight_decay": wd, "lr": lr * scale},
+                                   {"params": [tb], "weight_decay": 0.0, "lr": lr * scale},
+                                   {"params": [tt], "weight_decay": 0.0, "lr": lr}], lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(reference, lambda s: (1 - s / total) ** power)
+    for gw, gb, gt in grads:
+        tw.grad, tb.grad, tt.grad = torch.tensor(gw), torch.tensor(gb), torch.tensor(gt)
+        reference.step()
+        schedule.step()
+    for ours, theirs in zip((net.w, net.b, net.table), (tw, tb, tt)):
+        np.testing.assert_allclose(ours.asnumpy(), theirs.detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -12,7 +12,7 @@ tests/test_optimizer.py checks it step by step against torch.optim.AdamW + Lambd
 """
 from __future__ import annotations
 
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
@@ -38,15 +38,36 @@ def _adamw_step(beta1, beta2, eps, bias_c1, bias_c2, lr, weight_decay, param, m,
     return True
 
 
+_adamw_update_scaled = ops.MultitypeFuncGraph("adamw_update_scaled")
+
+
+@_adamw_update_scaled.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                               "Tensor", "Tensor", "Tensor", "Tensor")
+def _adamw_step_scaled(beta1, beta2, eps, bias_c1, bias_c2, lr, weight_decay, lr_scale, param, m, v, grad):
+    """`_adamw_step` with the schedule's learning rate times this parameter's `lr_scale`."""
+    return _adamw_step(beta1, beta2, eps, bias_c1, bias_c2, lr * lr_scale, weight_decay, param, m, v, grad)
+
+
 class AdamW(nn.Optimizer):
     """AdamW (PyTorch's update rule) over `params` (a list of Parameters or of group dicts with
-    'params' and 'weight_decay'), with `learning_rate` a float or an `nn.LearningRateSchedule`."""
+    'params', 'weight_decay' and optionally 'lr_scale'), with `learning_rate` a float or an
+    `nn.LearningRateSchedule`. A group's 'lr_scale' multiplies the one schedule for its parameters
+    (e.g. a pretrained text encoder next to an image encoder trained from scratch)."""
 
     def __init__(self, params, learning_rate=1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, weight_decay: float = 0.0):
+        scale_of = {}
+        if params and isinstance(params[0], dict):
+            params = [dict(g) for g in params]
+            for group in params:
+                scale = float(group.pop("lr_scale", 1.0))
+                scale_of.update({id(p): scale for p in group["params"]})
         super().__init__(learning_rate, params, weight_decay)
         if self.is_group_lr:
-            raise ValueError("AdamW: per-group learning rates are not supported; use one schedule")
+            raise ValueError("AdamW: per-group learning rates are not supported; use one schedule (and lr_scale)")
+        scales = [scale_of.get(id(p), 1.0) for p in self._parameters]
+        # All-ones keeps the plain update graph; otherwise one scale per parameter, as weight decay is.
+        self.lr_scales = tuple(Tensor(x, ms.float32) for x in scales) if any(x != 1.0 for x in scales) else None
         self.beta1 = Tensor(beta1, ms.float32)
         self.beta2 = Tensor(beta2, ms.float32)
         self.eps = Tensor(eps, ms.float32)
@@ -65,6 +86,10 @@ class AdamW(nn.Optimizer):
         ops.assign(self.num_updates, t)
         bias_c1 = 1.0 - ops.pow(self.beta1, t)
         bias_c2 = 1.0 - ops.pow(self.beta2, t)
+        if self.lr_scales is not None:  # only built from groups, so weight decay is per parameter too
+            return self.hyper_map(
+                ops.partial(_adamw_update_scaled, self.beta1, self.beta2, self.eps, bias_c1, bias_c2, lr),
+                weight_decay, self.lr_scales, self._parameters, self.moments1, self.moments2, gradients)
         if self.is_group:  # one weight decay per parameter
             return self.hyper_map(
                 ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, bias_c1, bias_c2, lr),
@@ -121,13 +146,26 @@ def uses_weight_decay(param: Parameter) -> bool:
     return not any(part in param.name for part in NO_DECAY_NAME_PARTS)
 
 
-def param_groups(params: Sequence[Parameter], weight_decay: float) -> List[Dict]:
-    """Splits trainable parameters into a decayed group and an undecayed one (empty groups dropped)."""
-    decay = [p for p in params if p.requires_grad and uses_weight_decay(p)]
-    no_decay = [p for p in params if p.requires_grad and not uses_weight_decay(p)]
+def param_groups(params: Sequence[Parameter], weight_decay: float,
+                 lr_scales: Optional[Dict[str, float]] = None) -> List[Dict]:
+    """Splits trainable parameters into decayed and undecayed groups (empty groups dropped).
+
+    `lr_scales` maps a parameter-name prefix (e.g. "bert.") to a learning-rate multiplier; each
+    (decay, scale) combination becomes its own group with an 'lr_scale' entry for `AdamW`.
+    """
+    lr_scales = lr_scales or {}
+
+    def scale_of(p: Parameter) -> float:
+        return next((v for k, v in lr_scales.items() if p.name.startswith(k)), 1.0)
+
     groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    trainable = [p for p in params if p.requires_grad]
+    for scale in sorted({scale_of(p) for p in trainable}, reverse=True):
+        for decayed in (True, False):
+            members = [p for p in trainable if uses_weight_decay(p) == decayed and scale_of(p) == scale]
+            if members:
+                group = {"params": members, "weight_decay": weight_decay if decayed else 0.0}
+                if scale != 1.0:
+                    group["lr_scale"] = scale
+                groups.append(group)
     return groups

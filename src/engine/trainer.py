@@ -126,7 +126,9 @@ class Trainer:
         self.net_with_loss = CoupAlignWithLoss(self.model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
         self.net_with_loss.set_train(True)
         self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)
-        optimizer = AdamW(param_groups(self.net_with_loss.trainable_params(), tc.weight_decay),
+        groups = param_groups(self.net_with_loss.trainable_params(), tc.weight_decay,
+                              lr_scales={"bert.": tc.text_encoder_lr_scale})
+        optimizer = AdamW(groups,
                           learning_rate=self.schedule)
         self.step_cell = TrainStep(self.net_with_loss, optimizer, grad_clip_norm=tc.grad_clip_norm,
                                    loss_scale=tc.loss_scale, accumulate_steps=tc.accumulate_steps,
