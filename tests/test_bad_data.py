@@ -3,7 +3,6 @@ Training skips and counts them (and aborts past data.max_bad_samples); evaluatio
 named, or skips and lists them with --skip_bad_samples true. Never a MindSpore traceback."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
