@@ -103,10 +103,25 @@ def _run(script, *args):
 
 
 @pytest.fixture(scope="module")
-def trained_on_broken_data(broken):
-    config = _config(broken, "skip", max_bad_samples=100)
-    proc = _run("train.py", "--config_path", config)
-    return config, proc
+def training_runs(broken):
+    """Two train.py runs on the broken tree, side by side (each is mostly single-threaded compilation):
+    a lenient one (limit 100) and a strict one (limit 0). -> {name: (config path, CompletedProcess)}."""
+    started = {}
+    for name, limit in (("skip", 100), ("strict", 0)):
+        config = _config(broken, name, max_bad_samples=limit)
+        started[name] = (config, subprocess.Popen([sys.executable, "train.py", "--config_path", config], cwd=ROOT,
+                                                  env=dict(os.environ, GLOG_v="3"), stdout=subprocess.PIPE,
+                                                  stderr=subprocess.PIPE, text=True))
+    done = {}
+    for name, (config, proc) in started.items():
+        stdout, stderr = proc.communicate(timeout=600)
+        done[name] = (config, subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained_on_broken_data(training_runs):
+    return training_runs["skip"]
 
 
 def test_training_skips_and_counts_bad_samples(broken, trained_on_broken_data):
@@ -126,9 +141,8 @@ def test_training_skips_and_counts_bad_samples(broken, trained_on_broken_data):
     assert counted > 0
 
 
-def test_training_aborts_past_the_bad_sample_limit(broken):
-    config = _config(broken, "strict", max_bad_samples=0)
-    proc = _run("train.py", "--config_path", config)
+def test_training_aborts_past_the_bad_sample_limit(training_runs):
+    _, proc = training_runs["strict"]
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "could not be loaded (limit data.max_bad_samples=0)" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -35,6 +35,21 @@ def _train(config_path, *extra, timeout=600):
                           env=dict(os.environ, GLOG_v="3"), capture_output=True, text=True, timeout=timeout)
 
 
+def _start_training(config_path, log_path):
+    """train.py in the background (runs whose results do not depend on each other share the CPU:
+    most of a short run is single-threaded graph compilation)."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "train.py", "--config_path", config_path], cwd=ROOT,
+                            env=dict(os.environ, GLOG_v="3"), stdout=log, stderr=subprocess.STDOUT)
+    proc.log_path = log_path
+    return proc
+
+
+def _finish(proc, timeout=600):
+    returncode = proc.wait(timeout=timeout)
+    assert returncode == 0, open(proc.log_path).read()[-3000:]
+
+
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
     from src.data.synthetic import generate_synthetic_refer
@@ -46,8 +61,7 @@ def data_root(tmp_path_factory):
 
 def test_kill_and_resume_equals_uninterrupted_run(data_root, tmp_path):
     reference_cfg, reference_out = _write_config(tmp_path, data_root, "reference")
-    done = _train(reference_cfg)
-    assert done.returncode == 0, done.stderr[-3000:]
+    reference_run = _start_training(reference_cfg, str(tmp_path / "reference.log"))
 
     killed_cfg, killed_out = _write_config(tmp_path, data_root, "killed")
     kill_after = random.Random().randint(2, STEPS - 2)  # a random step, different each run
@@ -68,6 +82,7 @@ def test_kill_and_resume_equals_uninterrupted_run(data_root, tmp_path):
 
     resumed = _train(killed_cfg, "--train.resume=true")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _finish(reference_run)
     assert "resumed from" in open(os.path.join(killed_out, "train.log")).read()
     final = f"step_{STEPS:08d}.ckpt"
     ours = _params(os.path.join(killed_out, "checkpoints", final))
@@ -155,7 +170,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path):
 def test_same_seed_same_loss_trajectory_and_another_seed_differs(data_root, tmp_path):
     """Everything random is on: data order, the sentence drawn per object, dropout, drop path and the
     auxiliary loss's point sampling. Two runs with seed 0 log identical losses; seed 1 does not."""
-    def run(name, seed):
+    def start(name, seed):
         cfg = tiny_config(data_root, str(tmp_path / name))
         cfg["seed"] = seed
         cfg["model"]["swin"]["drop_path_rate"] = 0.1
@@ -163,16 +178,20 @@ def test_same_seed_same_loss_trajectory_and_another_seed_differs(data_root, tmp_
         cfg["train"].update(max_steps=5, log_every=1, validate=False, save_every_steps=0)
         path = str(tmp_path / f"{name}.yaml")
         yaml.safe_dump(cfg, open(path, "w"))
-        proc = _train(path)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        return _start_training(path, str(tmp_path / f"{name}.log"))
+
+    def losses(name, seed, proc):
+        _finish(proc)
         records = [json.loads(line) for line in open(tmp_path / name / "train_log.jsonl")]
         assert records[0] == {**records[0], "type": "run", "seed": seed}  # the seed is in the log
-        losses = [(r["loss"], r["seg_loss"], r["aux_loss"]) for r in records if r["type"] == "train"]
+        trajectory = [(r["loss"], r["seg_loss"], r["aux_loss"]) for r in records if r["type"] == "train"]
         final = glob.glob(str(tmp_path / name / "checkpoints" / "step_*.ckpt"))[-1]
         assert int(ms.load_checkpoint(final)["seed"].asnumpy()) == seed  # and in the checkpoint
-        return losses
+        return trajectory
 
-    first, again, other = run("a", 0), run("b", 0), run("c", 1)
+    runs = {"a": 0, "b": 0, "c": 1}
+    started = {name: start(name, seed) for name, seed in runs.items()}  # concurrently
+    first, again, other = (losses(name, seed, started[name]) for name, seed in runs.items())
     assert len(first) == 5
     assert first == again  # exactly, not approximately
     assert all(x != y for x, y in zip(first, other))
