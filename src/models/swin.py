@@ -239,7 +239,9 @@ class WindowAttention(nn.Cell):
         B_, N, C = x.shape
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, self.head_dim)
         qkv = qkv.transpose(2, 0, 3, 1, 4)  # (3, B_, heads, N, hd)
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        # Unstack rather than qkv[0], qkv[1], qkv[2]: MindSpore 2.10's CPU StridedSlice on this transposed
+        # tensor is ~10x slower than Unstack and took a third of the Swin-B forward (docs/performance.md).
+        q, k, v = ops.unstack(qkv, 0)
         attn = self.q_kt(q * self.scale, k)  # (B_, heads, N, N)
 
         bias = ops.gather(self.relative_position_bias_table, self.relative_position_index, 0)  # (N*N, heads)

@@ -1,0 +1,1193 @@
+"""Benchmark CoupAlign on this machine and against the PyTorch reference encoders, in one process.
+
+    python tools/benchmark.py [--config C] [--image_size S] [--batch_size B] [--steps K] [--json OUT.json]
+        [--skip_reference] [--skip_train] [--skip_data] [--parts] [--isa_compare] [--memory_estimate]
+        [--threads N] [--peak_n N] [--data_root DIR] [--data_images N] [any --config.key=value override]
+
+Prints one table and writes the same numbers as JSON (``--json``):
+
+* parameters (counted on the built model) and FLOPs of one forward, computed analytically from the
+  configuration per model part (see "What the FLOPs count" below);
+* forward latency at batch 1 and training throughput at ``--batch_size`` (images/s) of CoupAlign in
+  graph mode: median of ``--steps`` calls after ``--warmup`` calls; the graph compilation time is the
+  first call minus the steady (median) call;
+* the reference, same process, same thread count: timm's ``SwinTransformer`` of the same variant and
+  size plus Hugging Face's ``BertModel`` of the same size (random weights, PyTorch eager), forward and
+  forward+backward, against our Swin + our BERT (graph mode) timed the same way; ours / theirs;
+* the machine's fp32 matmul peak measured now (a large square matmul in MindSpore and in PyTorch, the
+  larger counts) and the share of it the full forward reaches (analytic FLOPs / forward time / peak);
+* peak resident memory (``ru_maxrss``) after our model's measurements and at the end;
+* the data pipeline (``create_refer_dataset``, train=True, the configured workers) in images/s against
+  what training consumes, and the host overhead of a training step: the Trainer's loop (dataset
+  iterator -> TrainStep -> loss read) against the compiled TrainStep on fixed tensors;
+* with ``--parts``: forward time of the encoders (+WPA), + pixel decoder, + transformer decoder/SMA,
+  each against its analytic FLOPs (where the time goes);
+* with ``--isa_compare``: the whole-model forward with ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``=ALL``
+  (subprocesses, because oneDNN reads the variable once when MindSpore loads);
+* with ``--memory_estimate``: the analytic training memory of the configuration (no timing).
+
+What the FLOPs count: 2 FLOPs per multiply-add of every matrix product (dense layers, attention
+scores, attention-weighted sums, the multi-scale deformable attention's weighted sum of samples,
+mask-embedding x pixel-embedding products) and of every convolution. Not counted: normalisations,
+softmax, activations, element-wise adds/multiplies, bias adds, embedding look-ups, position
+encodings, bilinear sampling (grid_sample's 4-tap interpolation), resizing, and the loss. Attention
+over zero-padded Swin windows is counted as computed (padded tokens included). A training step is
+about 3x the forward (backward = 2 matmuls per forward matmul); the table reports the forward.
+tests/test_benchmark.py checks the Swin and BERT counts against torch.utils.flop_counter.
+
+Every timing run whose numbers are reported should hold the machine alone; on a shared machine wrap
+it in ``flock /tmp/cpu.lock python tools/benchmark.py ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+from src.config import Config, load_config, swin_arch  # noqa: E402  (no MindSpore import)
+
+NUM_STAGES = 4
+BYTES_FP32 = 4
+
+
+# ================================================================================================
+# Analytic FLOPs (pure Python; 2 FLOPs per multiply-add)
+# ================================================================================================
+def dense_flops(tokens: int, in_features: int, out_features: int) -> int:
+    """A dense layer applied to `tokens` vectors."""
+    return 2 * tokens * in_features * out_features
+
+
+def conv_flops(out_height: int, out_width: int, in_channels: int, out_channels: int, kernel: int) -> int:
+    return 2 * out_height * out_width * in_channels * out_channels * kernel * kernel
+
+
+def attention_flops(queries: int, keys: int, width: int) -> int:
+    """Scores (q . k over `width` channels summed across heads) plus the weighted sum of values."""
+    return 2 * (2 * queries * keys * width)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def swin_stage_sizes(height: int, width: int, patch_size: int = 4, num_stages: int = NUM_STAGES
+                     ) -> List[Tuple[int, int]]:
+    """Feature-map sizes of the Swin stages: the patch grid (input padded up to the patch), then a 2x
+    merge per stage with odd sizes rounded up (as src/models/swin.py pads them)."""
+    h, w = _ceil_div(height, patch_size), _ceil_div(width, patch_size)
+    sizes = [(h, w)]
+    for _ in range(num_stages - 1):
+        h, w = _ceil_div(h, 2), _ceil_div(w, 2)
+        sizes.append((h, w))
+    return sizes
+
+
+def swin_flops(arch: Dict, height: int, width: int, batch: int = 1, in_chans: int = 3) -> Dict[str, int]:
+    """FLOPs of the Swin encoder per stage ('patch_embed', 'stage0'..'stage3' with the merging after
+    the stage). `arch` is `src.config.swin_arch(...)` (embed_dim, depths, num_heads, window_size, ...).
+
+    Window attention runs on the map padded to a multiple of the window, so the qkv and output
+    projections and the attention itself are counted on the padded tokens; the MLP on the real ones.
+    """
+    embed_dim, depths = int(arch["embed_dim"]), list(arch["depths"])
+    window, patch = int(arch["window_size"]), int(arch.get("patch_size", 4))
+    hidden_ratio = float(arch.get("mlp_ratio", 4.0))
+    sizes = swin_stage_sizes(height, width, patch, len(depths))
+    out = OrderedDict()
+    out["patch_embed"] = conv_flops(sizes[0][0], sizes[0][1], in_chans, embed_dim, patch)
+    for i, depth in enumerate(depths):
+        h, w = sizes[i]
+        channels = embed_dim * 2 ** i
+        tokens = h * w
+        padded = _ceil_div(h, window) * window * _ceil_div(w, window) * window
+        window_tokens = window * window
+        hidden = int(channels * hidden_ratio)
+        block = (dense_flops(padded, channels, 3 * channels)            # qkv
+                 + attention_flops(padded, window_tokens, channels)     # per window: N x N, all heads
+                 + dense_flops(padded, channels, channels)              # proj
+                 + dense_flops(tokens, channels, hidden) + dense_flops(tokens, hidden, channels))  # MLP
+        stage = depth * block
+        if i < len(depths) - 1:  # patch merging: 2x2 neighbours (4C) -> 2C on the merged grid
+            h2, w2 = sizes[i + 1]
+            stage += dense_flops(h2 * w2, 4 * channels, 2 * channels)
+        out[f"stage{i}"] = stage
+    return OrderedDict((k, v * batch) for k, v in out.items())
+
+
+def bert_layer_flops(hidden: int, intermediate: int, tokens: int) -> int:
+    return (dense_flops(tokens, hidden, 3 * hidden)          # query, key, value
+            + attention_flops(tokens, tokens, hidden)        # scores + context
+            + dense_flops(tokens, hidden, hidden)            # attention output
+            + dense_flops(tokens, hidden, intermediate) + dense_flops(tokens, intermediate, hidden))
+
+
+def bert_flops(bert_config, tokens: int, batch: int = 1, num_layers: Optional[int] = None) -> int:
+    """The BERT encoder layers (the embedding is a look-up; no pooler)."""
+    layers = bert_config.num_hidden_layers if num_layers is None else num_layers
+    return batch * layers * bert_layer_flops(bert_config.hidden_size, bert_config.intermediate_size, tokens)
+
+
+def wpa_flops(channels: int, pixels: int, text_dim: int, tokens: int, bidirectional: bool) -> int:
+    """One Word-Pixel Alignment (src/models/wpa.py) at a stage with `pixels` tokens of `channels`."""
+    pixel_word = (4 * dense_flops(pixels, channels, channels)      # vis_project, f_query, W, project_mm
+                  + 2 * dense_flops(pixels, channels, channels)    # res_gate.0, res_gate.2
+                  + 2 * dense_flops(tokens, text_dim, channels)    # f_key, f_value
+                  + attention_flops(pixels, tokens, channels))     # pixels attend to words
+    if not bidirectional:
+        return pixel_word
+    word_pixel = (2 * dense_flops(tokens, text_dim, text_dim)      # query, dense
+                  + 2 * dense_flops(pixels, channels, text_dim)    # key, value from pixels
+                  + attention_flops(tokens, pixels, text_dim))     # words attend to pixels
+    return pixel_word + word_pixel
+
+
+def msdeform_pixel_decoder_flops(mg, in_channels: Sequence[int], sizes: Sequence[Tuple[int, int]]) -> int:
+    """Mask2Former's pixel decoder over strides 8..32 plus one FPN step to stride 4."""
+    dim = mg.conv_dim
+    levels = 3
+    flops = sum(conv_flops(h, w, c, dim, 1) for (h, w), c in zip(sizes[1:], in_channels[1:]))  # input_proj
+    tokens = sum(h * w for h, w in sizes[1:])
+    samples = mg.encoder_heads * levels * mg.encoder_points
+    layer = (dense_flops(tokens, dim, dim)                  # value_proj
+             + dense_flops(tokens, dim, 2 * samples)        # sampling_offsets
+             + dense_flops(tokens, dim, samples)            # attention_weights
+             + 2 * tokens * levels * mg.encoder_points * dim  # weighted sum of the sampled values
+             + dense_flops(tokens, dim, dim)                # output_proj
+             + dense_flops(tokens, dim, mg.encoder_ffn_dim) + dense_flops(tokens, mg.encoder_ffn_dim, dim))
+    flops += mg.encoder_layers * layer
+    h1, w1 = sizes[0]
+    flops += conv_flops(h1, w1, in_channels[0], dim, 1)     # adapter_1
+    flops += conv_flops(h1, w1, dim, dim, 3)                # layer_1
+    flops += conv_flops(h1, w1, dim, mg.mask_dim, 1)        # mask_features
+    return flops
+
+
+def fpn_pixel_decoder_flops(mg, in_channels: Sequence[int], sizes: Sequence[Tuple[int, int]]) -> int:
+    """Plain top-down FPN: 3x3 conv on stride 32, then 1x1 lateral + 3x3 conv per finer level."""
+    dim = mg.conv_dim
+    (h1, w1), (h2, w2), (h3, w3), (h4, w4) = sizes
+    c1, c2, c3, c4 = in_channels
+    flops = conv_flops(h4, w4, c4, dim, 3)
+    for (h, w), c in (((h3, w3), c3), ((h2, w2), c2), ((h1, w1), c1)):
+        flops += conv_flops(h, w, c, dim, 1) + conv_flops(h, w, dim, dim, 3)
+    flops += conv_flops(h1, w1, dim, mg.mask_dim, 3)        # mask_features
+    return flops
+
+
+def transformer_decoder_flops(mg, sizes: Sequence[Tuple[int, int]]) -> int:
+    """Masked-attention decoder: prediction heads after the queries and after every layer (a 3-layer
+    MLP and the proposal masks Q . P at stride 4), masked cross-attention to the coarse maps in turn
+    (stride 32, 16, 8, ...), self-attention, FFN. Input projections are identities (conv_dim = hidden)."""
+    dim, queries = mg.conv_dim, mg.num_queries
+    memory_sizes = [sizes[3], sizes[2], sizes[1]]  # coarse to fine
+    stride4_pixels = sizes[0][0] * sizes[0][1]
+    head = (2 * dense_flops(queries, dim, dim) + dense_flops(queries, dim, mg.mask_dim)
+            + 2 * queries * mg.mask_dim * stride4_pixels)
+    flops = head
+    for index in range(mg.decoder_layers):
+        h, w = memory_sizes[index % 3]
+        pixels = h * w
+        cross = (2 * dense_flops(queries, dim, dim)          # q, out_proj
+                 + 2 * dense_flops(pixels, dim, dim)         # k, v of the pixels
+                 + attention_flops(queries, pixels, dim))
+        self_attn = 4 * dense_flops(queries, dim, dim) + attention_flops(queries, queries, dim)
+        ffn = dense_flops(queries, dim, mg.decoder_ffn_dim) + dense_flops(queries, mg.decoder_ffn_dim, dim)
+        flops += cross + self_attn + ffn + head
+    return flops
+
+
+def sma_flops(text_dim: int, mask_dim: int, queries: int, stride4_pixels: int, enabled: bool = True) -> int:
+    """Sentence-mask alignment at one supervised stage (or the no-SMA head)."""
+    flops = dense_flops(1, text_dim, mask_dim) + 2 * mask_dim * stride4_pixels  # g, a . P
+    if enabled:
+        flops += 2 * (2 * queries * mask_dim)  # scores Q g, target embedding a = w Q
+    return flops
+
+
+def coupalign_flops(model_cfg, bert_config, height: int, width: int, batch: int = 1, training: bool = False
+                    ) -> "OrderedDict[str, int]":
+    """Analytic FLOPs of CoupAlign per part: swin, bert, wpa, pixel_decoder, transformer_decoder, sma.
+
+    `training=False` is `CoupAlign.construct` (SMA once, on the last decoder output); `training=True`
+    is the forward of a training step with deep supervision (SMA on every decoder output).
+    """
+    arch = swin_arch(model_cfg.swin)
+    tokens = model_cfg.max_tokens
+    sizes = swin_stage_sizes(height, width, arch["patch_size"])
+    channels = [arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)]
+    text_dim = bert_config.hidden_size
+    mg = model_cfg.mask_generator
+    parts = OrderedDict()
+    parts["swin"] = sum(swin_flops(arch, height, width).values())
+    parts["bert"] = bert_flops(bert_config, tokens)
+    parts["wpa"] = sum(wpa_flops(c, h * w, text_dim, tokens, model_cfg.wpa.bidirectional)
+                       for c, (h, w) in zip(channels, sizes))
+    if mg.pixel_decoder == "msdeform":
+        parts["pixel_decoder"] = msdeform_pixel_decoder_flops(mg, channels, sizes)
+    else:
+        parts["pixel_decoder"] = fpn_pixel_decoder_flops(mg, channels, sizes)
+    stride4_pixels = sizes[0][0] * sizes[0][1]
+    if model_cfg.sma.enabled:
+        parts["transformer_decoder"] = transformer_decoder_flops(mg, sizes)
+        stages = mg.decoder_layers + 1 if (training and model_cfg.sma.deep_supervision) else 1
+    else:
+        parts["transformer_decoder"] = 0
+        stages = 1
+    parts["sma"] = stages * sma_flops(text_dim, mg.mask_dim, mg.num_queries, stride4_pixels, model_cfg.sma.enabled)
+    return OrderedDict((k, v * batch) for k, v in parts.items())
+
+
+# ================================================================================================
+# Analytic training memory (pure Python)
+# ================================================================================================
+def activation_elements(model_cfg, bert_config, height: int, width: int) -> "OrderedDict[str, int]":
+    """fp32 elements kept from the forward for the backward of one image, per model part, plus
+    'largest_layer': the most any single layer (a Swin block, a WPA, a deformable encoder layer, ...)
+    keeps, which is not part of the sum.
+
+    Accounting rule (one pass over each module's forward): a dense layer or convolution keeps its
+    input; LayerNorm/GroupNorm/instance norm keep their input (or the centred input); GELU keeps its
+    input, ReLU and softmax their output; a product of two activations keeps both; additions,
+    reshapes and transposes keep nothing (but a transposed copy that feeds a matmul is that matmul's
+    input and is counted once). A tensor read by several consumers is counted once. Dropout masks,
+    per-row statistics and anything of size O(tokens) or O(channels) are ignored.
+    """
+    arch = swin_arch(model_cfg.swin)
+    tokens = model_cfg.max_tokens
+    window = arch["window_size"]
+    window_tokens = window * window
+    ratio = arch["mlp_ratio"]
+    sizes = swin_stage_sizes(height, width, arch["patch_size"])
+    channels = [arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)]
+    text_dim, text_heads = bert_config.hidden_size, model_cfg.wpa.word_heads
+    out = OrderedDict()
+    layers = []  # per-layer amounts, for the largest one
+
+    # --- Swin ---
+    h0, w0 = sizes[0]
+    swin = 3 * height * width + h0 * w0 * channels[0]  # patch conv input, patch norm input
+    for i, depth in enumerate(arch["depths"]):
+        h, w = sizes[i]
+        c, heads = channels[i], arch["num_heads"][i]
+        n = h * w
+        padded = _ceil_div(h, window) * window * _ceil_div(w, window) * window
+        per_block = (3 * n * c                       # norm1 input, norm2 input, fc1 input
+                     + 2 * int(ratio) * n * c        # GELU input, fc2 input
+                     + 5 * padded * c                # qkv input, q, k, v, proj input
+                     + heads * padded * window_tokens)  # softmax output
+        layers.append(per_block)
+        swin += depth * per_block
+        if i < NUM_STAGES - 1:
+            swin += 2 * n * c                        # merging: norm input and reduction input (4C x N/4 each)
+        swin += n * c                                # stage output norm_i input
+    out["swin"] = swin
+
+    # --- BERT (all layers, T tokens) ---
+    hidden, inter, heads = bert_config.hidden_size, bert_config.intermediate_size, bert_config.num_attention_heads
+    per_layer = 8 * tokens * hidden + 2 * tokens * inter + heads * tokens * tokens
+    out["bert"] = bert_config.num_hidden_layers * per_layer + tokens * hidden  # + embedding norm input
+
+    # --- WPA ---
+    wpa = 0
+    for i in range(NUM_STAGES):
+        h, w = sizes[i]
+        n, c = h * w, channels[i]
+        stage = 13 * n * c + n * tokens              # pixel->word half (see PixelWordAttention)
+        if model_cfg.wpa.bidirectional:
+            stage += 2 * n * text_dim + text_heads * tokens * n  # word->pixel: key, value, softmax
+        layers.append(stage)
+        wpa += stage
+    out["wpa"] = wpa
+
+    # --- pixel decoder ---
+    mg = model_cfg.mask_generator
+    dim = mg.conv_dim
+    h1, w1 = sizes[0]
+    n1 = h1 * w1
+    if mg.pixel_decoder == "msdeform":
+        levels, points, enc_heads = 3, mg.encoder_points, mg.encoder_heads
+        lv = sum(h * w for h, w in sizes[1:])
+        pixel = sum(h * w * c for (h, w), c in zip(sizes[1:], channels[1:])) + lv * dim  # input_proj conv, GN
+        per_layer = (7 * lv * dim                    # query, value_proj in, value maps, out_proj in, norms, linear1 in
+                     + lv * mg.encoder_ffn_dim       # ReLU output (linear2 input)
+                     + lv * dim * levels * points    # sampled values kept for the weighting
+                     + 4 * lv * enc_heads * levels * points)  # attention weights, sampling grid (x, y)
+        layers.append(per_layer)
+        pixel += mg.encoder_layers * per_layer
+        pixel += n1 * channels[0] + 5 * n1 * dim     # FPN step: adapter_1 in, GN, layer_1 in, GN, ReLU, mask_features in
+    else:
+        pixel = 0
+        for (h, w), c in zip(sizes, channels):
+            pixel += h * w * c + 5 * h * w * dim     # lateral conv in + GN, 3x3 conv in + GN + ReLU
+        pixel += n1 * dim
+    out["pixel_decoder"] = pixel
+
+    # --- transformer decoder and SMA ---
+    queries = mg.num_queries
+    if model_cfg.sma.enabled:
+        memory_sizes = [sizes[3], sizes[2], sizes[1]]
+        decoder = sum(h * w * dim for h, w in memory_sizes) + n1 * mg.mask_dim  # memories, P (shared)
+        for index in range(mg.decoder_layers):
+            h, w = memory_sizes[index % 3]
+            decoder += (3 * h * w * dim                    # memory + pos (key input), projected k and v
+                        + mg.decoder_heads * queries * h * w  # masked softmax output
+                        + 20 * queries * dim + 2 * queries * mg.decoder_ffn_dim)
+        decoder += (mg.decoder_layers + 1) * 4 * queries * dim  # prediction-head MLP inputs
+        out["transformer_decoder"] = decoder
+    else:
+        out["transformer_decoder"] = 0
+    supervised = (mg.decoder_layers + 1) if (model_cfg.sma.enabled and model_cfg.sma.deep_supervision) else 1
+    # Loss at input resolution on every supervised stage: upsampled logits, CE and Dice terms (~6 maps).
+    out["sma_and_loss"] = supervised * (n1 + 6 * height * width)
+    out["largest_layer"] = max(layers)
+    return out
+
+
+def training_memory_estimate(cfg: Config, bert_config, batch: int, height: Optional[int] = None,
+                             width: Optional[int] = None, num_params: Optional[int] = None) -> "OrderedDict":
+    """Bytes of one device's training step (fp32): parameters, gradients, AdamW's two moments,
+    activations kept for the backward (`activation_elements` x batch), and the backward's working set:
+    while a layer's backward runs, the gradients of its saved tensors exist next to them, so one more
+    copy of the largest layer's activations. `num_params` defaults to `parameter_count`."""
+    height = height or cfg.model.image_size
+    width = width or cfg.model.image_size
+    params = num_params if num_params is not None else parameter_count(cfg.model, bert_config)
+    acts = activation_elements(cfg.model, bert_config, height, width)
+    largest_layer = acts.pop("largest_layer")
+    out = OrderedDict()
+    out["parameters"] = params * BYTES_FP32
+    out["gradients"] = params * BYTES_FP32
+    out["adamw_moments"] = 2 * params * BYTES_FP32
+    for name, elements in acts.items():
+        out[f"activations.{name}"] = elements * batch * BYTES_FP32
+    activation_total = sum(acts.values()) * batch * BYTES_FP32
+    out["activations"] = activation_total
+    out["backward_working_set"] = largest_layer * batch * BYTES_FP32
+    out["total"] = (out["parameters"] + out["gradients"] + out["adamw_moments"] + activation_total
+                    + out["backward_working_set"])
+    return out
+
+
+def parameter_count(model_cfg, bert_config) -> int:
+    """Analytic parameter count of CoupAlign (matches the built model; used without building it)."""
+    arch = swin_arch(model_cfg.swin)
+    c0, window, ratio = arch["embed_dim"], arch["window_size"], arch["mlp_ratio"]
+    channels = [c0 * 2 ** i for i in range(NUM_STAGES)]
+    patch = arch["patch_size"]
+    swin = 3 * c0 * patch * patch + c0 + (2 * c0 if arch["patch_norm"] else 0)
+    for i, depth in enumerate(arch["depths"]):
+        c, heads = channels[i], arch["num_heads"][i]
+        hidden = int(c * ratio)
+        block = (4 * c                                       # two LayerNorms
+                 + (2 * window - 1) ** 2 * heads              # relative position table
+                 + 3 * c * c + (3 * c if arch["qkv_bias"] else 0) + c * c + c
+                 + c * hidden + hidden + hidden * c + c)
+        swin += depth * block + 2 * c                         # + norm_i
+        if i < NUM_STAGES - 1:
+            swin += 8 * c + 4 * c * 2 * c                     # merging norm (4C) + reduction 4C -> 2C
+    h, inter = bert_config.hidden_size, bert_config.intermediate_size
+    bert = ((bert_config.vocab_size + bert_config.max_position_embeddings + bert_config.type_vocab_size) * h + 2 * h
+            + bert_config.num_hidden_layers * (4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h))
+    t = h
+    wpa = 0
+    for c in channels:
+        wpa += 4 * (c * c + c) + 2 * c * c + 2 * (t * c + c)  # vis_project, f_query, W, project_mm, gates, f_key/f_value
+        if model_cfg.wpa.bidirectional:
+            wpa += 2 * (t * t + t) + 2 * (c * t + t) + t + 2 * t  # query, dense, key, value, alpha, LN
+    mg = model_cfg.mask_generator
+    dim = mg.conv_dim
+    if mg.pixel_decoder == "msdeform":
+        samples = mg.encoder_heads * 3 * mg.encoder_points
+        pixel = sum(c * dim + dim + 2 * dim for c in channels[1:])  # input_proj conv + GN
+        layer = (dim * 2 * samples + 2 * samples + dim * samples + samples + 2 * (dim * dim + dim)
+                 + 2 * dim + dim * mg.encoder_ffn_dim + mg.encoder_ffn_dim + mg.encoder_ffn_dim * dim + dim + 2 * dim)
+        pixel += mg.encoder_layers * layer + 3 * dim          # + level_embed
+        pixel += dim * mg.mask_dim + mg.mask_dim              # mask_features (1x1)
+        pixel += channels[0] * dim + 2 * dim + 9 * dim * dim + 2 * dim  # adapter_1, layer_1 (no bias, GN)
+    else:
+        c1, c2, c3, c4 = channels
+        pixel = 9 * c4 * dim + 2 * dim
+        for c in (c3, c2, c1):
+            pixel += c * dim + 2 * dim + 9 * dim * dim + 2 * dim
+        pixel += 9 * dim * mg.mask_dim + mg.mask_dim
+    if model_cfg.sma.enabled:
+        attn = 3 * dim * dim + 3 * dim + dim * dim + dim
+        decoder = mg.decoder_layers * (2 * (attn + 2 * dim) + dim * mg.decoder_ffn_dim + mg.decoder_ffn_dim
+                                       + mg.decoder_ffn_dim * dim + dim + 2 * dim)
+        decoder += 2 * dim + 2 * mg.num_queries * dim + 3 * dim  # decoder_norm, query_feat/embed, level_embed
+        decoder += 2 * (dim * dim + dim) + dim * mg.mask_dim + mg.mask_dim  # mask_embed MLP
+    else:
+        decoder = 0
+    head = t * mg.mask_dim + mg.mask_dim
+    return swin + bert + wpa + pixel + decoder + head
+
+
+# ================================================================================================
+# Timing helpers
+# ================================================================================================
+def time_calls(call: Callable[[], object], steps: int, warmup: int) -> Dict[str, float]:
+    """Runs `call` once (graph compilation happens here), `warmup` more times, then `steps` timed
+    times. `call` must block until the result exists (read it back to the host).
+
+    Returns first_s (first call), median_s, mean_s, min_s over the timed calls and compile_s =
+    first_s - median_s (the cost of the first call beyond a steady one: graph compilation and
+    first-touch allocation)."""
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(max(1, steps)):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"first_s": first, "median_s": median, "mean_s": statistics.fmean(times), "min_s": min(times),
+            "compile_s": first - median, "runs": len(times)}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _process_tree_cpu_s() -> float:
+    """CPU seconds used by this process, its reaped children and its live descendants."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "r", encoding="utf-8") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))  # ppid, utime + stime
+    tick = os.sysconf("SC_CLK_TCK")
+    mine = {os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, _) in parents.items():
+            if ppid in mine and pid not in mine:
+                mine.add(pid)
+                grew = True
+    return total + sum(parents[pid][1] for pid in mine if pid != os.getpid()) / tick
+
+
+def cpu_snapshot() -> Tuple[float, float, float]:
+    """(machine busy CPU seconds, this process tree's CPU seconds, wall time), for `background_cpu_share`."""
+    with open("/proc/stat", "r", encoding="utf-8") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    busy = (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    return busy, _process_tree_cpu_s(), time.time()
+
+
+def background_cpu_share(start: Tuple[float, float, float]) -> float:
+    """Share of the machine's CPU time used by processes outside this benchmark since `start`: a
+    measurement taken while this is more than a few percent was disturbed (timings too high)."""
+    busy0, own0, wall0 = start
+    busy1, own1, wall1 = cpu_snapshot()
+    other = max(0.0, (busy1 - busy0) - (own1 - own0))
+    return other / max(1e-9, (wall1 - wall0) * (os.cpu_count() or 1))
+
+
+def cpu_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# ================================================================================================
+# Inputs and models
+# ================================================================================================
+def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed: int = 0):
+    """NumPy inputs of the model's signature: a normalised-looking image, token ids with the second
+    half of the rows padded after 60% of the tokens, and a rectangular target mask."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    image = rng.standard_normal((batch, 3, image_size, image_size)).astype(np.float32)
+    input_ids = rng.integers(1, vocab_size, (batch, tokens)).astype(np.int32)
+    attention_mask = np.ones((batch, tokens), np.int32)
+    cut = max(2, int(0.6 * tokens))
+    attention_mask[batch // 2:, cut:] = 0
+    input_ids[attention_mask == 0] = 0
+    target = np.zeros((batch, image_size, image_size), np.float32)
+    target[:, image_size // 4: 3 * image_size // 4, image_size // 3: 2 * image_size // 3] = 1.0
+    return image, input_ids, attention_mask, target
+
+
+def without_missing_checkpoints(cfg: Config) -> List[str]:
+    """Timing does not depend on weight values: a configured pretrained file that does not exist is
+    dropped (random initialisation, same architecture for Swin; BERT then takes the model.bert
+    fields). Returns notes about what was dropped."""
+    notes = []
+    if cfg.model.swin.pretrained and not os.path.isfile(cfg.model.swin.pretrained):
+        notes.append(f"model.swin.pretrained={cfg.model.swin.pretrained} not found: random Swin weights")
+        cfg.model.swin.pretrained = ""
+    if cfg.model.bert.pretrained and not os.path.isfile(cfg.model.bert.pretrained):
+        notes.append(f"model.bert.pretrained={cfg.model.bert.pretrained} not found: random BERT built from "
+                     f"the model.bert fields")
+        cfg.model.bert.pretrained = ""
+    return notes
+
+
+def count_parameters(model) -> "OrderedDict[str, int]":
+    """Parameters of the built CoupAlign per top-level part, and the total."""
+    parts = OrderedDict((name, 0) for name in ("swin", "bert", "wpa", "pixel_decoder", "transformer_decoder", "head"))
+    for param in model.trainable_params():
+        top = param.name.split(".", 1)[0]
+        parts[top] = parts.get(top, 0) + int(param.size)
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def build_train_step(cfg: Config, model):
+    """The Trainer's compiled step (src/engine/trainer.py): CoupAlignWithLoss, AdamW with LAVT groups,
+    poly schedule, TrainStep with the configured clipping / loss scale / accumulation."""
+    import mindspore as ms
+
+    from src.engine.optimizer import AdamW, PolyLR, param_groups
+    from src.engine.train_step import TrainStep
+    from src.models.coupalign import CoupAlignWithLoss, build_criterion
+
+    tc = cfg.train
+    if tc.amp_level != "O0":
+        model = ms.amp.auto_mixed_precision(model, tc.amp_level)
+    net_with_loss = CoupAlignWithLoss(model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
+    net_with_loss.set_train(True)
+    optimizer = AdamW(param_groups(net_with_loss.trainable_params(), tc.weight_decay),
+                      learning_rate=PolyLR(tc.lr, 10 ** 6, tc.lr_power, tc.warmup_steps))
+    return TrainStep(net_with_loss, optimizer, grad_clip_norm=tc.grad_clip_norm, loss_scale=tc.loss_scale,
+                     accumulate_steps=1, distributed=False)
+
+
+def _ms_cells():
+    """Small graph-mode Cells used for timing (defined lazily: MindSpore loads after the env is set)."""
+    import mindspore as ms
+    from mindspore import nn, ops
+
+    class ForwardPrefix(nn.Cell):
+        """The first part of CoupAlign's forward: 'encode' (Swin + BERT + WPA) or 'pixel_decoder'
+        (encode + pixel decoder). Returns a small tensor so only the compute is timed."""
+
+        def __init__(self, model, until: str):
+            super().__init__(auto_prefix=False)
+            self.model = model
+            self.until = until
+
+        def construct(self, image, input_ids, attention_mask):
+            features, words = self.model.encode(image, input_ids, attention_mask)
+            if self.until == "encode":  # every output consumed, so none is pruned from the graph
+                return features[0].mean() + features[1].mean() + features[2].mean() + features[3].mean() + words.mean()
+            pixel_embed, multi_scale = self.model.pixel_decoder(features)
+            return pixel_embed.mean() + multi_scale[0].mean()
+
+    class Encoders(nn.Cell):
+        """Our Swin + our BERT as two separate encoders (no fusion): the counterpart of timm + HF."""
+
+        def __init__(self, swin, bert):
+            super().__init__()
+            self.swin = swin
+            self.bert = bert
+
+        def construct(self, image, input_ids, attention_mask):
+            maps = self.swin(image)
+            words = self.bert(input_ids, attention_mask)
+            loss = words.mean()
+            for feature in maps:
+                loss = loss + feature.mean()
+            return loss
+
+    class GradOnly(nn.Cell):
+        """Forward + backward to every parameter, no optimizer (what the PyTorch side does)."""
+
+        def __init__(self, net):
+            super().__init__(auto_prefix=False)
+            self.net = net
+            self.weights = ms.ParameterTuple(net.trainable_params())
+            self.grad_fn = ms.value_and_grad(net, None, self.weights)
+
+        def construct(self, image, input_ids, attention_mask):
+            loss, grads = self.grad_fn(image, input_ids, attention_mask)
+            return loss, grads
+
+    class MatMul(nn.Cell):
+        def construct(self, a, b):
+            return ops.matmul(a, b)
+
+    return ForwardPrefix, Encoders, GradOnly, MatMul
+
+
+# ================================================================================================
+# Measurements
+# ================================================================================================
+def measure_forward(model, inputs, steps: int, warmup: int) -> Dict[str, float]:
+    from mindspore import Tensor
+
+    model.set_train(False)
+    args = [Tensor(x) for x in inputs[:3]]
+    return time_calls(lambda: model(*args).asnumpy(), steps, warmup)
+
+
+def measure_train(step_cell, inputs, steps: int, warmup: int) -> Dict[str, float]:
+    from mindspore import Tensor
+
+    args = [Tensor(x) for x in inputs]
+    return time_calls(lambda: step_cell(*args, True)[0].asnumpy(), steps, warmup)
+
+
+def measure_parts(model, inputs, flops: Dict[str, int], full_forward_s: float, args) -> Dict:
+    """Forward time of growing prefixes of the network (encoders + WPA; + pixel decoder); the
+    differences to each other and to the full forward are the parts' times, set against their FLOPs."""
+    from mindspore import Tensor
+
+    ForwardPrefix, _, _, _ = _ms_cells()
+    model.set_train(False)
+    tensors = [Tensor(x) for x in inputs[:3]]
+    prefix = OrderedDict()
+    for until in ("encode", "pixel_decoder"):
+        cell = ForwardPrefix(model, until)
+        cell.set_train(False)
+        prefix[until] = time_calls(lambda: cell(*tensors).asnumpy(), args.steps, args.warmup)
+    encode, decode = prefix["encode"]["median_s"], prefix["pixel_decoder"]["median_s"]
+    split = [("encoders + WPA", encode, flops["swin"] + flops["bert"] + flops["wpa"]),
+             ("pixel decoder", decode - encode, flops["pixel_decoder"]),
+             ("transformer decoder + SMA + upsampling", full_forward_s - decode,
+              flops["transformer_decoder"] + flops["sma"])]
+    return {"prefix": prefix, "split": split}
+
+
+def measure_encoders(cfg: Config, bert_config, image_size: int, tokens: int, threads: int,
+                     steps: int, warmup: int) -> "OrderedDict[str, Dict[str, float]]":
+    """Our Swin + BERT (graph mode) against timm's Swin + HF's BertModel (PyTorch eager), batch 1,
+    forward (inference mode) and forward + backward (training mode, gradients of every parameter)."""
+    import numpy as np
+    import torch
+    import transformers
+    from mindspore import Tensor
+    from timm.models.swin_transformer import SwinTransformer as TimmSwin
+
+    from src.models.bert import BertModel
+    from src.models.swin import SwinTransformer
+
+    _, Encoders, GradOnly, _ = _ms_cells()
+    torch.set_num_threads(threads)
+    arch = swin_arch(cfg.model.swin)
+    image, input_ids, attention_mask, _ = random_batch(1, image_size, tokens, bert_config.vocab_size)
+    out = OrderedDict()
+
+    ours = Encoders(SwinTransformer(**arch), BertModel(bert_config))
+    args = [Tensor(image), Tensor(input_ids), Tensor(attention_mask)]
+    ours.set_train(False)
+    out["ours_forward"] = time_calls(lambda: ours(*args).asnumpy(), steps, warmup)
+    ours.set_train(True)
+    ours_grad = GradOnly(ours)
+    out["ours_forward_backward"] = time_calls(lambda: ours_grad(*args)[0].asnumpy(), steps, warmup)
+    del ours_grad, ours
+
+    # timm with the segmentation Swin's window semantics (never shrink the window, always shift).
+    timm_swin = TimmSwin(img_size=image_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"],
+                         depths=tuple(arch["depths"]), num_heads=tuple(arch["num_heads"]),
+                         window_size=arch["window_size"], mlp_ratio=arch["mlp_ratio"], qkv_bias=arch["qkv_bias"],
+                         drop_path_rate=arch["drop_path_rate"], always_partition=True, num_classes=0)
+    hf_config = transformers.BertConfig(
+        vocab_size=bert_config.vocab_size, hidden_size=bert_config.hidden_size,
+        num_hidden_layers=bert_config.num_hidden_layers, num_attention_heads=bert_config.num_attention_heads,
+        intermediate_size=bert_config.intermediate_size, max_position_embeddings=bert_config.max_position_embeddings,
+        type_vocab_size=bert_config.type_vocab_size, layer_norm_eps=bert_config.layer_norm_eps,
+        hidden_dropout_prob=bert_config.hidden_dropout_prob,
+        attention_probs_dropout_prob=bert_config.attention_probs_dropout_prob)
+    hf_bert = transformers.BertModel(hf_config, add_pooling_layer=False)
+    t_image = torch.from_numpy(image)
+    t_ids = torch.from_numpy(input_ids.astype(np.int64))
+    t_mask = torch.from_numpy(attention_mask.astype(np.int64))
+
+    def torch_loss():
+        features = timm_swin.forward_features(t_image)
+        words = hf_bert(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
+        return features.mean() + words.mean()
+
+    def torch_forward():
+        with torch.inference_mode():
+            return float(torch_loss())
+
+    def torch_forward_backward():
+        for module in (timm_swin, hf_bert):
+            module.zero_grad(set_to_none=True)
+        loss = torch_loss()
+        loss.backward()
+        return float(loss.detach())
+
+    timm_swin.eval(), hf_bert.eval()
+    out["reference_forward"] = time_calls(torch_forward, steps, warmup)
+    timm_swin.train(), hf_bert.train()
+    out["reference_forward_backward"] = time_calls(torch_forward_backward, steps, warmup)
+    del timm_swin, hf_bert
+    return out
+
+
+def measure_matmul_peak(n: int, repeats: int) -> Dict[str, float]:
+    """fp32 FLOP/s of an n x n x n matmul in MindSpore (graph mode) and PyTorch; the larger is the peak."""
+    import numpy as np
+    import torch
+    from mindspore import Tensor
+
+    _, _, _, MatMul = _ms_cells()
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    b = rng.standard_normal((n, n)).astype(np.float32)
+    flops = 2.0 * n ** 3
+    matmul = MatMul()
+    ms_a, ms_b = Tensor(a), Tensor(b)
+    ms_time = time_calls(lambda: matmul(ms_a, ms_b).asnumpy(), repeats, 1)["median_s"]
+    t_a, t_b = torch.from_numpy(a), torch.from_numpy(b)
+    torch_time = time_calls(lambda: torch.mm(t_a, t_b), repeats, 1)["median_s"]
+    result = {"n": n, "mindspore_flops": flops / ms_time, "torch_flops": flops / torch_time}
+    result["peak_flops"] = max(result["mindspore_flops"], result["torch_flops"])
+    return result
+
+
+def resolve_vocab(cfg: Config, refer, workdir: str) -> str:
+    """The tokenizer's vocabulary: the configured one, the one beside the BERT checkpoint, or else a
+    vocabulary written from the split's own words (ids then stay below any BERT vocab size)."""
+    from src.models.bert import vocab_path_for
+
+    if cfg.model.bert.vocab_path:
+        return cfg.model.bert.vocab_path
+    if cfg.model.bert.pretrained and os.path.isfile(vocab_path_for(cfg.model.bert.pretrained)):
+        return vocab_path_for(cfg.model.bert.pretrained)
+    words = set()
+    for sample in refer.samples():
+        words.update("".join(ch if ch.isalnum() else " " for ch in sample.text.lower()).split())
+    path = os.path.join(workdir, "vocab.txt")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(words)) + "\n")
+    return path
+
+
+def prepare_training_data(cfg: Config, data_root: Optional[str], images: int, workdir: str):
+    """(refer, tokenizer, data_root): the configured split of `data_root`, or a synthetic dataset of
+    `images` images written into `workdir` by tools/make_synthetic_refer.py."""
+    from src.data.refer import ReferDataset
+    from src.data.tokenizer import BertTokenizer
+
+    dataset, split_by = cfg.data.dataset, cfg.data.split_by
+    if not data_root:
+        data_root = os.path.join(workdir, "synthetic")
+        subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_synthetic_refer.py"), "--out", data_root,
+                        "--images", str(images), "--seed", "0"], check=True, stdout=subprocess.DEVNULL)
+        dataset, split_by = "refcoco", "unc"
+    refer = ReferDataset(data_root, dataset, split_by, cfg.data.train_split)
+    tokenizer = BertTokenizer(resolve_vocab(cfg, refer, workdir), max_tokens=cfg.model.max_tokens)
+    return refer, tokenizer, data_root
+
+
+def make_train_dataset(cfg: Config, refer, tokenizer, image_size: int, batch: int, workers: int):
+    from src.data.dataset import create_refer_dataset
+
+    return create_refer_dataset(refer, tokenizer, image_size, batch, train=True, num_workers=workers, seed=cfg.seed)
+
+
+def model_columns(dataset) -> List[int]:
+    """Positions of the train step's inputs among the dataset's columns (the pipeline may carry more,
+    e.g. a bad-sample flag)."""
+    names = dataset.get_col_names()
+    return [names.index(name) for name in ("image", "input_ids", "attention_mask", "mask")]
+
+
+def epochs_for(dataset, batches: int) -> int:
+    return _ceil_div(batches, max(1, dataset.get_dataset_size())) + 1
+
+
+def measure_data_pipeline(dataset, batch: int, batches: int) -> Dict[str, float]:
+    """Images/s delivered by the pipeline alone; the first batch (worker start-up) is not timed."""
+    iterator = dataset.create_tuple_iterator(num_epochs=epochs_for(dataset, batches + 1), output_numpy=True)
+    next(iterator)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    elapsed = time.perf_counter() - start
+    iterator.stop()
+    return {"batches": batches, "seconds": elapsed, "images_per_s": batches * batch / elapsed}
+
+
+def measure_host_overhead(step_cell, dataset, fixed_inputs, steps: int) -> Dict[str, float]:
+    """Host overhead of a training step: the Trainer's loop (next batch from the dataset iterator ->
+    TrainStep -> read the three losses and the finite flag) against the same compiled TrainStep on
+    fixed tensors (loss read only).
+
+    Three blocks of `steps` steps: fixed tensors, the loop, fixed tensors again. The fixed-tensor
+    blocks run while no iterator exists, so they are free of the data workers' CPU use (which is part
+    of the overhead being measured); bracketing the loop by them cancels slow drift of the step time.
+    The first batch (worker start-up) is not timed.
+    """
+    from mindspore import Tensor
+
+    fixed = [Tensor(x) for x in fixed_inputs]
+
+    def fixed_block() -> List[float]:
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            step_cell(*fixed, True)[0].asnumpy()
+            times.append(time.perf_counter() - start)
+        return times
+
+    before = fixed_block()
+    columns = model_columns(dataset)
+    iterator = dataset.create_tuple_iterator(num_epochs=epochs_for(dataset, steps + 1))
+    first = next(iterator)
+    step_cell(*[first[c] for c in columns], True)[0].asnumpy()  # same shapes as the fixed tensors
+    wait, compute = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        row = next(iterator)
+        image, input_ids, attention_mask, target = (row[c] for c in columns)
+        fetched = time.perf_counter()
+        total, seg, aux, finite = step_cell(image, input_ids, attention_mask, target, True)
+        losses = (float(total.asnumpy()), float(seg.asnumpy()), float(aux.asnumpy()))
+        bool(finite.asnumpy())
+        done = time.perf_counter()
+        if not all(math.isfinite(x) for x in losses):
+            raise RuntimeError(f"non-finite loss in the host-overhead loop: {losses}")
+        wait.append(fetched - start)
+        compute.append(done - fetched)
+    iterator.stop()
+    after = fixed_block()
+    loop = [w + c for w, c in zip(wait, compute)]
+    pure_mean = statistics.fmean(before + after)
+    loop_mean = statistics.fmean(loop)
+    return {"steps": steps, "loop_mean_s": loop_mean, "loop_median_s": statistics.median(loop),
+            "data_wait_mean_s": statistics.fmean(wait), "step_call_mean_s": statistics.fmean(compute),
+            "pure_before_mean_s": statistics.fmean(before), "pure_after_mean_s": statistics.fmean(after),
+            "pure_step_mean_s": pure_mean, "overhead_fraction": (loop_mean - pure_mean) / loop_mean}
+
+
+def measure_isa(argv_base: Sequence[str], isa_values: Sequence[str]) -> "OrderedDict[str, Dict]":
+    """Whole-model forward under each ONEDNN_MAX_CPU_ISA value, each in a fresh process."""
+    out = OrderedDict()
+    for value in isa_values:
+        with tempfile.TemporaryDirectory() as tmp:
+            json_path = os.path.join(tmp, "isa.json")
+            env = dict(os.environ, ONEDNN_MAX_CPU_ISA=value)
+            cmd = [sys.executable, os.path.abspath(__file__), *argv_base, "--forward_only", "--json", json_path]
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            with open(json_path, "r", encoding="utf-8") as f:
+                child = json.load(f)
+            out[value] = {"forward": child["forward"], "background_cpu_share": child["setup"]["background_cpu_share"]}
+            if "reference" in child:
+                out[value]["reference"] = child["reference"]
+    return out
+
+
+# ================================================================================================
+# Report
+# ================================================================================================
+# Results that may legitimately be zero or negative (a difference of two noisy timings).
+SIGNED_FIELDS = ("compile_s", "overhead_fraction", "data_wait_mean_s", "background_cpu_share")
+
+
+def _g(value: float) -> str:
+    return f"{value / 1e9:,.2f} G"
+
+
+def format_table(result: Dict) -> str:
+    """The result as one two-column table (metric, value)."""
+    rows: List[Tuple[str, str]] = []
+    cfg = result["setup"]
+    rows.append(("config", f"{cfg['config']} @ {cfg['image_size']}x{cfg['image_size']}, train batch "
+                           f"{cfg['batch_size']}, {cfg['steps']} timed runs (median) after {cfg['warmup']} warm-up "
+                           f"({cfg['train_warmup']} for training)"))
+    rows.append(("machine", f"{cfg['threads']} threads (MindSpore and torch), ONEDNN_MAX_CPU_ISA="
+                            f"{cfg['onednn_max_cpu_isa']}, MindSpore {cfg['mindspore']}, torch {cfg.get('torch', '-')}"))
+    params, flops = result["parameters"], result["flops_forward"]
+    for part in ("swin", "bert", "wpa", "pixel_decoder", "transformer_decoder", "head"):
+        if part in params:
+            flop_part = "sma" if part == "head" else part
+            rows.append((f"  {part}", f"{params[part]:,} params, {_g(flops.get(flop_part, 0))}FLOPs/forward"))
+    rows.append(("parameters / FLOPs per forward (batch 1)", f"{params['total']:,} / {_g(flops['total'])}FLOPs"))
+    fwd = result["forward"]
+    rows.append(("forward latency, batch 1", f"{fwd['median_s'] * 1e3:,.1f} ms (compile {fwd['compile_s']:.1f} s)"))
+    if "parts" in result:
+        parts = result["parts"]
+        for name, seconds, part_flops in parts["split"]:
+            rows.append((f"  {name}", f"{seconds * 1e3:,.1f} ms, {_g(part_flops)}FLOPs, "
+                                      f"{part_flops / max(seconds, 1e-9) / 1e9:,.1f} GFLOP/s"))
+    if "train" in result:
+        tr = result["train"]
+        rows.append((f"training step, batch {cfg['batch_size']}",
+                     f"{tr['median_s'] * 1e3:,.1f} ms = {tr['images_per_s']:.2f} images/s (compile {tr['compile_s']:.1f} s)"))
+    if "reference" in result:
+        ref = result["reference"]
+        for mode in ("forward", "forward_backward"):
+            rows.append((f"encoders {mode.replace('_', '+')}: ours / timm+HF",
+                         f"{ref['ours_' + mode]['median_s'] * 1e3:,.1f} / {ref['reference_' + mode]['median_s'] * 1e3:,.1f}"
+                         f" ms = {ref['ratio_' + mode]:.2f}"))
+    if "matmul_peak" in result:
+        peak = result["matmul_peak"]
+        rows.append((f"matmul peak fp32 (n={peak['n']})", f"MindSpore {peak['mindspore_flops'] / 1e9:,.1f}, torch "
+                                                          f"{peak['torch_flops'] / 1e9:,.1f} GFLOP/s"))
+        eff = result["efficiency"]
+        rows.append(("full forward: achieved / share of peak",
+                     f"{eff['forward_flops_per_s'] / 1e9:,.1f} GFLOP/s = {100 * eff['fraction_of_peak']:.1f}%"))
+    mem = result["memory"]
+    rows.append(("peak RSS after our model / at the end", f"{mem['peak_rss_mb_after_ours']:,.0f} / "
+                                                           f"{mem['peak_rss_mb_end']:,.0f} MB"))
+    if "data_pipeline" in result:
+        data = result["data_pipeline"]
+        versus = (f" = {data['ratio_to_training']:.1f}x what training consumes" if "ratio_to_training" in data
+                  else " (no training step measured)")
+        rows.append((f"data pipeline ({data['workers']} workers)", f"{data['images_per_s']:.1f} images/s{versus}"))
+    if "host_overhead" in result:
+        ho = result["host_overhead"]
+        rows.append(("training loop vs compiled step",
+                     f"{ho['loop_mean_s'] * 1e3:,.1f} vs {ho['pure_step_mean_s'] * 1e3:,.1f} ms/step (fixed tensors "
+                     f"{ho['pure_before_mean_s'] * 1e3:,.1f} before, {ho['pure_after_mean_s'] * 1e3:,.1f} after): host "
+                     f"overhead {100 * ho['overhead_fraction']:.1f}% (waiting for data {ho['data_wait_mean_s'] * 1e3:.1f} ms)"))
+    if "isa" in result:
+        for value, child in result["isa"].items():
+            text = f"full forward {child['forward']['median_s'] * 1e3:,.1f} ms"
+            if "reference" in child:
+                ref = child["reference"]
+                text += (f"; encoders fwd ours/timm+HF {ref['ours_forward']['median_s'] * 1e3:,.1f} / "
+                         f"{ref['reference_forward']['median_s'] * 1e3:,.1f} ms, fwd+bwd "
+                         f"{ref['ours_forward_backward']['median_s'] * 1e3:,.1f} / "
+                         f"{ref['reference_forward_backward']['median_s'] * 1e3:,.1f} ms")
+            text += f" (other processes {100 * child['background_cpu_share']:.0f}%)"
+            rows.append((f"ONEDNN_MAX_CPU_ISA={value} (fresh process)", text))
+    share = cfg.get("background_cpu_share")
+    if share is not None:
+        rows.append(("CPU used by other processes meanwhile", f"{100 * share:.1f}% of the machine"
+                     + ("  (DISTURBED: timings too high)" if share > 0.05 else "")))
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    for note in result.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines)
+
+
+def format_memory_estimate(estimate: Dict, batch: int, capacity_gb: float) -> str:
+    lines = [f"analytic training memory per device, batch {batch} (fp32)"]
+    for name, value in estimate.items():
+        lines.append(f"  {name:<34} {value / 2 ** 30:8.2f} GiB")
+    lines.append(f"  {'share of a ' + str(int(capacity_gb)) + ' GB device':<34} "
+                 f"{100 * estimate['total'] / (capacity_gb * 1e9):8.1f} %")
+    return "\n".join(lines)
+
+
+# ================================================================================================
+# Command line
+# ================================================================================================
+def parse_args(argv: Sequence[str]):
+    parser = argparse.ArgumentParser(description="CoupAlign benchmark (see the module docstring).")
+    parser.add_argument("--config", default=os.path.join(ROOT, "configs", "quickstart_cpu.yaml"))
+    parser.add_argument("--image_size", type=int, default=None, help="model.image_size (default: the config's)")
+    parser.add_argument("--batch_size", type=int, default=None, help="training batch (default: train.batch_size)")
+    parser.add_argument("--steps", type=int, default=5, help="timed runs per measurement (median reported)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs after the first (compiling) call")
+    parser.add_argument("--train_warmup", type=int, default=5,
+                        help="untimed training steps after the first: the step time still falls over the first "
+                             "few steps (memory pool growth), ~15%% on the quickstart")
+    parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for MindSpore and torch (all cores)")
+    parser.add_argument("--peak_n", type=int, default=2048, help="side of the square matmul measuring the peak")
+    parser.add_argument("--data_root", default=None, help="refer data for the pipeline (default: synthetic, generated)")
+    parser.add_argument("--data_images", type=int, default=64, help="images of the generated synthetic dataset")
+    parser.add_argument("--skip_reference", action="store_true", help="no timm + HF comparison")
+    parser.add_argument("--skip_train", action="store_true", help="no training step (nor host overhead)")
+    parser.add_argument("--skip_data", action="store_true", help="no data pipeline (nor host overhead)")
+    parser.add_argument("--parts", action="store_true", help="also time forward prefixes (where the time goes)")
+    parser.add_argument("--isa_compare", action="store_true", help="forward with ONEDNN_MAX_CPU_ISA=AVX2 and ALL")
+    parser.add_argument("--memory_estimate", action="store_true",
+                        help="print the analytic training memory of the configuration at --batch_size and exit")
+    parser.add_argument("--device_memory_gb", type=float, default=32.0, help="device size for --memory_estimate")
+    parser.add_argument("--forward_only", action="store_true", help=argparse.SUPPRESS)  # --isa_compare's children
+    args, overrides = parser.parse_known_args(argv)
+    return args, overrides
+
+
+def load_benchmark_config(args, overrides: Sequence[str]) -> Tuple[Config, List[str]]:
+    cfg = load_config(args.config, list(overrides))
+    if args.image_size:
+        cfg.model.image_size = args.image_size
+    if args.batch_size:
+        cfg.train.batch_size = args.batch_size
+    cfg.device_target = "CPU"
+    cfg.mode = "graph"
+    return cfg, without_missing_checkpoints(cfg)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, overrides = parse_args(argv)
+    from src.utils.runtime import apply_cpu_env_defaults
+
+    apply_cpu_env_defaults()  # before MindSpore loads (oneDNN reads its ISA cap once)
+    cfg, notes = load_benchmark_config(args, overrides)
+
+    import numpy as np
+    import mindspore as ms
+
+    from src.models.coupalign import bert_config_from
+
+    threads = args.threads or cpu_threads()
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.device_context.cpu.op_tuning.threads_num(threads)
+    ms.set_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    bert_config = bert_config_from(cfg.model.bert)
+
+    if args.memory_estimate:
+        batch = cfg.train.batch_size
+        estimate = training_memory_estimate(cfg, bert_config, batch)
+        print(format_memory_estimate(estimate, batch, args.device_memory_gb))
+        _write({"batch_size": batch, "image_size": cfg.model.image_size, "memory_estimate_bytes": estimate}, args.json)
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="coupalign_bench_") as workdir:
+        result = run_benchmark(args, cfg, bert_config, threads, notes, workdir)
+    if args.isa_compare:
+        child_argv = _drop_option([a for a in argv if a not in ("--isa_compare", "--parts")], "--json")
+        result["isa"] = measure_isa(child_argv, ("AVX2", "ALL"))
+    if not args.forward_only:
+        print(format_table(result))
+    _write(result, args.json)
+    return 0
+
+
+def run_benchmark(args, cfg: Config, bert_config, threads: int, notes: List[str], workdir: str) -> Dict:
+    """Every measurement the flags ask for, in an order that keeps them apart: our model (forward,
+    parts, training, host overhead), then the PyTorch reference, the matmul peak and the data
+    pipeline alone."""
+    import mindspore as ms
+
+    from src.models import create_model
+
+    start_snapshot = cpu_snapshot()
+    size, batch, tokens = cfg.model.image_size, cfg.train.batch_size, cfg.model.max_tokens
+    result: Dict = OrderedDict()
+    result["setup"] = {"config": os.path.relpath(args.config, ROOT) if args.config else "<defaults>",
+                       "image_size": size, "batch_size": batch, "tokens": tokens, "steps": args.steps,
+                       "warmup": args.warmup, "train_warmup": args.train_warmup, "threads": threads,
+                       "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA", ""), "mindspore": ms.__version__}
+    result["notes"] = list(notes)
+
+    # The dataset first: a data problem should fail before minutes of graph compilation.
+    dataset, workers = None, min(cfg.data.num_workers, cpu_threads())
+    if not args.skip_data and not args.forward_only:
+        if workers < cfg.data.num_workers:  # MindSpore refuses more parallel workers than cores
+            result["notes"].append(f"data.num_workers={cfg.data.num_workers} capped at the {workers} cores")
+        refer, tokenizer, _ = prepare_training_data(cfg, args.data_root, args.data_images, workdir)
+        dataset = make_train_dataset(cfg, refer, tokenizer, size, batch, workers)
+        result["setup"]["data_root"] = args.data_root or f"synthetic ({args.data_images} images)"
+
+    model = create_model(cfg, load_pretrained=False)  # weights do not change the timing
+    result["parameters"] = count_parameters(model)
+    flops = coupalign_flops(cfg.model, bert_config, size, size)
+    flops["total"] = sum(flops.values())
+    result["flops_forward"] = flops
+
+    forward_inputs = random_batch(1, size, tokens, bert_config.vocab_size, seed=cfg.seed)
+    result["forward"] = measure_forward(model, forward_inputs, args.steps, args.warmup)
+    print(f"forward: {result['forward']['median_s'] * 1e3:.1f} ms", flush=True)
+    if args.forward_only:  # an --isa_compare child: our forward and, unless skipped, the encoders
+        if not args.skip_reference:
+            result["reference"] = measure_reference(cfg, bert_config, threads, args)
+        result["setup"]["background_cpu_share"] = background_cpu_share(start_snapshot)
+        return result
+
+    if args.parts:
+        result["parts"] = measure_parts(model, forward_inputs, flops, result["forward"]["median_s"], args)
+    if not args.skip_train:
+        model.set_train(True)
+        step_cell = build_train_step(cfg, model)
+        train_inputs = random_batch(batch, size, tokens, bert_config.vocab_size, seed=cfg.seed)
+        train = measure_train(step_cell, train_inputs, args.steps, args.train_warmup)
+        train["images_per_s"] = batch / train["median_s"]
+        result["train"] = train
+        print(f"train step: {train['median_s'] * 1e3:.1f} ms", flush=True)
+        if dataset is not None:
+            result["host_overhead"] = measure_host_overhead(step_cell, dataset, train_inputs, max(args.steps, 2))
+        del step_cell
+    result["memory"] = {"peak_rss_mb_after_ours": peak_rss_mb()}
+    del model  # its compiled graphs hold gigabytes at large sizes; the reference needs the room
+    gc.collect()
+
+    if not args.skip_reference:
+        import torch
+
+        result["setup"]["torch"] = torch.__version__
+        result["reference"] = measure_reference(cfg, bert_config, threads, args)
+    peak = measure_matmul_peak(args.peak_n, max(3, args.steps))
+    result["matmul_peak"] = peak
+    achieved = flops["total"] / result["forward"]["median_s"]
+    result["efficiency"] = {"forward_flops_per_s": achieved, "fraction_of_peak": achieved / peak["peak_flops"]}
+
+    if dataset is not None:
+        batches = max(4, min(dataset.get_dataset_size() - 1, 4 * args.steps))
+        data = measure_data_pipeline(dataset, batch, batches)
+        data["workers"] = workers
+        if "train" in result:
+            data["ratio_to_training"] = data["images_per_s"] / result["train"]["images_per_s"]
+        result["data_pipeline"] = data
+    result["memory"]["peak_rss_mb_end"] = peak_rss_mb()
+    result["setup"]["background_cpu_share"] = background_cpu_share(start_snapshot)
+    return result
+
+
+def measure_reference(cfg: Config, bert_config, threads: int, args) -> Dict:
+    """`measure_encoders` plus the ratios ours / theirs."""
+    reference = measure_encoders(cfg, bert_config, cfg.model.image_size, cfg.model.max_tokens, threads,
+                                 args.steps, args.warmup)
+    for mode in ("forward", "forward_backward"):
+        reference["ratio_" + mode] = reference["ours_" + mode]["median_s"] / reference["reference_" + mode]["median_s"]
+    return reference
+
+
+def _drop_option(argv: List[str], name: str) -> List[str]:
+    """argv without `name VALUE` / `name=VALUE`."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == name:
+            skip = True
+            continue
+        if arg.startswith(name + "="):
+            continue
+        out.append(arg)
+    return out
+
+
+def _write(result: Dict, path: Optional[str]) -> None:
+    if not path:
+        return
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
