@@ -1,29 +1,32 @@
 """Benchmark CoupAlign on this machine and against the PyTorch reference encoders, in one process.
 
     python tools/benchmark.py [--config C] [--image_size S] [--batch_size B] [--steps K] [--json OUT.json]
-        [--skip_reference] [--skip_train] [--skip_data] [--parts] [--isa_compare] [--memory_estimate]
-        [--threads N] [--peak_n N] [--data_root DIR] [--data_images N] [any --config.key=value override]
+        [--warmup N] [--train_warmup N] [--skip_reference] [--skip_train] [--skip_data] [--parts]
+        [--isa_compare] [--memory_estimate] [--threads N] [--peak_n N] [--data_root DIR] [--data_images N]
+        [any config override, e.g. --model.swin.pretrained= --data.num_workers=2]
 
 Prints one table and writes the same numbers as JSON (``--json``):
 
 * parameters (counted on the built model) and FLOPs of one forward, computed analytically from the
   configuration per model part (see "What the FLOPs count" below);
 * forward latency at batch 1 and training throughput at ``--batch_size`` (images/s) of CoupAlign in
-  graph mode: median of ``--steps`` calls after ``--warmup`` calls; the graph compilation time is the
-  first call minus the steady (median) call;
+  graph mode: median of ``--steps`` calls after ``--warmup`` (``--train_warmup``) calls; the graph
+  compilation time is the first call minus the steady (median) call;
 * the reference, same process, same thread count: timm's ``SwinTransformer`` of the same variant and
   size plus Hugging Face's ``BertModel`` of the same size (random weights, PyTorch eager), forward and
   forward+backward, against our Swin + our BERT (graph mode) timed the same way; ours / theirs;
 * the machine's fp32 matmul peak measured now (a large square matmul in MindSpore and in PyTorch, the
   larger counts) and the share of it the full forward reaches (analytic FLOPs / forward time / peak);
-* peak resident memory (``ru_maxrss``) after our model's measurements and at the end;
+* peak resident memory (``ru_maxrss``) after our model's measurements and at the end, and the share of
+  the machine's CPU that other processes used meanwhile (a disturbed run is flagged);
 * the data pipeline (``create_refer_dataset``, train=True, the configured workers) in images/s against
   what training consumes, and the host overhead of a training step: the Trainer's loop (dataset
   iterator -> TrainStep -> loss read) against the compiled TrainStep on fixed tensors;
-* with ``--parts``: forward time of the encoders (+WPA), + pixel decoder, + transformer decoder/SMA,
-  each against its analytic FLOPs (where the time goes);
-* with ``--isa_compare``: the whole-model forward with ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``=ALL``
-  (subprocesses, because oneDNN reads the variable once when MindSpore loads);
+* with ``--parts``: forward time of encoders + WPA, pixel decoder, and transformer decoder + SMA, each
+  compiled alone and fed the previous part's outputs, against its analytic FLOPs (where the time goes);
+* with ``--isa_compare``: the whole-model forward (and, unless ``--skip_reference``, the encoder
+  comparison) with ``ONEDNN_MAX_CPU_ISA=AVX2`` and ``=ALL``, each in a fresh process, because oneDNN
+  reads the variable once when it loads;
 * with ``--memory_estimate``: the analytic training memory of the configuration (no timing).
 
 What the FLOPs count: 2 FLOPs per multiply-add of every matrix product (dense layers, attention
@@ -35,8 +38,10 @@ over zero-padded Swin windows is counted as computed (padded tokens included). A
 about 3x the forward (backward = 2 matmuls per forward matmul); the table reports the forward.
 tests/test_benchmark.py checks the Swin and BERT counts against torch.utils.flop_counter.
 
-Every timing run whose numbers are reported should hold the machine alone; on a shared machine wrap
-it in ``flock /tmp/cpu.lock python tools/benchmark.py ...``.
+Pretrained checkpoints that do not exist are dropped with a note (timing does not depend on weight
+values), and the data pipeline's workers are capped at the core count (MindSpore's limit). Every
+timing run whose numbers are reported should hold the machine alone; on a shared machine wrap it in
+``flock /tmp/cpu.lock python tools/benchmark.py ...``. docs/performance.md holds measured results.
 """
 from __future__ import annotations
 
@@ -587,21 +592,46 @@ def _ms_cells():
     import mindspore as ms
     from mindspore import nn, ops
 
-    class ForwardPrefix(nn.Cell):
-        """The first part of CoupAlign's forward: 'encode' (Swin + BERT + WPA) or 'pixel_decoder'
-        (encode + pixel decoder). Returns a small tensor so only the compute is timed."""
+    from src.models.sma import pool_sentence
 
-        def __init__(self, model, until: str):
+    class EncodePart(nn.Cell):
+        """Swin + BERT with WPA at every stage -> (F1..F4, word features)."""
+
+        def __init__(self, model):
             super().__init__(auto_prefix=False)
             self.model = model
-            self.until = until
 
         def construct(self, image, input_ids, attention_mask):
             features, words = self.model.encode(image, input_ids, attention_mask)
-            if self.until == "encode":  # every output consumed, so none is pruned from the graph
-                return features[0].mean() + features[1].mean() + features[2].mean() + features[3].mean() + words.mean()
-            pixel_embed, multi_scale = self.model.pixel_decoder(features)
-            return pixel_embed.mean() + multi_scale[0].mean()
+            return features[0], features[1], features[2], features[3], words
+
+    class PixelDecoderPart(nn.Cell):
+        """F1..F4 -> (P, the three coarse maps)."""
+
+        def __init__(self, model):
+            super().__init__(auto_prefix=False)
+            self.pixel_decoder = model.pixel_decoder
+
+        def construct(self, f1, f2, f3, f4):
+            pixel_embed, multi_scale = self.pixel_decoder((f1, f2, f3, f4))
+            return pixel_embed, multi_scale[0], multi_scale[1], multi_scale[2]
+
+    class HeadPart(nn.Cell):
+        """The rest of CoupAlign.construct: transformer decoder, SMA (or the no-SMA head), upsampling."""
+
+        def __init__(self, model, image_size):
+            super().__init__(auto_prefix=False)
+            self.model = model
+            self.image_size = image_size
+
+        def construct(self, pixel_embed, m0, m1, m2, words, attention_mask):
+            sentence = pool_sentence(words, attention_mask, self.model.sentence_pool)
+            mask_embed = None
+            if self.model.use_sma:
+                mask_embed = self.model.transformer_decoder((m0, m1, m2), pixel_embed)[-1]
+            logits, _, _ = self.model.head(mask_embed, pixel_embed, sentence)
+            return ops.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
+                                   align_corners=False)
 
     class Encoders(nn.Cell):
         """Our Swin + our BERT as two separate encoders (no fusion): the counterpart of timm + HF."""
@@ -636,7 +666,7 @@ def _ms_cells():
         def construct(self, a, b):
             return ops.matmul(a, b)
 
-    return ForwardPrefix, Encoders, GradOnly, MatMul
+    return (EncodePart, PixelDecoderPart, HeadPart), Encoders, GradOnly, MatMul
 
 
 # ================================================================================================
@@ -657,55 +687,72 @@ def measure_train(step_cell, inputs, steps: int, warmup: int) -> Dict[str, float
     return time_calls(lambda: step_cell(*args, True)[0].asnumpy(), steps, warmup)
 
 
-def measure_parts(model, inputs, flops: Dict[str, int], full_forward_s: float, args) -> Dict:
-    """Forward time of growing prefixes of the network (encoders + WPA; + pixel decoder); the
-    differences to each other and to the full forward are the parts' times, set against their FLOPs."""
+def measure_parts(model, inputs, flops: Dict[str, int], args) -> Dict:
+    """Forward time of the model's three stretches, each compiled on its own and fed the previous
+    stretch's real outputs: encoders + WPA, pixel decoder, transformer decoder + SMA + upsampling.
+    Their sum is close to, but not exactly, the full forward (three graphs instead of one)."""
     from mindspore import Tensor
 
-    ForwardPrefix, _, _, _ = _ms_cells()
+    (EncodePart, PixelDecoderPart, HeadPart), _, _, _ = _ms_cells()
     model.set_train(False)
-    tensors = [Tensor(x) for x in inputs[:3]]
-    prefix = OrderedDict()
-    for until in ("encode", "pixel_decoder"):
-        cell = ForwardPrefix(model, until)
+    image, input_ids, attention_mask = (Tensor(x) for x in inputs[:3])
+    encode = EncodePart(model)
+    decode = PixelDecoderPart(model)
+    head = HeadPart(model, int(inputs[0].shape[-1]))
+    for cell in (encode, decode, head):
         cell.set_train(False)
-        prefix[until] = time_calls(lambda: cell(*tensors).asnumpy(), args.steps, args.warmup)
-    encode, decode = prefix["encode"]["median_s"], prefix["pixel_decoder"]["median_s"]
-    split = [("encoders + WPA", encode, flops["swin"] + flops["bert"] + flops["wpa"]),
-             ("pixel decoder", decode - encode, flops["pixel_decoder"]),
-             ("transformer decoder + SMA + upsampling", full_forward_s - decode,
+    *features, words = encode(image, input_ids, attention_mask)
+    pixel_embed, *coarse = decode(*features)
+    calls = [("encoders + WPA", lambda: encode(image, input_ids, attention_mask)[0].asnumpy(),
+              flops["swin"] + flops["bert"] + flops["wpa"]),
+             ("pixel decoder", lambda: decode(*features)[0].asnumpy(), flops["pixel_decoder"]),
+             ("transformer decoder + SMA + upsampling",
+              lambda: head(pixel_embed, *coarse, words, attention_mask).asnumpy(),
               flops["transformer_decoder"] + flops["sma"])]
-    return {"prefix": prefix, "split": split}
+    timings = OrderedDict((name, time_calls(call, args.steps, args.warmup)) for name, call, _ in calls)
+    split = [(name, timings[name]["median_s"], part_flops) for name, _, part_flops in calls]
+    return {"timings": timings, "split": split, "sum_s": sum(seconds for _, seconds, _ in split)}
 
 
 def measure_encoders(cfg: Config, bert_config, image_size: int, tokens: int, threads: int,
                      steps: int, warmup: int) -> "OrderedDict[str, Dict[str, float]]":
     """Our Swin + BERT (graph mode) against timm's Swin + HF's BertModel (PyTorch eager), batch 1,
     forward (inference mode) and forward + backward (training mode, gradients of every parameter)."""
-    import numpy as np
     import torch
-    import transformers
+
+    torch.set_num_threads(threads)
+    inputs = random_batch(1, image_size, tokens, bert_config.vocab_size)[:3]
+    out = OrderedDict()
+    out.update(_time_our_encoders(cfg, bert_config, inputs, steps, warmup))
+    out.update(_time_reference_encoders(cfg, bert_config, image_size, inputs, steps, warmup))
+    return out
+
+
+def _time_our_encoders(cfg: Config, bert_config, inputs, steps: int, warmup: int) -> Dict[str, Dict[str, float]]:
     from mindspore import Tensor
-    from timm.models.swin_transformer import SwinTransformer as TimmSwin
 
     from src.models.bert import BertModel
     from src.models.swin import SwinTransformer
 
     _, Encoders, GradOnly, _ = _ms_cells()
-    torch.set_num_threads(threads)
+    encoders = Encoders(SwinTransformer(**swin_arch(cfg.model.swin)), BertModel(bert_config))
+    args = [Tensor(x) for x in inputs]
+    encoders.set_train(False)
+    forward = time_calls(lambda: encoders(*args).asnumpy(), steps, warmup)
+    encoders.set_train(True)
+    with_grads = GradOnly(encoders)
+    forward_backward = time_calls(lambda: with_grads(*args)[0].asnumpy(), steps, warmup)
+    return {"ours_forward": forward, "ours_forward_backward": forward_backward}
+
+
+def _time_reference_encoders(cfg: Config, bert_config, image_size: int, inputs, steps: int, warmup: int
+                             ) -> Dict[str, Dict[str, float]]:
+    import numpy as np
+    import torch
+    import transformers
+    from timm.models.swin_transformer import SwinTransformer as TimmSwin
+
     arch = swin_arch(cfg.model.swin)
-    image, input_ids, attention_mask, _ = random_batch(1, image_size, tokens, bert_config.vocab_size)
-    out = OrderedDict()
-
-    ours = Encoders(SwinTransformer(**arch), BertModel(bert_config))
-    args = [Tensor(image), Tensor(input_ids), Tensor(attention_mask)]
-    ours.set_train(False)
-    out["ours_forward"] = time_calls(lambda: ours(*args).asnumpy(), steps, warmup)
-    ours.set_train(True)
-    ours_grad = GradOnly(ours)
-    out["ours_forward_backward"] = time_calls(lambda: ours_grad(*args)[0].asnumpy(), steps, warmup)
-    del ours_grad, ours
-
     # timm with the segmentation Swin's window semantics (never shrink the window, always shift).
     timm_swin = TimmSwin(img_size=image_size, patch_size=arch["patch_size"], embed_dim=arch["embed_dim"],
                          depths=tuple(arch["depths"]), num_heads=tuple(arch["num_heads"]),
@@ -719,32 +766,32 @@ def measure_encoders(cfg: Config, bert_config, image_size: int, tokens: int, thr
         hidden_dropout_prob=bert_config.hidden_dropout_prob,
         attention_probs_dropout_prob=bert_config.attention_probs_dropout_prob)
     hf_bert = transformers.BertModel(hf_config, add_pooling_layer=False)
+    image, input_ids, attention_mask = inputs
     t_image = torch.from_numpy(image)
     t_ids = torch.from_numpy(input_ids.astype(np.int64))
     t_mask = torch.from_numpy(attention_mask.astype(np.int64))
 
-    def torch_loss():
+    def loss():
         features = timm_swin.forward_features(t_image)
         words = hf_bert(input_ids=t_ids, attention_mask=t_mask).last_hidden_state
         return features.mean() + words.mean()
 
-    def torch_forward():
+    def forward():
         with torch.inference_mode():
-            return float(torch_loss())
+            return float(loss())
 
-    def torch_forward_backward():
+    def forward_backward():
         for module in (timm_swin, hf_bert):
             module.zero_grad(set_to_none=True)
-        loss = torch_loss()
-        loss.backward()
-        return float(loss.detach())
+        value = loss()
+        value.backward()
+        return float(value.detach())
 
     timm_swin.eval(), hf_bert.eval()
-    out["reference_forward"] = time_calls(torch_forward, steps, warmup)
+    timed_forward = time_calls(forward, steps, warmup)
     timm_swin.train(), hf_bert.train()
-    out["reference_forward_backward"] = time_calls(torch_forward_backward, steps, warmup)
-    del timm_swin, hf_bert
-    return out
+    timed_forward_backward = time_calls(forward_backward, steps, warmup)
+    return {"reference_forward": timed_forward, "reference_forward_backward": timed_forward_backward}
 
 
 def measure_matmul_peak(n: int, repeats: int) -> Dict[str, float]:
@@ -885,7 +932,8 @@ def measure_host_overhead(step_cell, dataset, fixed_inputs, steps: int) -> Dict[
 
 
 def measure_isa(argv_base: Sequence[str], isa_values: Sequence[str]) -> "OrderedDict[str, Dict]":
-    """Whole-model forward under each ONEDNN_MAX_CPU_ISA value, each in a fresh process."""
+    """The whole-model forward (and the encoder comparison unless --skip_reference is in `argv_base`)
+    under each ONEDNN_MAX_CPU_ISA value, each in a fresh process running this script --forward_only."""
     out = OrderedDict()
     for value in isa_values:
         with tempfile.TemporaryDirectory() as tmp:
@@ -934,6 +982,7 @@ def format_table(result: Dict) -> str:
         for name, seconds, part_flops in parts["split"]:
             rows.append((f"  {name}", f"{seconds * 1e3:,.1f} ms, {_g(part_flops)}FLOPs, "
                                       f"{part_flops / max(seconds, 1e-9) / 1e9:,.1f} GFLOP/s"))
+        rows.append(("  (parts timed separately, sum)", f"{parts['sum_s'] * 1e3:,.1f} ms"))
     if "train" in result:
         tr = result["train"]
         rows.append((f"training step, batch {cfg['batch_size']}",
@@ -1008,7 +1057,7 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs after the first (compiling) call")
     parser.add_argument("--train_warmup", type=int, default=5,
                         help="untimed training steps after the first: the step time still falls over the first "
-                             "few steps (memory pool growth), ~15%% on the quickstart")
+                             "few steps (~15%% on the quickstart)")
     parser.add_argument("--json", default=None, help="write the results here")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for MindSpore and torch (all cores)")
     parser.add_argument("--peak_n", type=int, default=2048, help="side of the square matmul measuring the peak")
@@ -1017,8 +1066,8 @@ def parse_args(argv: Sequence[str]):
     parser.add_argument("--skip_reference", action="store_true", help="no timm + HF comparison")
     parser.add_argument("--skip_train", action="store_true", help="no training step (nor host overhead)")
     parser.add_argument("--skip_data", action="store_true", help="no data pipeline (nor host overhead)")
-    parser.add_argument("--parts", action="store_true", help="also time forward prefixes (where the time goes)")
-    parser.add_argument("--isa_compare", action="store_true", help="forward with ONEDNN_MAX_CPU_ISA=AVX2 and ALL")
+    parser.add_argument("--parts", action="store_true", help="also time the forward's three parts, each compiled alone")
+    parser.add_argument("--isa_compare", action="store_true", help="forward (and encoders) with ONEDNN_MAX_CPU_ISA=AVX2 and ALL, fresh processes")
     parser.add_argument("--memory_estimate", action="store_true",
                         help="print the analytic training memory of the configuration at --batch_size and exit")
     parser.add_argument("--device_memory_gb", type=float, default=32.0, help="device size for --memory_estimate")
@@ -1119,7 +1168,7 @@ def run_benchmark(args, cfg: Config, bert_config, threads: int, notes: List[str]
         return result
 
     if args.parts:
-        result["parts"] = measure_parts(model, forward_inputs, flops, result["forward"]["median_s"], args)
+        result["parts"] = measure_parts(model, forward_inputs, flops, args)
     if not args.skip_train:
         model.set_train(True)
         step_cell = build_train_step(cfg, model)
