@@ -29,12 +29,18 @@ def _torch_reference(w, b, table, grads, lr, wd, total, power):
     return tw.detach().numpy(), tb.detach().numpy(), tt.detach().numpy()
 
 
-def test_adamw_matches_torch_with_groups_and_poly_schedule():
-    rng = np.random.default_rng(0)
+def _toy_problem(seed, steps):
+    """Weights of `_Toy` (w, b, table) and `steps` gradient triples, drawn from `seed`."""
+    rng = np.random.default_rng(seed)
     w = rng.standard_normal((4, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
     table = rng.standard_normal((5, 2)).astype(np.float32)
-    grads = [tuple(rng.standard_normal(a.shape).astype(np.float32) for a in (w, b, table)) for _ in range(6)]
+    grads = [tuple(rng.standard_normal(a.shape).astype(np.float32) for a in (w, b, table)) for _ in range(steps)]
+    return w, b, table, grads
+
+
+def test_adamw_matches_torch_with_groups_and_poly_schedule():
+    w, b, table, grads = _toy_problem(seed=0, steps=6)
     lr, wd, total, power = 0.05, 0.1, 10, 0.9
 
     net = _Toy(w, b, table)
@@ -79,11 +85,7 @@ def test_no_decay_rule():
 
 def test_lr_scale_per_group_matches_torch_group_lrs():
     """A group with lr_scale 0.1 moves exactly like a torch group with lr 0.1 * base under the same schedule."""
-    rng = np.random.default_rng(1)
-    w = rng.standard_normal((4, 3)).astype(np.float32)
-    b = rng.standard_normal(4).astype(np.float32)
-    table = rng.standard_normal((5, 2)).astype(np.float32)
-    grads = [tuple(rng.standard_normal(a.shape).astype(np.float32) for a in (w, b, table)) for _ in range(5)]
+    w, b, table, grads = _toy_problem(seed=1, steps=5)
     lr, wd, total, power, scale = 0.05, 0.1, 10, 0.9, 0.1
 
     net = _Toy(w, b, table)
