@@ -58,14 +58,6 @@ def np_bilinear_sample(image, px, py):
     return result
 
 
-def np_grid_sample_point(image_chw, gx, gy):
-    """grid_sample(align_corners=False, zeros) of one [-1, 1] grid point on a (C, H, W) image."""
-    _, height, width = image_chw.shape
-    px = ((gx + 1.0) * width - 1.0) / 2.0
-    py = ((gy + 1.0) * height - 1.0) / 2.0
-    return np_bilinear_sample(image_chw.transpose(1, 2, 0), px, py)
-
-
 def np_msdeform_attn(params, query, reference_points, value_input, spatial_shapes, n_heads, n_levels, n_points):
     """Deformable attention looping over every (batch, query, head, level, point)."""
     p = {k: v.astype(np.float64) for k, v in params.items()}
@@ -119,7 +111,7 @@ def random_features(rng, batch=BATCH):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Position encoding, grid_sample, reference points
+# Position encoding, the sampler, reference points
 # ----------------------------------------------------------------------------------------------------------------
 class _PosWrapper(nn.Cell):
     def __init__(self, num_pos_feats, normalize):
@@ -140,52 +132,46 @@ def test_sine_position_encoding_matches_numpy(normalize):
     np.testing.assert_array_equal(out[0], out[1])
 
 
-def test_grid_sample_matches_naive_sampler_at_boundaries():
+class _SamplerProbe(nn.Cell):
+    """MSDeformAttn reduced to its sampler: 1 level, 1 head, 1 point, identity projections, zero offsets,
+    so query q returns the bilinear sample of the value map at reference point q."""
+
+    def __init__(self, channels, shape):
+        super().__init__()
+        self.attn = MSDeformAttn(d_model=channels, n_levels=1, n_heads=1, n_points=1)
+        eye = Tensor(np.eye(channels, dtype=np.float32))
+        for dense in (self.attn.value_proj, self.attn.output_proj):
+            dense.weight.set_data(eye)
+        self.attn.sampling_offsets.bias.set_data(Tensor(np.zeros(2, np.float32)))
+        self.shape = shape
+
+    def construct(self, reference_points, value_input):
+        query = ops.zeros((1, reference_points.shape[1], value_input.shape[2]), ms.float32)
+        return self.attn(query, reference_points, value_input, (self.shape,))
+
+
+def test_sampler_matches_naive_bilinear_at_boundaries():
     rng = np.random.default_rng(0)
-    height, width = 4, 5
-    image = rng.normal(size=(1, 3, height, width)).astype(np.float32)
-    dx, dy = 2.0 / width, 2.0 / height  # one pixel in grid units
+    height, width, channels = 4, 5, 3
+    image = rng.normal(size=(height, width, channels)).astype(np.float32)
+    dx, dy = 1.0 / width, 1.0 / height  # one pixel in normalised [0, 1] units
     points = [
-        (-1.0, -1.0), (1.0, 1.0), (-1.0, 1.0), (1.0, -1.0),  # outer corners: 1/4 of a pixel inside
-        (-1.0 + dx / 2, -1.0 + dy / 2), (1.0 - dx / 2, 1.0 - dy / 2),  # first/last pixel centres exactly
-        (-1.0 - dx / 2, 0.1),  # pixel coordinate -1 in x: zero weight on the map, only the outside neighbour
-        (-1.0 - 0.3 * dx, 0.2), (1.0 + 0.3 * dx, -0.4), (0.3, -1.0 - 0.25 * dy), (0.0, 1.0 + 0.4 * dy),
-        (-1.0 - 2 * dx, 0.0), (1.0 + 3 * dx, 1.0 + 3 * dy),  # fully outside -> 0
-        (0.123, -0.456), (0.77, 0.31),  # interior
+        (0.0, 0.0), (1.0, 1.0), (0.0, 1.0), (1.0, 0.0),  # outer corners: 1/4 of a pixel inside
+        (dx / 2, dy / 2), (1.0 - dx / 2, 1.0 - dy / 2),  # first/last pixel centres exactly
+        (-dx / 2, 0.55),  # pixel coordinate -1 in x: zero weight on the map, only the outside neighbour
+        (-0.3 * dx, 0.6), (1.0 + 0.3 * dx, 0.3), (0.65, -0.25 * dy), (0.5, 1.0 + 0.4 * dy),
+        (-2 * dx, 0.5), (1.0 + 3 * dx, 1.0 + 3 * dy),  # fully outside -> 0
+        (0.5615, 0.272), (0.885, 0.655),  # interior
     ]
-    grid = np.array(points, np.float32).reshape(1, 1, len(points), 2)
-    out = ops.grid_sample(Tensor(image), Tensor(grid), mode="bilinear", padding_mode="zeros",
-                          align_corners=False).asnumpy()[0, :, 0]  # (C, n)
-    ref = np.stack([np_grid_sample_point(image[0].astype(np.float64), gx, gy) for gx, gy in points], axis=1)
+    refs = np.array(points, np.float32).reshape(1, len(points), 1, 2)
+    out = _SamplerProbe(channels, (height, width))(
+        Tensor(refs), Tensor(image.reshape(1, height * width, channels))).asnumpy()[0]  # (n, C)
+    ref = np.stack([np_bilinear_sample(image.astype(np.float64), x * width - 0.5, y * height - 0.5)
+                    for x, y in points])
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
-    assert np.all(ref[:, -4:-2] == 0.0)  # the fully outside points really are zero
-    np.testing.assert_allclose(ref[:, 4], image[0, :, 0, 0], rtol=1e-6)  # a pixel centre returns the pixel
-
-
-class _GridSampleLoss(nn.Cell):
-    def construct(self, image, grid, weight):
-        return (ops.grid_sample(image, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-                * weight).sum()
-
-
-def test_grid_sample_gradients_match_torch_beyond_8192_points():
-    """MindSpore 2.10's CPU GridSampler2DGrad logs `memcpy_s failed` when a call has more than 8192
-    sampling points per image that are not a multiple of 8192 (the encoder's 4725 queries x 4 points
-    do this). The gradients are still right: this pins that down against PyTorch at such a size."""
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(5)
-    image = rng.normal(size=(2, 3, 6, 7)).astype(np.float32)
-    grid = rng.uniform(-1.1, 1.1, (2, 2363, 4, 2)).astype(np.float32)  # 9452 points per image
-    weight = rng.normal(size=(2, 3, 2363, 4)).astype(np.float32)
-    grad_image, grad_grid = ms.grad(_GridSampleLoss(), grad_position=(0, 1))(
-        Tensor(image), Tensor(grid), Tensor(weight))
-    t_image = torch.tensor(image, requires_grad=True)
-    t_grid = torch.tensor(grid, requires_grad=True)
-    (torch.nn.functional.grid_sample(t_image, t_grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-     * torch.tensor(weight)).sum().backward()
-    np.testing.assert_allclose(grad_image.asnumpy(), t_image.grad.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(grad_grid.asnumpy(), t_grid.grad.numpy(), rtol=1e-4,
-                               atol=1e-5 * np.abs(t_grid.grad.numpy()).max())
+    assert np.all(ref[-4:-2] == 0.0)  # the fully outside points really are zero
+    np.testing.assert_allclose(ref[4], image[0, 0], rtol=1e-6)  # a pixel centre returns the pixel
+    np.testing.assert_allclose(ref[5], image[-1, -1], rtol=1e-6)
 
 
 class _RefPoints(nn.Cell):
@@ -369,6 +355,51 @@ class _ProjectedLoss(nn.Cell):
         for index in range(3):
             loss = loss + (multi_scale[index] * self.proj[index + 1]).sum()
         return loss
+
+
+def test_msdeform_pixel_decoder_gradients_match_hf_mask2former():
+    """The backward of our gather-based sampler against PyTorch autograd through HF's grid_sample-based
+    deformable attention: gradients of a generic scalar of all outputs with respect to every parameter
+    (sampling offsets and attention weights included) and to the input features."""
+    torch = pytest.importorskip("torch")
+    hf = pytest.importorskip("transformers.models.mask2former.modeling_mask2former")
+    from transformers import Mask2FormerConfig
+
+    rng = np.random.default_rng(7)
+    # conv_dim 64: see test_pixel_decoder_gradients_reach_every_parameter (no exactly-zero gradients).
+    net = build_pixel_decoder("msdeform", IN_CHANNELS, 64, 24, **MSDEFORM_KW)
+    randomize_params(net, rng, scale=0.3)  # offsets of about a pixel: many samples cross pixel and map borders
+    feats = random_features(rng)
+    shapes = [(BATCH, 24, 16, 16), (BATCH, 64, 2, 2), (BATCH, 64, 4, 4), (BATCH, 64, 8, 8)]
+    loss_cell = _ProjectedLoss(net, shapes, seed=8)
+    weights = loss_cell.trainable_params()
+    features = tuple(Tensor(f) for f in feats)
+    loss, (feature_grads, param_grads) = ms.value_and_grad(loss_cell, 0, weights)(features)
+
+    config = Mask2FormerConfig(feature_size=64, mask_feature_size=24, encoder_layers=2, num_attention_heads=2,
+                               encoder_feedforward_dim=64, common_stride=4, feature_strides=list(STRIDES))
+    ref_net = hf.Mask2FormerPixelDecoder(config, feature_channels=list(IN_CHANNELS)).eval()
+    names = [p.name[len("net."):] for p in weights]  # loss_cell.net.<name>
+    ref_net.load_state_dict({_to_hf_pixel_decoder_key(n): torch.from_numpy(p.asnumpy()) for n, p in
+                             zip(names, weights)}, strict=True)
+    t_feats = [torch.tensor(f, requires_grad=True) for f in feats]
+    ref = ref_net(t_feats)
+    proj = [torch.from_numpy(t.asnumpy()) for t in loss_cell.proj]
+    t_loss = (ref.mask_features * proj[0]).sum() + sum(
+        (m * p).sum() for m, p in zip(ref.multi_scale_features, proj[1:]))
+    t_loss.backward()
+    np.testing.assert_allclose(loss.asnumpy(), t_loss.item(), rtol=1e-4)
+    t_params = dict(ref_net.named_parameters())
+    checked = 0
+    for name, grad in zip(names, param_grads):
+        theirs = t_params[_to_hf_pixel_decoder_key(name)].grad.numpy()
+        scale = np.abs(theirs).max()
+        np.testing.assert_allclose(grad.asnumpy(), theirs, rtol=1e-3, atol=1e-4 * scale + 1e-6, err_msg=name)
+        checked += "sampling_offsets" in name or "attention_weights" in name
+    assert checked == 8  # weight and bias of both, in each of the 2 layers
+    for ours, theirs in zip(feature_grads, t_feats):
+        np.testing.assert_allclose(ours.asnumpy(), theirs.grad.numpy(), rtol=1e-3,
+                                   atol=1e-4 * np.abs(theirs.grad.numpy()).max())
 
 
 @pytest.mark.parametrize("name", ["msdeform", "fpn"])

@@ -33,9 +33,9 @@ What the FLOPs count: 2 FLOPs per multiply-add of every matrix product (dense la
 scores, attention-weighted sums, the multi-scale deformable attention's weighted sum of samples,
 mask-embedding x pixel-embedding products) and of every convolution. Not counted: normalisations,
 softmax, activations, element-wise adds/multiplies, bias adds, embedding look-ups, position
-encodings, bilinear sampling (grid_sample's 4-tap interpolation), resizing, and the loss. Attention
-over zero-padded Swin windows is counted as computed (padded tokens included). A training step is
-about 3x the forward (backward = 2 matmuls per forward matmul); the table reports the forward.
+encodings, bilinear sampling (the 4-tap interpolation of deformable attention), resizing, and the
+loss. Attention over zero-padded Swin windows is counted as computed (padded tokens included). A
+training step is about 3x the forward (backward = 2 matmuls per forward matmul); the table reports the forward.
 tests/test_benchmark.py checks the Swin and BERT counts against torch.utils.flop_counter.
 
 Pretrained checkpoints that do not exist are dropped with a note (timing does not depend on weight
@@ -330,8 +330,10 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
         pixel = sum(h * w * c for (h, w), c in zip(sizes[1:], channels[1:])) + lv * dim  # input_proj conv, GN
         per_layer = (7 * lv * dim                    # query, value_proj in, value maps, out_proj in, norms, linear1 in
                      + lv * mg.encoder_ffn_dim       # ReLU output (linear2 input)
-                     + lv * dim * levels * points    # sampled values kept for the weighting
-                     + 4 * lv * enc_heads * levels * points)  # attention weights, sampling grid (x, y)
+                     # the 4 gathered bilinear neighbours of every sample, kept for the weighting's backward
+                     + 4 * lv * dim * levels * points
+                     # corner weights (4), attention weights, bilinear fractions (x, y), in-map masks
+                     + 8 * lv * enc_heads * levels * points)
         layers.append(per_layer)
         pixel += mg.encoder_layers * per_layer
         pixel += n1 * channels[0] + 5 * n1 * dim     # FPN step: adapter_1 in, GN, layer_1 in, GN, ReLU, mask_features in
