@@ -113,3 +113,35 @@ def test_lr_scale_per_group_matches_torch_group_lrs():
         schedule.step()
     for ours, theirs in zip((net.w, net.b, net.table), (tw, tb, tt)):
         np.testing.assert_allclose(ours.asnumpy(), theirs.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_plain_parameter_list_and_schedule_reaching_zero_match_torch():
+    """Without groups (one weight decay for all) and with the schedule's last step at lr = 0, where the
+    fused update's folded weight decay must not divide by the learning rate."""
+    w, b, table, grads = _toy_problem(seed=2, steps=6)
+    lr, wd, total, power = 0.05, 0.1, len(grads) - 1, 0.9  # the last update runs at step == total: lr 0
+
+    net = _Toy(w, b, table)
+    opt = AdamW(net.trainable_params(), learning_rate=PolyLR(lr, total, power), weight_decay=wd)
+
+    @ms.jit
+    def apply(gw, gb, gt):
+        return opt((gw, gb, gt))
+
+    before_last = None
+    for i, (gw, gb, gt) in enumerate(grads):
+        if i == len(grads) - 1:
+            before_last = [p.asnumpy().copy() for p in (net.w, net.b, net.table)]
+        apply(Tensor(gw), Tensor(gb), Tensor(gt))
+    assert int(opt.num_updates.asnumpy()) == len(grads) and int(opt.global_step.asnumpy()[0]) == len(grads)
+
+    tw, tb, tt = (torch.nn.Parameter(torch.tensor(a)) for a in (w, b, table))
+    reference = torch.optim.AdamW([tw, tb, tt], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    schedule = torch.optim.lr_scheduler.LambdaLR(reference, lambda s: (1 - s / total) ** power)
+    for gw, gb, gt in grads:
+        tw.grad, tb.grad, tt.grad = torch.tensor(gw), torch.tensor(gb), torch.tensor(gt)
+        reference.step()
+        schedule.step()
+    for ours, theirs, prev in zip((net.w, net.b, net.table), (tw, tb, tt), before_last):
+        np.testing.assert_allclose(ours.asnumpy(), theirs.detach().numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(ours.asnumpy(), prev)  # lr 0: no move (and no NaN)

@@ -1,12 +1,29 @@
 """AdamW with PyTorch semantics, the LAVT parameter groups, and the per-iteration polynomial schedule.
 
-MindSpore's `nn.AdamWeightDecay` has no bias correction (it is the TF/BERT variant), and
-`mint.optim.AdamW` is experimental and tied to its own scheduler classes. The recipe we reproduce
-(LAVT, which CoupAlign follows) uses `torch.optim.AdamW`, so we write that update rule here:
+The recipe we reproduce (LAVT, which CoupAlign follows) uses `torch.optim.AdamW`:
 
     p <- p - lr * wd * p                     (decoupled weight decay)
     m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
     p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+MindSpore's `nn.AdamWeightDecay` has no bias correction (it is the TF/BERT variant), and
+`mint.optim.AdamW` is experimental and tied to its own scheduler classes. Written out with tensor
+ops, though, the rule above builds ~15 parameter-sized temporaries per parameter, and on CPU these
+were all resident at once (the paper-size train step passed 19 GiB; docs/performance.md, hot spot 4).
+So the update runs through the fused in-place primitive `ops.AdamWeightDecay`, which computes
+
+    m <- b1 m + (1 - b1) g ;  v <- b2 v + (1 - b2) g^2
+    p <- p - lr' * (m / (sqrt(v) + eps') + wd' * p)
+
+and the bias correction is folded into its scalar inputs. With c1 = 1 - b1^t, c2 = 1 - b2^t:
+
+    lr'  = lr * sqrt(c2) / c1
+    eps' = eps * sqrt(c2)
+    wd'  = wd * c1 / sqrt(c2)           (= wd * lr / lr', so lr' * wd' = lr * wd)
+
+because lr' * m / (sqrt(v) + eps') = (lr / c1) * m / (sqrt(v) / sqrt(c2) + eps)
+= lr * (m / c1) / (sqrt(v / c2) + eps), and p - lr' * wd' * p = p - lr * wd * p. wd' is written
+without lr so that lr = 0 (the schedule's last step) gives no 0/0.
 
 tests/test_optimizer.py checks it step by step against torch.optim.AdamW + LambdaLR.
 """
@@ -21,31 +38,27 @@ from mindspore.nn.learning_rate_schedule import LearningRateSchedule
 _adamw_update = ops.MultitypeFuncGraph("adamw_update")
 
 
-@_adamw_update.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+@_adamw_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
                         "Tensor", "Tensor", "Tensor")
-def _adamw_step(beta1, beta2, eps, bias_c1, bias_c2, lr, weight_decay, param, m, v, grad):
-    """One AdamW update of `param` in place; returns True so hyper_map has a value to collect."""
-    grad = ops.cast(grad, ms.float32)
-    param_fp32 = ops.cast(param, ms.float32)
-    next_m = beta1 * m + (1.0 - beta1) * grad
-    next_v = beta2 * v + (1.0 - beta2) * ops.square(grad)
-    denom = ops.sqrt(next_v / bias_c2) + eps
-    update = (next_m / bias_c1) / denom
-    next_param = param_fp32 * (1.0 - lr * weight_decay) - lr * update
-    ops.assign(m, next_m)
-    ops.assign(v, next_v)
-    ops.assign(param, ops.cast(next_param, param.dtype))
+def _adamw_step(fused_op, beta1, beta2, eps_t, lr_t, decay_factor, weight_decay, param, m, v, grad):
+    """One AdamW update of `param`, `m` and `v` in place by the fused primitive, with the bias correction
+    already in `lr_t` and `eps_t`; the weight decay is rescaled here (`decay_factor` = c1 / sqrt(c2))
+    because it may differ per parameter. Returns True so hyper_map has a value to collect."""
+    fused_op(param, m, v, lr_t, beta1, beta2, eps_t, weight_decay * decay_factor, ops.cast(grad, param.dtype))
     return True
 
 
 _adamw_update_scaled = ops.MultitypeFuncGraph("adamw_update_scaled")
 
 
-@_adamw_update_scaled.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+@_adamw_update_scaled.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
                                "Tensor", "Tensor", "Tensor", "Tensor")
-def _adamw_step_scaled(beta1, beta2, eps, bias_c1, bias_c2, lr, weight_decay, lr_scale, param, m, v, grad):
-    """`_adamw_step` with the schedule's learning rate times this parameter's `lr_scale`."""
-    return _adamw_step(beta1, beta2, eps, bias_c1, bias_c2, lr * lr_scale, weight_decay, param, m, v, grad)
+def _adamw_step_scaled(fused_op, beta1, beta2, eps_t, lr_t, decay_factor, weight_decay, lr_scale, param, m, v,
+                       grad):
+    """`_adamw_step` with this parameter's `lr_scale` on the (bias-corrected) learning rate. The decay
+    factor needs no scale: lr' * wd' = lr_scale * lr * wd either way."""
+    return _adamw_step(fused_op, beta1, beta2, eps_t, lr_t * lr_scale, decay_factor, weight_decay, param, m, v,
+                       grad)
 
 
 class AdamW(nn.Optimizer):
@@ -76,6 +89,8 @@ class AdamW(nn.Optimizer):
         # Number of updates applied so far; separate from nn.Optimizer.global_step, which the
         # learning-rate schedule reads *before* the increment.
         self.num_updates = Parameter(Tensor(0.0, ms.float32), name="adam_num_updates", requires_grad=False)
+        # In place on param, m and v (fp32 or fp16, m and v in the parameter's dtype); no temporaries.
+        self.fused_adamw = ops.AdamWeightDecay()
 
     def construct(self, gradients):
         gradients = self.flatten_gradients(gradients)
@@ -84,18 +99,25 @@ class AdamW(nn.Optimizer):
         self.assignadd(self.global_step, self.global_step_increase_tensor)
         t = self.num_updates + 1.0
         ops.assign(self.num_updates, t)
+        # Bias correction folded into the fused op's scalars (derivation in the module docstring).
         bias_c1 = 1.0 - ops.pow(self.beta1, t)
-        bias_c2 = 1.0 - ops.pow(self.beta2, t)
+        sqrt_bias_c2 = ops.sqrt(1.0 - ops.pow(self.beta2, t))
+        lr_t = lr * sqrt_bias_c2 / bias_c1
+        eps_t = self.eps * sqrt_bias_c2
+        decay_factor = bias_c1 / sqrt_bias_c2
         if self.lr_scales is not None:  # only built from groups, so weight decay is per parameter too
             return self.hyper_map(
-                ops.partial(_adamw_update_scaled, self.beta1, self.beta2, self.eps, bias_c1, bias_c2, lr),
+                ops.partial(_adamw_update_scaled, self.fused_adamw, self.beta1, self.beta2, eps_t, lr_t,
+                            decay_factor),
                 weight_decay, self.lr_scales, self._parameters, self.moments1, self.moments2, gradients)
+        # (Each branch spells out its whole partial: a partial of a partial fails to compile.)
         if self.is_group:  # one weight decay per parameter
             return self.hyper_map(
-                ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, bias_c1, bias_c2, lr),
+                ops.partial(_adamw_update, self.fused_adamw, self.beta1, self.beta2, eps_t, lr_t, decay_factor),
                 weight_decay, self._parameters, self.moments1, self.moments2, gradients)
         return self.hyper_map(
-            ops.partial(_adamw_update, self.beta1, self.beta2, self.eps, bias_c1, bias_c2, lr, weight_decay),
+            ops.partial(_adamw_update, self.fused_adamw, self.beta1, self.beta2, eps_t, lr_t, decay_factor,
+                        weight_decay),
             self._parameters, self.moments1, self.moments2, gradients)
 
 
