@@ -43,7 +43,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 
-from src.models.layers import LayerNorm
+from src.models.layers import LayerNorm, gelu
 
 # Added to the attention score of a padded key. exp(-1e4) is exactly 0 in float32/float16.
 MASK_NEGATIVE = -10000.0
@@ -244,7 +244,7 @@ class BertIntermediate(nn.Cell):
         self.dense = mint.nn.Linear(config.hidden_size, config.intermediate_size)
 
     def construct(self, hidden):
-        return ops.gelu(self.dense(hidden), approximate="none")  # (B, T, I)
+        return gelu(self.dense(hidden))  # (B, T, I)
 
 
 class BertOutput(nn.Cell):

@@ -39,7 +39,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
-from src.models.layers import LayerNorm
+from src.models.layers import GELU, LayerNorm
 
 __all__ = [
     "SWIN_PRESETS",
@@ -55,6 +55,7 @@ __all__ = [
     "build_swin",
     "load_swin_checkpoint",
     "relative_position_index",
+    "window_gather_indices",
 ]
 
 # Architecture presets (patch size 4). The window size is a separate choice (7 for the 224 ImageNet-1k
@@ -111,7 +112,7 @@ class Mlp(nn.Cell):
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
         super().__init__()
         self.fc1 = _dense(in_features, hidden_features)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.fc2 = _dense(hidden_features, in_features)
         self.drop = nn.Dropout(p=drop)
 
@@ -204,6 +205,37 @@ def _shifted_window_mask(Hp: int, Wp: int, window_size: int, shift_size: int):
     return differs.astype(ms.float32) * _MASK_VALUE
 
 
+def window_gather_indices(H: int, W: int, window_size: int, shift_size: int):
+    """Token permutations that replace pad -> roll -> window partition and its inverse by one gather each.
+
+    Returns ``(window_index (Hp*Wp,), token_index (H*W,))`` int32: ``window_index[p]`` is the token of the
+    unpadded (H*W) map that lands at position ``p`` of the flattened windows (``nW * N`` rows, window
+    after window), or ``H*W`` (one appended zero row) where the window covers padding; ``token_index[t]``
+    is the window position that token ``t`` comes back from. They are computed by putting the token
+    numbers themselves through the data movement (so it is the same movement by construction), from
+    static ints only, once per stage. Why: on CPU the padding, the sliced rolls, the two 6-D transposes
+    and the crop cost ~12 ms per block of Swin-B's stage 3 at 480x480, the two gathers ~1 ms
+    (docs/performance.md).
+    """
+    ws = window_size
+    Hp = (H + ws - 1) // ws * ws
+    Wp = (W + ws - 1) // ws * ws
+    # Token number + 1, zero on the padding (zero padding is what the block applies to the data).
+    numbers = (ops.arange(0, H * W, dtype=ms.int32) + 1).reshape(1, H, W, 1)
+    numbers = _pad_bottom_right(numbers, Hp - H, Wp - W)
+    if shift_size > 0:
+        numbers = _roll_hw(numbers, -shift_size, -shift_size)
+    numbers = window_partition(numbers, ws).reshape(-1)  # (Hp*Wp,), 0 where padding
+    window_index = (numbers + H * W) % (H * W + 1)  # k + 1 -> k; 0 -> H*W (the zero row)
+
+    positions = ops.arange(0, Hp * Wp, dtype=ms.int32).reshape(-1, ws * ws, 1)
+    positions = window_reverse(positions, ws, Hp, Wp)  # (1, Hp, Wp, 1)
+    if shift_size > 0:
+        positions = _roll_hw(positions, shift_size, shift_size)
+    token_index = positions[:, :H, :W].reshape(-1)
+    return window_index, token_index
+
+
 class WindowAttention(nn.Cell):
     """Multi-head self-attention inside square windows, with a learned relative position bias.
 
@@ -268,7 +300,8 @@ class SwinTransformerBlock(nn.Cell):
 
     ``x = x + DropPath(Attn(pad(norm1(x))))`` then ``x = x + DropPath(Mlp(norm2(x)))``. The map is
     zero-padded to a multiple of the window after ``norm1``, cyclically shifted by ``-shift_size`` when
-    ``shift_size > 0``, attended per window (with the shifted-window mask), shifted back and cropped.
+    ``shift_size > 0``, attended per window (with the shifted-window mask), shifted back and cropped; the
+    whole movement is one gather each way (``window_gather_indices``, computed by the stage).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int = 7, shift_size: int = 0,
@@ -288,30 +321,21 @@ class SwinTransformerBlock(nn.Cell):
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
 
-    def construct(self, x, H: int, W: int, attn_mask=None):
-        """x: (B, H*W, C); attn_mask: (nW, N, N) for the padded map, used only when shift_size > 0."""
+    def construct(self, x, H: int, W: int, window_index, token_index, attn_mask=None):
+        """x: (B, H*W, C); window_index, token_index: this block's ``window_gather_indices``;
+        attn_mask: (nW, N, N) for the padded map, used only when shift_size > 0."""
         B, L, C = x.shape
-        ws = self.window_size
+        N = self.window_size * self.window_size
         shortcut = x
-        x = self.norm1(x).reshape(B, H, W, C)
-
-        pad_b = (ws - H % ws) % ws
-        pad_r = (ws - W % ws) % ws
-        if pad_b > 0 or pad_r > 0:
-            x = _pad_bottom_right(x, pad_b, pad_r)  # (B, Hp, Wp, C)
-        Hp, Wp = H + pad_b, W + pad_r
-
+        x = self.norm1(x)
+        if window_index.shape[0] > L:  # padded map: window positions on the padding read a zero row
+            x = ops.concat((x, ops.zeros((B, 1, C), x.dtype)), axis=1)
+        windows = ops.gather(x, window_index, 1).reshape(-1, N, C)  # (B*nW, N, C)
         if self.shift_size > 0:
-            x = _roll_hw(x, -self.shift_size, -self.shift_size)
-            windows = self.attn(window_partition(x, ws), attn_mask)  # (B*nW, N, C)
+            windows = self.attn(windows, attn_mask)
         else:
-            windows = self.attn(window_partition(x, ws))
-        x = window_reverse(windows, ws, Hp, Wp)  # (B, Hp, Wp, C)
-        if self.shift_size > 0:
-            x = _roll_hw(x, self.shift_size, self.shift_size)
-        if pad_b > 0 or pad_r > 0:
-            x = x[:, :H, :W, :]
-        x = x.reshape(B, H * W, C)
+            windows = self.attn(windows)
+        x = ops.gather(windows.reshape(B, -1, C), token_index, 1)  # (B, H*W, C), shifted back and cropped
 
         x = shortcut + self.drop_path(x)
         x = x + self.drop_path(self.mlp(self.norm2(x)))
@@ -408,10 +432,16 @@ class BasicLayer(nn.Cell):
         Hp = (H + ws - 1) // ws * ws
         Wp = (W + ws - 1) // ws * ws
         attn_mask = None
+        plain = window_gather_indices(H, W, ws, 0)
+        shifted = plain
         if self.depth > 1 and self.shift_size > 0:
             attn_mask = _shifted_window_mask(Hp, Wp, ws, self.shift_size)  # (nW, N, N)
+            shifted = window_gather_indices(H, W, ws, self.shift_size)
         for block in self.blocks:
-            x = block(x, H, W, attn_mask)
+            if block.shift_size > 0:
+                x = block(x, H, W, shifted[0], shifted[1], attn_mask)
+            else:
+                x = block(x, H, W, plain[0], plain[1])
         return x
 
 

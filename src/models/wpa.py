@@ -19,6 +19,8 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
+from src.models.layers import GELU
+
 __all__ = [
     "AccurateTanh",
     "InstanceNormOverPixels",
@@ -128,11 +130,11 @@ class PixelWordAttention(nn.Cell):
     def __init__(self, dim, text_dim, dropout=0.0):
         super().__init__()
         self.vis_project = nn.SequentialCell(
-            [nn.Dense(dim, dim), nn.GELU(approximate=False), nn.Dropout(p=dropout)]
+            [nn.Dense(dim, dim), GELU(), nn.Dropout(p=dropout)]
         )
         self.image_lang_att = ImageLanguageAttention(dim, text_dim)
         self.project_mm = nn.SequentialCell(
-            [nn.Dense(dim, dim), nn.GELU(approximate=False), nn.Dropout(p=dropout)]
+            [nn.Dense(dim, dim), GELU(), nn.Dropout(p=dropout)]
         )
         self.res_gate = nn.SequentialCell(
             [nn.Dense(dim, dim, has_bias=False), nn.ReLU(), nn.Dense(dim, dim, has_bias=False), AccurateTanh()]
