@@ -147,8 +147,12 @@ def bert_flops(bert_config, tokens: int, batch: int = 1, num_layers: Optional[in
     return batch * layers * bert_layer_flops(bert_config.hidden_size, bert_config.intermediate_size, tokens)
 
 
-def wpa_flops(channels: int, pixels: int, text_dim: int, tokens: int, bidirectional: bool) -> int:
-    """One Word-Pixel Alignment (src/models/wpa.py) at a stage with `pixels` tokens of `channels`."""
+def wpa_flops(channels: int, pixels: int, text_dim: int, tokens: int, bidirectional: bool, heads: int) -> int:
+    """One Word-Pixel Alignment (src/models/wpa.py) at a stage with `pixels` tokens of `channels`.
+
+    The language half is counted as computed: its key and value projections act on the word side
+    (each head's query through the key weight, the attention-pooled pixels through the value weight),
+    not on every pixel (see WordPixelAttention)."""
     pixel_word = (4 * dense_flops(pixels, channels, channels)      # vis_project, f_query, W, project_mm
                   + 2 * dense_flops(pixels, channels, channels)    # res_gate.0, res_gate.2
                   + 2 * dense_flops(tokens, text_dim, channels)    # f_key, f_value
@@ -156,8 +160,9 @@ def wpa_flops(channels: int, pixels: int, text_dim: int, tokens: int, bidirectio
     if not bidirectional:
         return pixel_word
     word_pixel = (2 * dense_flops(tokens, text_dim, text_dim)      # query, dense
-                  + 2 * dense_flops(pixels, channels, text_dim)    # key, value from pixels
-                  + attention_flops(tokens, pixels, text_dim))     # words attend to pixels
+                  + dense_flops(tokens, text_dim, channels)        # queries through the key weight, per head
+                  + dense_flops(tokens, channels, text_dim)        # pooled pixels through the value weight
+                  + 2 * 2 * heads * tokens * pixels * channels)    # scores and pooling, per head over C
     return pixel_word + word_pixel
 
 
@@ -240,8 +245,8 @@ def coupalign_flops(model_cfg, bert_config, height: int, width: int, batch: int 
     parts = OrderedDict()
     parts["swin"] = sum(swin_flops(arch, height, width).values())
     parts["bert"] = bert_flops(bert_config, tokens)
-    parts["wpa"] = sum(wpa_flops(c, h * w, text_dim, tokens, model_cfg.wpa.bidirectional)
-                       for c, (h, w) in zip(channels, sizes))
+    parts["wpa"] = sum(wpa_flops(c, h * w, text_dim, tokens, model_cfg.wpa.bidirectional,
+                                 model_cfg.wpa.word_heads) for c, (h, w) in zip(channels, sizes))
     if mg.pixel_decoder == "msdeform":
         parts["pixel_decoder"] = msdeform_pixel_decoder_flops(mg, channels, sizes)
     else:
@@ -314,7 +319,7 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
         n, c = h * w, channels[i]
         stage = 13 * n * c + n * tokens              # pixel->word half (see PixelWordAttention)
         if model_cfg.wpa.bidirectional:
-            stage += 2 * n * text_dim + text_heads * tokens * n  # word->pixel: key, value, softmax
+            stage += text_heads * tokens * n        # word->pixel: softmax output (reads V, counted above)
         layers.append(stage)
         wpa += stage
     out["wpa"] = wpa

@@ -47,10 +47,13 @@ class InstanceNormOverPixels(nn.Cell):
         self.eps = eps
 
     def construct(self, x):
-        # x: (B, HW, C)
-        mean = x.mean(axis=1, keep_dims=True)  # (B, 1, C)
+        # x: (B, HW, C). The means over pixels are (1 x HW) @ (HW x C) products with a row of 1/HW: on
+        # CPU a ReduceMean over the middle axis is ~3.5x slower (docs/performance.md).
+        batch, pixels, _ = x.shape
+        average = ops.full((batch, 1, pixels), 1.0 / pixels, dtype=x.dtype)
+        mean = ops.bmm(average, x)  # (B, 1, C)
         centred = x - mean
-        var = (centred * centred).mean(axis=1, keep_dims=True)  # (B, 1, C), biased like PyTorch
+        var = ops.bmm(average, centred * centred)  # (B, 1, C), biased like PyTorch
         return centred * ops.rsqrt(var + self.eps)
 
 
@@ -184,6 +187,7 @@ class WordPixelAttention(nn.Cell):
         self.layer_norm = nn.LayerNorm((text_dim,), epsilon=layer_norm_eps)
         self.softmax = nn.Softmax(axis=-1)
         self.attn_dropout = nn.Dropout(p=attn_dropout)
+        self.scores = ops.BatchMatMul(transpose_b=True)
 
     def _split_heads(self, x):
         # (B, S, D_text) -> (B, heads, S, head_dim)
@@ -193,13 +197,25 @@ class WordPixelAttention(nn.Cell):
     def construct(self, vis, lang, lang_mask):
         # vis: (B, HW, C); lang: (B, T, D_text); lang_mask: (B, T)
         batch, num_words, text_dim = lang.shape
+        channels = vis.shape[2]
+        heads, head_dim = self.num_heads, self.head_dim
         lang_mask = lang_mask.astype(lang.dtype)
         query = self._split_heads(self.query(lang))  # (B, h, T, d)
-        key = self._split_heads(self.key(vis))  # (B, h, HW, d)
-        value = self._split_heads(self.value(vis))  # (B, h, HW, d)
-        logits = ops.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale  # (B, h, T, HW)
+        # The key and value projections are applied on the word side instead of to every pixel (same
+        # function, reassociated): q.(W_k v + b_k) = (q W_k).v + q.b_k, and, as each attention row sums to
+        # s (1 without dropout), sum_j a_j (W_v v_j + b_v) = W_v (sum_j a_j v_j) + s b_v. This avoids
+        # the (B, HW, D_text) key and value maps and their head transposes: at 480x480 stage 1 they are
+        # 14400 x 768 each, ~5.7 GFLOPs, more than the rest of the layer (docs/performance.md).
+        key_weight = self.key.weight.reshape(heads, head_dim, channels)  # (h, d, C)
+        query_vis = ops.matmul(query, key_weight)  # (B, h, T, C)
+        query_bias = ops.matmul(query, self.key.bias.reshape(heads, head_dim, 1))  # (B, h, T, 1)
+        logits = self.scores(query_vis.reshape(batch, heads * num_words, channels), vis)  # (B, h*T, HW)
+        logits = (logits.reshape(batch, heads, num_words, -1) + query_bias) * self.scale  # (B, h, T, HW)
         attn = self.attn_dropout(self.softmax(logits))  # every pixel is real: no key mask
-        context = ops.matmul(attn, value)  # (B, h, T, d)
+        pooled = ops.bmm(attn.reshape(batch, heads * num_words, -1), vis)  # (B, h*T, C)
+        value_weight = self.value.weight.reshape(heads, head_dim, channels).transpose(0, 2, 1)  # (h, C, d)
+        context = ops.matmul(pooled.reshape(batch, heads, num_words, channels), value_weight)  # (B, h, T, d)
+        context = context + attn.sum(axis=-1, keepdims=True) * self.value.bias.reshape(heads, 1, head_dim)
         context = context.transpose(0, 2, 1, 3).reshape(batch, num_words, text_dim)  # (B, T, D_text)
         update = self.dense(context)  # (B, T, D_text), the H term
         lang_out = self.layer_norm(lang + self.alpha * update)  # (B, T, D_text)
