@@ -88,6 +88,18 @@ def test_train_pipeline_shapes_dtypes_and_drop_remainder(refer, tokenizer):
         assert bad.shape == (batch_size,) and (bad == 0).all()
 
 
+def test_more_workers_than_cores_are_capped_with_a_warning(refer, tokenizer, caplog):
+    """default_config.yaml asks for 4 workers; MindSpore refuses more parallel workers than cores."""
+    from src.utils.runtime import available_cpus
+
+    requested = available_cpus() + 3
+    with caplog.at_level("WARNING", logger="src.data.dataset"):
+        data = create_refer_dataset(refer, tokenizer, S, 4, train=True, num_workers=requested)
+    assert f"data.num_workers={requested} capped at the {available_cpus()} CPU cores" in caplog.text
+    (epoch,) = batches(data)
+    assert len(epoch) == len(refer.refs) // 4
+
+
 def test_training_sentence_sampling_per_epoch_and_seeded(refer, tokenizer):
     ranges = refer.ref_sample_ranges
     owner = {i: k for k, (a, b) in enumerate(ranges) for i in range(a, b)}

@@ -64,6 +64,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from src.config import Config, load_config, swin_arch  # noqa: E402  (no MindSpore import)
+from src.utils.runtime import available_cpus  # noqa: E402  (imports MindSpore lazily)
 
 NUM_STAGES = 4
 BYTES_FP32 = 4
@@ -520,13 +521,6 @@ def background_cpu_share(start: Tuple[float, float, float]) -> float:
     busy1, own1, wall1 = cpu_snapshot()
     other = max(0.0, (busy1 - busy0) - (own1 - own0))
     return other / max(1e-9, (wall1 - wall0) * (os.cpu_count() or 1))
-
-
-def cpu_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 # ================================================================================================
@@ -1107,7 +1101,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from src.models.coupalign import bert_config_from
 
-    threads = args.threads or cpu_threads()
+    threads = args.threads or available_cpus()
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.device_context.cpu.op_tuning.threads_num(threads)
@@ -1151,7 +1145,7 @@ def run_benchmark(args, cfg: Config, bert_config, threads: int, notes: List[str]
     result["notes"] = list(notes)
 
     # The dataset first: a data problem should fail before minutes of graph compilation.
-    dataset, workers = None, min(cfg.data.num_workers, cpu_threads())
+    dataset, workers = None, min(cfg.data.num_workers, available_cpus())
     if not args.skip_data and not args.forward_only:
         if workers < cfg.data.num_workers:  # MindSpore refuses more parallel workers than cores
             result["notes"].append(f"data.num_workers={cfg.data.num_workers} capped at the {workers} cores")

@@ -39,6 +39,8 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import mindspore.dataset as ds
 
+from src.utils.runtime import available_cpus
+
 from .refer import ReferDataset, SAMPLE_ERRORS
 from .transforms import preprocess_image, resize_mask
 
@@ -200,7 +202,8 @@ def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_
         image_size: S, the square input side.
         batch_size: per-device batch.
         train: training sampling, drop_remainder; otherwise evaluation (all sentences, `index` column).
-        num_workers: parallel preprocessing workers.
+        num_workers: parallel preprocessing workers; capped (with a warning) at the cores this process
+            may use, because MindSpore refuses more parallel workers than cores.
         num_shards / shard_id: data-parallel sharding (both or neither).
         seed, epoch_sampling, start_epoch: training sampling (see `ReferSampler`).
         pad_last_batch: evaluation only; pad the last batch with index -1 rows (static shapes).
@@ -227,9 +230,12 @@ def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_
                          f"fewer than one batch of {batch_size}")
     columns = TRAIN_COLUMNS if train else EVAL_COLUMNS
     source = ReferSource(refer, tokenizer, image_size, train=train)
-    dataset = ds.GeneratorDataset(source, column_names=columns, sampler=sampler,
-                                  num_parallel_workers=max(1, int(num_workers)),
-                                  python_multiprocessing=python_multiprocessing and num_workers > 1)
+    workers = max(1, int(num_workers))
+    if workers > available_cpus():
+        logger.warning("data.num_workers=%d capped at the %d CPU cores available", workers, available_cpus())
+        workers = available_cpus()
+    dataset = ds.GeneratorDataset(source, column_names=columns, sampler=sampler, num_parallel_workers=workers,
+                                  python_multiprocessing=python_multiprocessing and workers > 1)
     dataset = dataset.batch(batch_size, drop_remainder=train)
     dataset.refer_sampler = sampler
     logger.info("%r -> %s dataset: %d samples per epoch on shard %d/%d, %d batches of %d",

@@ -21,6 +21,14 @@ logger = logging.getLogger(__name__)
 CPU_ENV_DEFAULTS = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def apply_cpu_env_defaults() -> None:
     """Sets CPU environment defaults without overriding anything the user set. Call before importing MindSpore."""
     if "mindspore" in sys.modules:
