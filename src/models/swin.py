@@ -431,16 +431,17 @@ class BasicLayer(nn.Cell):
         ws = self.window_size
         Hp = (H + ws - 1) // ws * ws
         Wp = (W + ws - 1) // ws * ws
-        attn_mask = None
         plain = window_gather_indices(H, W, ws, 0)
-        shifted = plain
-        if self.depth > 1 and self.shift_size > 0:
+        if self.depth > 1 and self.shift_size > 0:  # odd blocks exist and shift
             attn_mask = _shifted_window_mask(Hp, Wp, ws, self.shift_size)  # (nW, N, N)
             shifted = window_gather_indices(H, W, ws, self.shift_size)
-        for block in self.blocks:
-            if block.shift_size > 0:
-                x = block(x, H, W, shifted[0], shifted[1], attn_mask)
-            else:
+            for block in self.blocks:
+                if block.shift_size > 0:
+                    x = block(x, H, W, shifted[0], shifted[1], attn_mask)
+                else:
+                    x = block(x, H, W, plain[0], plain[1])
+        else:
+            for block in self.blocks:
                 x = block(x, H, W, plain[0], plain[1])
         return x
 
