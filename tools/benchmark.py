@@ -285,7 +285,7 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
     ratio = arch["mlp_ratio"]
     sizes = swin_stage_sizes(height, width, arch["patch_size"])
     channels = [arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)]
-    text_dim, text_heads = bert_config.hidden_size, model_cfg.wpa.word_heads
+    text_heads = model_cfg.wpa.word_heads
     out = OrderedDict()
     layers = []  # per-layer amounts, for the largest one
 
@@ -941,7 +941,11 @@ def measure_isa(argv_base: Sequence[str], isa_values: Sequence[str]) -> "Ordered
             json_path = os.path.join(tmp, "isa.json")
             env = dict(os.environ, ONEDNN_MAX_CPU_ISA=value)
             cmd = [sys.executable, os.path.abspath(__file__), *argv_base, "--forward_only", "--json", json_path]
-            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+            code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode
+            if code != 0:
+                why = f"killed by signal {-code} (9: most likely out of memory)" if code < 0 else f"exit {code}"
+                raise RuntimeError(f"--isa_compare: the ONEDNN_MAX_CPU_ISA={value} run failed, {why}: "
+                                   + " ".join(cmd))
             with open(json_path, "r", encoding="utf-8") as f:
                 child = json.load(f)
             out[value] = {"forward": child["forward"], "background_cpu_share": child["setup"]["background_cpu_share"]}
@@ -1116,11 +1120,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _write({"batch_size": batch, "image_size": cfg.model.image_size, "memory_estimate_bytes": estimate}, args.json)
         return 0
 
+    isa = None
+    if args.isa_compare:  # first, while this process holds no model: at 480 the children need the memory
+        child_argv = _drop_option([a for a in argv if a not in ("--isa_compare", "--parts")], "--json")
+        isa = measure_isa(child_argv, ("AVX2", "ALL"))
     with tempfile.TemporaryDirectory(prefix="coupalign_bench_") as workdir:
         result = run_benchmark(args, cfg, bert_config, threads, notes, workdir)
-    if args.isa_compare:
-        child_argv = _drop_option([a for a in argv if a not in ("--isa_compare", "--parts")], "--json")
-        result["isa"] = measure_isa(child_argv, ("AVX2", "ALL"))
+    if isa is not None:
+        result["isa"] = isa
     if not args.forward_only:
         print(format_table(result))
     _write(result, args.json)
