@@ -242,7 +242,7 @@ def test_load_bert_params_reports_mismatch(tiny):
     assert missing and all("layer.3." in k for k in missing) and unexpected == ["extra.weight"]
     bad = dict(params)
     bad["embeddings.LayerNorm.weight"] = np.ones(7, np.float32)
-    with pytest.raises(ValueError, match="shape mismatch"):
+    with pytest.raises(ValueError, match="shapes do not match"):
         load_bert_params(model, bad)
 
 

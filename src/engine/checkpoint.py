@@ -153,4 +153,4 @@ def load_model_weights(model, path: str) -> None:
     if missing:
         raise CheckpointError(f"{path} does not fit this model configuration: {len(missing)} parameters missing "
                               f"(e.g. {', '.join(missing[:8])}); was it trained with another config?")
-    load_into(model, model_params, "", path)
+    load_into(model, model_params, path, strict=True)

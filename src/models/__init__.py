@@ -29,24 +29,31 @@ def create_model(cfg, name: str = "coupalign", load_pretrained: bool = True):
     return _MODELS[name](cfg, load_pretrained=load_pretrained)
 
 
-def load_into(cell, params: Dict[str, object], prefix: str, source: str) -> Tuple[List[str], List[str]]:
-    """Loads `params` (names relative to the sub-cell) into `cell`'s parameters named `prefix + name`;
-    checks shapes first so a mismatch is reported by name instead of failing deep inside MindSpore.
-    Returns (model parameters not loaded, checkpoint entries not used)."""
+def load_into(cell, params: Dict[str, object], source: str, strict: bool = False) -> Tuple[List[str], List[str]]:
+    """Loads `params` (names relative to `cell`, values NumPy arrays / Tensors / Parameters) into `cell`,
+    which may sit anywhere inside a bigger network: names are matched relative to it, so a Swin or BERT
+    checkpoint loads into `model.swin` / `model.bert` as well as into a standalone encoder.
+
+    Shapes are checked first, so a mismatch is reported by name (with `source`, e.g. the file) instead of
+    failing deep inside MindSpore. Returns (model parameters not loaded, checkpoint entries not used);
+    with `strict`, either being non-empty raises ValueError too.
+    """
     import mindspore as ms
 
-    own = {p.name: p for p in cell.get_parameters()}
-    wanted = {prefix + k: v for k, v in params.items()}
+    own = dict(cell.parameters_and_names())
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                  for k, v in wanted.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+                  for k, v in params.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if mismatched:
         raise ValueError(f"{source}: shapes do not match the configured model:\n  " + "\n  ".join(mismatched))
-    unused = sorted(k[len(prefix):] for k in wanted if k not in own)
-    for name, value in wanted.items():
+    missing = sorted(k for k in own if k not in params)
+    unused = sorted(k for k in params if k not in own)
+    if strict and (missing or unused):
+        raise ValueError(f"{source}: parameters do not match the model: {len(missing)} missing {missing[:8]}, "
+                         f"{len(unused)} unexpected {unused[:8]}")
+    for name, value in params.items():
         if name in own:
             data = value if isinstance(value, ms.Tensor) else ms.Tensor(value)
             own[name].set_data(data.astype(own[name].dtype))
-    missing = sorted(k for k in own if k.startswith(prefix) and k not in wanted and own[k].requires_grad)
     return missing, unused
 
 
@@ -67,8 +74,8 @@ def _build_coupalign(cfg, load_pretrained: bool = True):
     model = CoupAlign(cfg.model, bert_config)
     if not load_pretrained:
         return model
-    sources = (("swin", cfg.model.swin.pretrained, "swin."), ("bert", bert_section.pretrained, "bert."))
-    for part, path, prefix in sources:
+    sources = (("swin", cfg.model.swin.pretrained, model.swin), ("bert", bert_section.pretrained, model.bert))
+    for part, path, encoder in sources:
         if not path:
             logger.info("%s: no pretrained checkpoint configured; random initialisation", part)
             continue
@@ -76,7 +83,7 @@ def _build_coupalign(cfg, load_pretrained: bool = True):
             raise FileNotFoundError(f"model.{part}.pretrained: checkpoint not found: {path} "
                                     f"(convert one with tools/convert_{part}.py, or set model.{part}.pretrained='')")
         params = bert_params if part == "bert" else ms.load_checkpoint(path)
-        missing, unused = load_into(model, params, prefix, f"model.{part}.pretrained={path}")
+        missing, unused = load_into(encoder, params, f"model.{part}.pretrained={path}")
         logger.info("%s: loaded %d tensors from %s; %d model parameters not in the checkpoint%s; "
                     "%d checkpoint entries unused%s", part, len(params) - len(unused), path, len(missing),
                     f" ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})" if missing else "",

@@ -428,30 +428,13 @@ def expected_param_shapes(config: BertConfig, add_pooler: bool = False) -> Dict[
 def load_bert_params(model: BertModel, params: Dict[str, object], strict: bool = True
                      ) -> Tuple[List[str], List[str]]:
     """Copies ``params`` (HF-style names relative to the BERT cell -> numpy array / Tensor / Parameter) into
-    ``model``, which may be nested inside a bigger network (names are matched relative to ``model``, so
-    ``coupalign.text_encoder`` works as well as a standalone BertModel).
-
-    Returns (missing, unexpected) names. With ``strict`` any missing or unexpected name, and always any
-    shape mismatch, raises ValueError.
+    ``model``, which may be nested inside a bigger network (``src.models.load_into`` matches names
+    relative to ``model``). Returns (missing, unexpected) names; a shape mismatch always raises
+    ValueError, and with ``strict`` any missing or unexpected name does too.
     """
-    own = dict(model.parameters_and_names())
-    missing = sorted(k for k in own if k not in params)
-    unexpected = sorted(k for k in params if k not in own)
-    mismatched = []
-    for name, param in own.items():
-        if name not in params:
-            continue
-        value = params[name]
-        array = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
-        if tuple(array.shape) != tuple(param.shape):
-            mismatched.append(f"{name}: checkpoint {tuple(array.shape)} vs model {tuple(param.shape)}")
-            continue
-        param.set_data(Tensor(array.astype(np.float32)))
-    if mismatched:
-        raise ValueError("BERT parameter shape mismatch:\n  " + "\n  ".join(mismatched))
-    if strict and (missing or unexpected):
-        raise ValueError(f"BERT parameters do not match the model: missing {missing}, unexpected {unexpected}")
-    return missing, unexpected
+    from src.models import load_into  # the package imports this module
+
+    return load_into(model, params, "BERT parameters", strict=strict)
 
 
 def vocab_path_for(ckpt_path: str) -> str:

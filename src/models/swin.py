@@ -552,28 +552,14 @@ def build_swin(preset: Optional[str] = None, **overrides) -> SwinTransformer:
 def load_swin_checkpoint(swin: SwinTransformer, ckpt_path: str, strict: bool = True) -> dict:
     """Load a checkpoint written by ``tools/convert_swin.py`` into ``swin``, wherever it sits in a model.
 
-    Names in the file are relative to ``SwinTransformer`` (``layers.0.blocks.0.attn.qkv.weight``); the
-    parameters of a backbone inside a larger Cell carry a prefix (``backbone.layers...``). Matching uses the
-    names relative to ``swin``, so the prefix does not matter.
-
-    Returns ``{"loaded": [...], "missing": [...], "unexpected": [...]}``. With ``strict`` a missing or
-    unexpected key, or any shape mismatch, raises ``ValueError``.
+    Names in the file are relative to ``SwinTransformer`` (``layers.0.blocks.0.attn.qkv.weight``) and are
+    matched relative to ``swin`` (``src.models.load_into``), so a prefix such as ``backbone.`` does not
+    matter. Returns ``{"loaded": [...], "missing": [...], "unexpected": [...]}``. A shape mismatch always
+    raises ``ValueError``; with ``strict`` a missing or unexpected key does too.
     """
+    from src.models import load_into  # the package imports this module
+
     saved = ms.load_checkpoint(ckpt_path)
-    loaded, missing = [], []
-    own = dict(swin.parameters_and_names())
-    for name, param in own.items():
-        if name not in saved:
-            missing.append(name)
-            continue
-        value = saved[name]
-        if tuple(value.shape) != tuple(param.shape):
-            raise ValueError(f"{ckpt_path}: {name} has shape {tuple(value.shape)}, model expects "
-                             f"{tuple(param.shape)}")
-        param.set_data(ms.Tensor(value.asnumpy(), dtype=param.dtype))
-        loaded.append(name)
-    unexpected = sorted(k for k in saved if k not in own)
-    if strict and (missing or unexpected):
-        raise ValueError(f"{ckpt_path}: missing {missing[:5]}..., unexpected {unexpected[:5]}... "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    missing, unexpected = load_into(swin, saved, ckpt_path, strict=strict)
+    loaded = sorted(k for k in saved if k not in set(unexpected))
     return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
