@@ -83,6 +83,9 @@ class MaskGeneratorSection:
     encoder_heads: int = 8
     encoder_points: int = 4
     encoder_ffn_dim: int = 1024
+    # Recompute each deformable attention's sampling in the backward instead of keeping the gathered
+    # neighbours (msdeform only): less training memory, one more gather per layer (docs/performance.md).
+    recompute_sampling: bool = False
     num_queries: int = 100
     decoder_layers: int = 9
     decoder_heads: int = 8
@@ -403,6 +406,10 @@ def _check_choices(cfg: Config) -> None:
     for key in ("data.max_bad_samples", "data.num_workers", "train.warmup_steps", "train.max_steps"):
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected an integer >= 0")
+    if flat["model.mask_generator.recompute_sampling"] and flat["model.mask_generator.pixel_decoder"] != "msdeform":
+        raise ConfigError("config key 'model.mask_generator.recompute_sampling' = True needs pixel_decoder "
+                          f"'msdeform' (the deformable attention it recomputes), got "
+                          f"{flat['model.mask_generator.pixel_decoder']!r}")
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

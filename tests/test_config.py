@@ -86,6 +86,14 @@ def test_choices_and_ambiguous_leaf():
         load_config(None, ["--data.max_bad_samples=-1"])
 
 
+def test_recompute_sampling_needs_the_deformable_decoder():
+    cfg = load_config(None, ["--model.mask_generator.recompute_sampling=true"])
+    assert cfg.model.mask_generator.recompute_sampling is True
+    with pytest.raises(ConfigError, match="recompute_sampling.*msdeform"):
+        load_config(None, ["--model.mask_generator.recompute_sampling=true",
+                           "--model.mask_generator.pixel_decoder=fpn"])
+
+
 def test_parse_value():
     assert parse_value("True") is True and parse_value("false") is False
     assert parse_value("3") == 3 and parse_value("3.5") == 3.5 and parse_value("1e-5") == 1e-5

@@ -402,6 +402,29 @@ def test_msdeform_pixel_decoder_gradients_match_hf_mask2former():
                                    atol=1e-4 * np.abs(theirs.grad.numpy()).max())
 
 
+def test_recompute_sampling_gives_the_same_gradients():
+    """`recompute_sampling` trades memory for a second gather in the backward; nothing else may change."""
+    grads = []
+    for recompute in (False, True):
+        rng = np.random.default_rng(9)
+        net = build_pixel_decoder("msdeform", IN_CHANNELS, 64, 24, recompute_sampling=recompute, **MSDEFORM_KW)
+        # Cell.recompute() marks the cell (MindSpore keeps the flag in `_has_config_recompute`).
+        assert [getattr(layer.self_attn, "_has_config_recompute", False)
+                for layer in net.transformer.encoder.layers] == [recompute] * MSDEFORM_KW["num_encoder_layers"]
+        randomize_params(net, rng, scale=0.3)
+        shapes = [(BATCH, 24, 16, 16), (BATCH, 64, 2, 2), (BATCH, 64, 4, 4), (BATCH, 64, 8, 8)]
+        loss_cell = _ProjectedLoss(net, shapes, seed=10)
+        loss, param_grads = ms.value_and_grad(loss_cell, None, loss_cell.trainable_params())(
+            tuple(Tensor(f) for f in random_features(rng)))
+        grads.append((float(loss.asnumpy()), [g.asnumpy() for g in param_grads]))
+    (loss_a, grads_a), (loss_b, grads_b) = grads
+    assert loss_a == loss_b
+    assert len(grads_a) == len(grads_b) > 0
+    for a, b in zip(grads_a, grads_b):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert any(np.abs(a).max() > 0 for a in grads_a)
+
+
 @pytest.mark.parametrize("name", ["msdeform", "fpn"])
 def test_pixel_decoder_gradients_reach_every_parameter(name):
     # conv_dim 64 so GroupNorm(32) has 2 channels per group: with 1 channel per group (conv_dim 32) the bias

@@ -335,12 +335,15 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
         lv = sum(h * w for h, w in sizes[1:])
         pixel = sum(h * w * c for (h, w), c in zip(sizes[1:], channels[1:])) + lv * dim  # input_proj conv, GN
         per_layer = (7 * lv * dim                    # query, value_proj in, value maps, out_proj in, norms, linear1 in
-                     + lv * mg.encoder_ffn_dim       # ReLU output (linear2 input)
-                     # the 4 gathered bilinear neighbours of every sample, kept for the weighting's backward
-                     + 4 * lv * dim * levels * points
-                     # corner weights (4), attention weights, bilinear fractions (x, y), in-map masks
-                     + 8 * lv * enc_heads * levels * points)
-        layers.append(per_layer)
+                     + lv * mg.encoder_ffn_dim)      # ReLU output (linear2 input)
+        sampling = (4 * lv * dim * levels * points   # the 4 gathered bilinear neighbours of every sample
+                    # corner weights (4), attention weights, bilinear fractions (x, y), in-map masks
+                    + 8 * lv * enc_heads * levels * points)
+        if mg.recompute_sampling:  # recomputed in the backward, one layer at a time
+            layers.append(per_layer + sampling)
+        else:
+            per_layer += sampling
+            layers.append(per_layer)
         pixel += mg.encoder_layers * per_layer
         pixel += n1 * channels[0] + 5 * n1 * dim     # FPN step: adapter_1 in, GN, layer_1 in, GN, ReLU, mask_features in
     else:

@@ -77,7 +77,8 @@ class CoupAlign(nn.Cell):
         decoder_kwargs = {}
         if mg.pixel_decoder == "msdeform":
             decoder_kwargs = dict(num_encoder_layers=mg.encoder_layers, n_heads=mg.encoder_heads,
-                                  n_points=mg.encoder_points, dim_feedforward=mg.encoder_ffn_dim)
+                                  n_points=mg.encoder_points, dim_feedforward=mg.encoder_ffn_dim,
+                                  recompute_sampling=mg.recompute_sampling)
         self.pixel_decoder = build_pixel_decoder(mg.pixel_decoder, channels, mg.conv_dim, mg.mask_dim,
                                                  **decoder_kwargs)
         if self.use_sma:

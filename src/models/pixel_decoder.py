@@ -355,6 +355,8 @@ class MSDeformAttnPixelDecoder(nn.Cell):
         conv_dim: width of the encoder and of the multi-scale features.
         mask_dim: channels of the per-pixel embeddings P.
         num_encoder_layers, n_heads, n_points, dim_feedforward, dropout: deformable encoder settings.
+        recompute_sampling: recompute every deformable attention in the backward (`Cell.recompute`)
+            instead of keeping its gathered neighbours; same gradients, less training memory.
 
     construct(features) with features = (F1, F2, F3, F4), each (B, C_i, H_i, W_i), returns
     (P (B, mask_dim, H1, W1), (stride-32, stride-16, stride-8 maps, each (B, conv_dim, H_l, W_l))).
@@ -362,7 +364,7 @@ class MSDeformAttnPixelDecoder(nn.Cell):
 
     def __init__(self, in_channels=(128, 256, 512, 1024), conv_dim: int = 256, mask_dim: int = 256,
                  num_encoder_layers: int = 6, n_heads: int = 8, n_points: int = 4, dim_feedforward: int = 1024,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, recompute_sampling: bool = False):
         super().__init__()
         if len(in_channels) != 4:
             raise ValueError(f"in_channels must list the 4 strides' channels (F1..F4), got {in_channels}")
@@ -381,6 +383,9 @@ class MSDeformAttnPixelDecoder(nn.Cell):
             d_model=conv_dim, n_heads=n_heads, num_encoder_layers=num_encoder_layers,
             dim_feedforward=dim_feedforward, dropout=dropout, num_feature_levels=self.num_feature_levels,
             enc_n_points=n_points)
+        if recompute_sampling:
+            for layer in self.transformer.encoder.layers:
+                layer.self_attn.recompute()
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_features = ConvNormAct(conv_dim, mask_dim, 1, has_bias=True)
         # The FPN step to stride 4 (the norm makes a conv bias redundant, as in Mask2Former).
@@ -453,7 +458,8 @@ class FPNPixelDecoder(nn.Cell):
 
 
 def build_pixel_decoder(name: str, in_channels, conv_dim: int = 256, mask_dim: int = 256, **kwargs) -> nn.Cell:
-    """`name`: "msdeform" (kwargs: num_encoder_layers, n_heads, n_points, dim_feedforward, dropout) or "fpn"."""
+    """`name`: "msdeform" (kwargs: num_encoder_layers, n_heads, n_points, dim_feedforward, dropout,
+    recompute_sampling) or "fpn"."""
     if name == "msdeform":
         return MSDeformAttnPixelDecoder(tuple(in_channels), conv_dim, mask_dim, **kwargs)
     if name == "fpn":
