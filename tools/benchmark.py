@@ -571,10 +571,14 @@ def count_parameters(model) -> "OrderedDict[str, int]":
     return parts
 
 
-def build_train_step(cfg: Config, model):
-    """The Trainer's compiled step (src/engine/trainer.py): CoupAlignWithLoss, AdamW with LAVT groups,
-    poly schedule, TrainStep with the configured clipping / loss scale / accumulation."""
+def build_train_step(cfg: Config, model, optimizer: str = "adamw"):
+    """The Trainer's compiled step (src/engine/trainer.py): CoupAlignWithLoss, AdamW with LAVT groups and
+    the text encoder's lr scale, poly schedule, TrainStep with the configured clipping / loss scale.
+
+    `optimizer="ms_adamweightdecay"` swaps in MindSpore's fused `nn.AdamWeightDecay` (no bias correction,
+    no lr_scale) on the same groups, as a memory and time reference (tools/optimizer_memory.py)."""
     import mindspore as ms
+    from mindspore import nn
 
     from src.engine.optimizer import AdamW, PolyLR, param_groups
     from src.engine.train_step import TrainStep
@@ -585,9 +589,17 @@ def build_train_step(cfg: Config, model):
         model = ms.amp.auto_mixed_precision(model, tc.amp_level)
     net_with_loss = CoupAlignWithLoss(model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
     net_with_loss.set_train(True)
-    optimizer = AdamW(param_groups(net_with_loss.trainable_params(), tc.weight_decay),
-                      learning_rate=PolyLR(tc.lr, 10 ** 6, tc.lr_power, tc.warmup_steps))
-    return TrainStep(net_with_loss, optimizer, grad_clip_norm=tc.grad_clip_norm, loss_scale=tc.loss_scale,
+    groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
+                          lr_scales={"bert.": tc.text_encoder_lr_scale})
+    schedule = PolyLR(tc.lr, 10 ** 6, tc.lr_power, tc.warmup_steps)
+    if optimizer == "adamw":
+        update = AdamW(groups, learning_rate=schedule)
+    elif optimizer == "ms_adamweightdecay":
+        update = nn.AdamWeightDecay([{k: v for k, v in g.items() if k != "lr_scale"} for g in groups],
+                                    learning_rate=schedule)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected 'adamw' or 'ms_adamweightdecay'")
+    return TrainStep(net_with_loss, update, grad_clip_norm=tc.grad_clip_norm, loss_scale=tc.loss_scale,
                      accumulate_steps=1, distributed=False)
 
 

@@ -1,7 +1,7 @@
 """Peak resident memory and seconds per step of the compiled TrainStep with a chosen optimizer.
 
     flock /tmp/cpu.lock .venv/bin/python tools/optimizer_memory.py --config default_config.yaml \
-        --image_size 128 --batch_size 1 --steps 3 [--optimizer adamw|ms_adamweightdecay]
+        --image_size 128 --batch_size 1 --steps 3 [--optimizer adamw|ms_adamweightdecay] [--key=value ...]
 
 `adamw` is ours (src/engine/optimizer.py, as the Trainer builds it: LAVT groups, poly schedule);
 `ms_adamweightdecay` is MindSpore's fused `nn.AdamWeightDecay` (no bias correction) on the same
@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from tools.benchmark import (cpu_threads, random_batch, time_calls,  # noqa: E402  (no MindSpore import)
+from src.utils.runtime import available_cpus  # noqa: E402  (imports MindSpore lazily)
+from tools.benchmark import (build_train_step, random_batch, time_calls,  # noqa: E402  (no MindSpore import)
                              without_missing_checkpoints)
 
 
@@ -61,45 +62,32 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps after the first (compiling) one")
     parser.add_argument("--optimizer", choices=("adamw", "ms_adamweightdecay"), default="adamw")
     parser.add_argument("--rss_limit_gb", type=float, default=18.0)
-    args = parser.parse_args()
+    args, overrides = parser.parse_known_args()  # the rest: config overrides (--model.x=..)
 
     start_rss_guard(args.rss_limit_gb)
     from src.config import load_config
     from src.utils.runtime import apply_cpu_env_defaults
 
     apply_cpu_env_defaults()  # before MindSpore loads
-    cfg = load_config(args.config, [])
+    cfg = load_config(args.config, overrides)
     cfg.model.image_size, cfg.train.batch_size = args.image_size, args.batch_size
     notes = without_missing_checkpoints(cfg)
 
     import mindspore as ms
-    from mindspore import Tensor, nn
+    from mindspore import Tensor
 
-    from src.engine.optimizer import AdamW, PolyLR, param_groups
-    from src.engine.train_step import TrainStep
     from src.models import create_model
-    from src.models.coupalign import CoupAlignWithLoss, bert_config_from, build_criterion
+    from src.models.coupalign import bert_config_from
 
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
-    ms.device_context.cpu.op_tuning.threads_num(cpu_threads())
+    ms.device_context.cpu.op_tuning.threads_num(available_cpus())
     ms.set_seed(cfg.seed)
 
-    tc = cfg.train
     model = create_model(cfg, load_pretrained=False)
     model.set_train(True)
-    net_with_loss = CoupAlignWithLoss(model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
-    net_with_loss.set_train(True)
-    groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
-                          lr_scales={"bert.": tc.text_encoder_lr_scale})
-    schedule = PolyLR(tc.lr, 10 ** 6, tc.lr_power, tc.warmup_steps)
-    if args.optimizer == "adamw":
-        optimizer = AdamW(groups, learning_rate=schedule)
-    else:  # nn.AdamWeightDecay takes no lr_scale: drop it (memory and time do not depend on it)
-        optimizer = nn.AdamWeightDecay([{k: v for k, v in g.items() if k != "lr_scale"} for g in groups],
-                                       learning_rate=schedule)
-    step_cell = TrainStep(net_with_loss, optimizer, grad_clip_norm=tc.grad_clip_norm, loss_scale=tc.loss_scale,
-                          accumulate_steps=1, distributed=False)
+    step_cell = build_train_step(cfg, model, optimizer=args.optimizer)
+    net_with_loss = step_cell.net_with_loss
     n_params = sum(int(p.size) for p in net_with_loss.trainable_params())
     inputs = [Tensor(x) for x in random_batch(args.batch_size, args.image_size, cfg.model.max_tokens,
                                               bert_config_from(cfg.model.bert).vocab_size, seed=cfg.seed)]

@@ -230,10 +230,10 @@ def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_
                          f"fewer than one batch of {batch_size}")
     columns = TRAIN_COLUMNS if train else EVAL_COLUMNS
     source = ReferSource(refer, tokenizer, image_size, train=train)
-    workers = max(1, int(num_workers))
-    if workers > available_cpus():
-        logger.warning("data.num_workers=%d capped at the %d CPU cores available", workers, available_cpus())
-        workers = available_cpus()
+    workers, cores = max(1, int(num_workers)), available_cpus()
+    if workers > cores:
+        logger.warning("data.num_workers=%d capped at the %d CPU cores available", workers, cores)
+        workers = cores
     dataset = ds.GeneratorDataset(source, column_names=columns, sampler=sampler, num_parallel_workers=workers,
                                   python_multiprocessing=python_multiprocessing and workers > 1)
     dataset = dataset.batch(batch_size, drop_remainder=train)
