@@ -123,6 +123,16 @@ class LossSection:
     aux_num_fg: int = 256
     aux_num_bg: int = 1024
     aux_hard_ratio: float = 0.5
+    # The proposals' own signal (src/models/criterion.py; README "Design decisions"): none | weighted | matched.
+    # With "none" only the SMA-weighted sum is supervised, which collapses (identical proposals,
+    # uniform weights). "matched" matches proposals one-to-one to objects and puts a cross-entropy
+    # on the SMA scores toward the referent's proposal.
+    proposal_loss: str = "none"
+    # matched only: "referent" (the best proposal) | "all_objects" (every annotated object of the
+    # image; needs data.max_other_objects > 0).
+    proposal_targets: str = "referent"
+    proposal_weight: float = 1.0
+    sma_ce_weight: float = 1.0
 
 
 @dataclass
@@ -137,6 +147,9 @@ class DataSection:
     # field) and aborts once more than this many were skipped: a few bad files should not cost a
     # run, a broken data_root should stop it early. 0 = the first bad sample aborts.
     max_bad_samples: int = 100
+    # Training loads the masks of up to this many other annotated objects of each image (largest
+    # first) for loss.proposal_targets=all_objects; 0 = none. 1 + this must not exceed num_queries.
+    max_other_objects: int = 0
 
 
 @dataclass
@@ -162,6 +175,9 @@ class TrainSection:
     save_all_ranks: bool = False
     resume: bool = False
     validate: bool = True
+    # Training-health diagnostics (src/engine/diagnostics.py) after every validation, on this many
+    # same-image pairs of the validation split; 0 = off.
+    diagnostics_pairs: int = 32
     max_steps: int = 0  # 0 = epochs decide
 
 
@@ -216,6 +232,8 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "model.mask_generator.pixel_decoder": ("msdeform", "fpn"),
     "model.sma.weighting": ("softmax", "sigmoid"),
     "model.sma.sentence_pool": ("cls", "mean"),
+    "loss.proposal_loss": ("none", "weighted", "matched"),
+    "loss.proposal_targets": ("referent", "all_objects"),
     "data.dataset": ("refcoco", "refcoco+", "refcocog"),
     "data.split_by": ("unc", "umd", "google"),
     "train.amp_level": ("O0", "O1", "O2", "O3"),
@@ -403,13 +421,29 @@ def _check_choices(cfg: Config) -> None:
                 "model.image_size", "model.max_tokens", "model.mask_generator.num_queries"):
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected a positive integer")
-    for key in ("data.max_bad_samples", "data.num_workers", "train.warmup_steps", "train.max_steps"):
+    for key in ("data.max_bad_samples", "data.num_workers", "train.warmup_steps", "train.max_steps",
+                "train.diagnostics_pairs",
+                "data.max_other_objects"):
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected an integer >= 0")
     if flat["model.mask_generator.recompute_sampling"] and flat["model.mask_generator.pixel_decoder"] != "msdeform":
         raise ConfigError("config key 'model.mask_generator.recompute_sampling' = True needs pixel_decoder "
                           f"'msdeform' (the deformable attention it recomputes), got "
                           f"{flat['model.mask_generator.pixel_decoder']!r}")
+
+
+    proposal_loss = flat["loss.proposal_loss"]
+    if proposal_loss != "none" and not flat["model.sma.enabled"]:
+        raise ConfigError(f"config key 'loss.proposal_loss' = {proposal_loss!r} needs model.sma.enabled = true "
+                          "(without SMA there are no proposals); set loss.proposal_loss=none")
+    if proposal_loss == "matched" and flat["loss.proposal_targets"] == "all_objects":
+        others, queries = flat["data.max_other_objects"], flat["model.mask_generator.num_queries"]
+        if others < 1:
+            raise ConfigError("config key 'loss.proposal_targets' = 'all_objects' needs data.max_other_objects >= 1 "
+                              "(the other objects' masks); set it, or loss.proposal_targets=referent")
+        if 1 + others > queries:
+            raise ConfigError(f"config key 'data.max_other_objects' = {others}: 1 + {others} objects cannot be matched "
+                              f"one-to-one to model.mask_generator.num_queries = {queries} proposals")
 
 
 def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -466,6 +500,14 @@ def load_config(path: Optional[str] = None, argv: Sequence[str] = (),
     path = argv_path or path
     data = read_yaml(path) if path else {}
     return config_from_dict(data, overrides, path or "<defaults>")
+
+
+def num_other_objects(cfg: Config) -> int:
+    """How many other objects' masks a training batch carries (column ``others``): data.max_other_objects
+    when the loss matches proposals to all objects, else 0."""
+    if cfg.loss.proposal_loss == "matched" and cfg.loss.proposal_targets == "all_objects":
+        return cfg.data.max_other_objects
+    return 0
 
 
 def swin_arch(section: SwinSection) -> Dict[str, Any]:

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from src.models.criterion import AuxPixelSampler, CoupAlignCriterion, aux_contrastive_loss, nearest_resize
+from src.models.criterion import (AuxPixelSampler, CoupAlignCriterion, aux_contrastive_loss, greedy_match,
+                                  nearest_resize, pairwise_mask_losses, stride4_labels)
 
 RTOL, ATOL = 1e-5, 1e-6
 S, B, D, h, w = 3, 3, 8, 6, 6  # stages, batch, embed width, stride-4 grid
@@ -32,6 +33,12 @@ def _torch_seg_terms(logits, target, ce_weights=(0.9, 1.1), smooth=1.0):
 
 def _torch_nearest(mask, size):
     return F.interpolate(torch.from_numpy(mask[:, None].astype(np.float32)), size=size, mode="nearest")[:, 0].numpy()
+
+
+def _torch_area_labels(mask, size):
+    """Stride-4 labels of the LAVT-free definition: a cell is foreground when its area average exceeds 0.5."""
+    avg = F.adaptive_avg_pool2d(torch.from_numpy(mask[:, None].astype(np.float64)), size)[:, 0].numpy()
+    return (avg > 0.5).astype(np.float32)
 
 
 def _np_loss_given_selection(sim, fg_idx, fg_valid, bg_idx, bg_valid, temp):
@@ -66,7 +73,7 @@ def _np_aux(pixel_embed, target_embed, target, fg_keys, bg_keys, hard_ratio=0.5)
     a = target_embed.astype(np.float64)
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     sim = np.einsum("bd,bdn->bn", a, p)
-    fg_mask = _torch_nearest(target, pixel_embed.shape[2:]).reshape(target.shape[0], -1)
+    fg_mask = _torch_area_labels(target, pixel_embed.shape[2:]).reshape(target.shape[0], -1)
     losses = []
     for b, (fg_sel, hard, rand) in enumerate(_np_select(sim, fg_mask, fg_keys, bg_keys, NUM_FG, NUM_BG, hard_ratio)):
         if not fg_sel:
@@ -95,7 +102,7 @@ def data():
     target = np.zeros((B, H, W), np.float32)
     target[0, 3:20, 5:22] = 1.0  # large object: more fg pixels at stride 4 than NUM_FG
     target[1, 8:13, 9:14] = 1.0  # small object: fewer fg pixels than NUM_FG
-    target[2, 1:3, 1:3] = 1.0  # tiny object: vanishes after nearest downsampling (rows/cols 0, 4, ...)
+    target[2, 1:3, 1:3] = 1.0  # tiny object: a quarter of one stride-4 cell, no label
     pixel_embed = rng.standard_normal((B, D, h, w)).astype(np.float32)
     target_embed = rng.standard_normal((B, D)).astype(np.float32)
     fg_keys = rng.random((B, h * w)).astype(np.float32)
@@ -112,7 +119,7 @@ def criterion():
 def test_cross_entropy_matches_torch_weighted_mean(data):
     logits, target = data[0], data[1]
     crit = CoupAlignCriterion(dice_weight=0.0, deep_supervision=False, use_aux=False)
-    total, seg, aux = crit(Tensor(logits), Tensor(target), Tensor(data[2]), Tensor(data[3]))
+    total, seg, aux, _ = crit(Tensor(logits), Tensor(target), Tensor(data[2]), Tensor(data[3]))
     ce, _ = _torch_seg_terms(logits[-1:], target)
     np.testing.assert_allclose(seg.asnumpy(), ce[0], rtol=RTOL)
     np.testing.assert_allclose(total.asnumpy(), ce[0], rtol=RTOL)
@@ -128,7 +135,7 @@ def test_cross_entropy_matches_torch_weighted_mean(data):
 def test_seg_loss_ce_plus_dice_and_deep_supervision(data, deep_supervision):
     logits, target = data[0], data[1]
     crit = CoupAlignCriterion(dice_weight=0.7, deep_supervision=deep_supervision, use_aux=False)
-    total, seg, _ = crit(Tensor(logits), Tensor(target), Tensor(data[2]), Tensor(data[3]))
+    total, seg, _, _ = crit(Tensor(logits), Tensor(target), Tensor(data[2]), Tensor(data[3]))
     ce, dice = _torch_seg_terms(logits, target)
     per_stage = ce + 0.7 * dice
     expected = per_stage.sum() if deep_supervision else per_stage[-1]
@@ -230,10 +237,12 @@ def test_sampler_selection_properties():
 
 def test_aux_loss_end_to_end_matches_numpy(criterion, data):
     logits, target, pixel_embed, target_embed, fg_keys, bg_keys = data
-    small = _torch_nearest(target, (h, w))
+    small = _torch_area_labels(target, (h, w))
     assert target[2].sum() > 0 and small[2].sum() == 0  # sample 2 loses its object at stride 4
+    # the labels are the cells' area averages, not their top-left pixels: the two differ here
+    assert not np.array_equal(small, _torch_nearest(target, (h, w)))
     assert small[0].sum() > NUM_FG and 0 < small[1].sum() < NUM_FG
-    total, seg, aux = criterion(*(Tensor(x) for x in data))
+    total, seg, aux, _ = criterion(*(Tensor(x) for x in data))
     ref_aux = _np_aux(pixel_embed, target_embed, target, fg_keys, bg_keys)
     np.testing.assert_allclose(aux.asnumpy(), ref_aux, rtol=RTOL)
     # the empty sample is excluded from the batch mean (not counted as a zero)
@@ -247,7 +256,7 @@ def test_aux_loss_end_to_end_matches_numpy(criterion, data):
 def test_all_background_batch_gives_zero_aux(criterion, data):
     logits, _, pixel_embed, target_embed, fg_keys, bg_keys = data
     empty = np.zeros((B, H, W), np.float32)
-    total, seg, aux = criterion(*(Tensor(x) for x in (logits, empty, pixel_embed, target_embed, fg_keys, bg_keys)))
+    total, seg, aux, _ = criterion(*(Tensor(x) for x in (logits, empty, pixel_embed, target_embed, fg_keys, bg_keys)))
     assert aux.asnumpy() == 0.0
     assert np.isfinite(total.asnumpy()) and total.asnumpy() == seg.asnumpy()
 

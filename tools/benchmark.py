@@ -63,7 +63,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from src.config import Config, load_config, swin_arch  # noqa: E402  (no MindSpore import)
+from src.config import Config, load_config, num_other_objects, swin_arch  # noqa: E402  (no MindSpore import)
 from src.utils.runtime import available_cpus  # noqa: E402  (imports MindSpore lazily)
 
 NUM_STAGES = 4
@@ -529,9 +529,10 @@ def background_cpu_share(start: Tuple[float, float, float]) -> float:
 # ================================================================================================
 # Inputs and models
 # ================================================================================================
-def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed: int = 0):
+def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed: int = 0, other_objects: int = 0):
     """NumPy inputs of the model's signature: a normalised-looking image, token ids with the second
-    half of the rows padded after 60% of the tokens, and a rectangular target mask."""
+    half of the rows padded after 60% of the tokens, a rectangular target mask and, with `other_objects`
+    K > 0, (B, K, S, S) masks of other objects."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -543,7 +544,11 @@ def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed
     input_ids[attention_mask == 0] = 0
     target = np.zeros((batch, image_size, image_size), np.float32)
     target[:, image_size // 4: 3 * image_size // 4, image_size // 3: 2 * image_size // 3] = 1.0
-    return image, input_ids, attention_mask, target
+    if not other_objects:
+        return image, input_ids, attention_mask, target
+    others = np.zeros((batch, other_objects, image_size, image_size), np.uint8)  # one other object per sample
+    others[:, 0, : image_size // 4, : image_size // 4] = 1
+    return image, input_ids, attention_mask, target, others
 
 
 def without_missing_checkpoints(cfg: Config) -> List[str]:
@@ -700,7 +705,7 @@ def measure_train(step_cell, inputs, steps: int, warmup: int) -> Dict[str, float
     from mindspore import Tensor
 
     args = [Tensor(x) for x in inputs]
-    return time_calls(lambda: step_cell(*args, True)[0].asnumpy(), steps, warmup)
+    return time_calls(lambda: step_cell(*args, update=True)[0].asnumpy(), steps, warmup)
 
 
 def measure_parts(model, inputs, flops: Dict[str, int], args) -> Dict:
@@ -869,14 +874,15 @@ def prepare_training_data(cfg: Config, data_root: Optional[str], images: int, wo
 def make_train_dataset(cfg: Config, refer, tokenizer, image_size: int, batch: int, workers: int):
     from src.data.dataset import create_refer_dataset
 
-    return create_refer_dataset(refer, tokenizer, image_size, batch, train=True, num_workers=workers, seed=cfg.seed)
+    return create_refer_dataset(refer, tokenizer, image_size, batch, train=True, num_workers=workers, seed=cfg.seed,
+                                max_other_objects=num_other_objects(cfg))
 
 
 def model_columns(dataset) -> List[int]:
     """Positions of the train step's inputs among the dataset's columns (the pipeline may carry more,
     e.g. a bad-sample flag)."""
     names = dataset.get_col_names()
-    return [names.index(name) for name in ("image", "input_ids", "attention_mask", "mask")]
+    return [names.index(name) for name in ("image", "input_ids", "attention_mask", "mask", "others") if name in names]
 
 
 def epochs_for(dataset, batches: int) -> int:
@@ -913,7 +919,7 @@ def measure_host_overhead(step_cell, dataset, fixed_inputs, steps: int) -> Dict[
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            step_cell(*fixed, True)[0].asnumpy()
+            step_cell(*fixed, update=True)[0].asnumpy()
             times.append(time.perf_counter() - start)
         return times
 
@@ -921,15 +927,15 @@ def measure_host_overhead(step_cell, dataset, fixed_inputs, steps: int) -> Dict[
     columns = model_columns(dataset)
     iterator = dataset.create_tuple_iterator(num_epochs=epochs_for(dataset, steps + 1))
     first = next(iterator)
-    step_cell(*[first[c] for c in columns], True)[0].asnumpy()  # same shapes as the fixed tensors
+    step_cell(*[first[c] for c in columns], update=True)[0].asnumpy()  # same shapes as the fixed tensors
     wait, compute = [], []
     for _ in range(steps):
         start = time.perf_counter()
         row = next(iterator)
-        image, input_ids, attention_mask, target = (row[c] for c in columns)
+        inputs = [row[c] for c in columns]
         fetched = time.perf_counter()
-        total, seg, aux, finite = step_cell(image, input_ids, attention_mask, target, True)
-        losses = (float(total.asnumpy()), float(seg.asnumpy()), float(aux.asnumpy()))
+        *values, finite = step_cell(*inputs, update=True)
+        losses = [float(v.asnumpy()) for v in values]
         bool(finite.asnumpy())
         done = time.perf_counter()
         if not all(math.isfinite(x) for x in losses):
@@ -1195,7 +1201,8 @@ def run_benchmark(args, cfg: Config, bert_config, threads: int, notes: List[str]
     if not args.skip_train:
         model.set_train(True)
         step_cell = build_train_step(cfg, model)
-        train_inputs = random_batch(batch, size, tokens, bert_config.vocab_size, seed=cfg.seed)
+        train_inputs = random_batch(batch, size, tokens, bert_config.vocab_size, seed=cfg.seed,
+                                    other_objects=num_other_objects(cfg))
         train = measure_train(step_cell, train_inputs, args.steps, args.train_warmup)
         train["images_per_s"] = batch / train["median_s"]
         result["train"] = train

@@ -65,7 +65,7 @@ def main() -> int:
     args, overrides = parser.parse_known_args()  # the rest: config overrides (--model.x=..)
 
     start_rss_guard(args.rss_limit_gb)
-    from src.config import load_config
+    from src.config import load_config, num_other_objects
     from src.utils.runtime import apply_cpu_env_defaults
 
     apply_cpu_env_defaults()  # before MindSpore loads
@@ -90,11 +90,12 @@ def main() -> int:
     net_with_loss = step_cell.net_with_loss
     n_params = sum(int(p.size) for p in net_with_loss.trainable_params())
     inputs = [Tensor(x) for x in random_batch(args.batch_size, args.image_size, cfg.model.max_tokens,
-                                              bert_config_from(cfg.model.bert).vocab_size, seed=cfg.seed)]
+                                              bert_config_from(cfg.model.bert).vocab_size, seed=cfg.seed,
+                                              other_objects=num_other_objects(cfg))]
     print(f"{args.optimizer}: {n_params:,} parameters, image {args.image_size}, batch {args.batch_size}; "
           + "; ".join(notes), flush=True)
-    timing = time_calls(lambda: step_cell(*inputs, True)[0].asnumpy(), args.steps, warmup=0)
-    loss = float(step_cell(*inputs, True)[0].asnumpy())  # one more step: the loss must stay finite
+    timing = time_calls(lambda: step_cell(*inputs, update=True)[0].asnumpy(), args.steps, warmup=0)
+    loss = float(step_cell(*inputs, update=True)[0].asnumpy())  # one more step: the loss must stay finite
     print(f"{args.optimizer}: first step (compile) {timing['first_s']:.1f} s, median {timing['median_s']:.2f} s/step "
           f"(min {timing['min_s']:.2f}, {timing['runs']} steps), loss {loss:.4f}, "
           f"peak RSS (VmHWM) {proc_status_kib('VmHWM') / 2 ** 20:.2f} GiB", flush=True)

@@ -415,6 +415,15 @@ class ReferDataset:
             raise ValueError(f"{where}: empty (no polygon with 3 or more points, or an RLE without foreground)")
         return mask
 
+    def image_annotations(self, image_id: int) -> List[int]:
+        """Ids of every annotation of the image in instances.json (referred or not), in file order."""
+        if not hasattr(self, "_annotations_by_image"):
+            by_image: Dict[int, List[int]] = {}
+            for ann_id, ann in self.annotations.items():
+                by_image.setdefault(ann["image_id"], []).append(ann_id)
+            self._annotations_by_image = by_image
+        return self._annotations_by_image.get(image_id, [])
+
     def category_name(self, category_id: int) -> Optional[str]:
         return self.categories.get(category_id)
 

@@ -29,6 +29,8 @@ class SampleResult:
     sentence: str
     iou_input: float
     iou_original: float
+    intersection_input: int = 0  # pixels, at input resolution: subsets' oIoU = sum I / sum U
+    union_input: int = 0
 
 
 @dataclass
@@ -74,7 +76,8 @@ class Scorer:
         iou_in = self.input_metrics.update(logits_to_mask(logits), gt_input > 0.5)
         original_logits = resize_logits_to(logits, gt.shape)
         iou_orig = self.original_metrics.update(logits_to_mask(original_logits), gt > 0)
-        self.samples.append(SampleResult(index, sample.ref_id, sample.sent_id, sample.text, iou_in, iou_orig))
+        self.samples.append(SampleResult(index, sample.ref_id, sample.sent_id, sample.text, iou_in, iou_orig,
+                                         self.input_metrics.intersections[-1], self.input_metrics.unions[-1]))
         if self.on_prediction is not None:
             self.on_prediction(sample, original_logits, len(self.samples) - 1)
 
@@ -157,9 +160,11 @@ def write_reports(result: EvalResult, out_dir: str, header: Dict) -> str:
         json.dump(metrics, f, indent=2)
     with open(os.path.join(out_dir, "per_sample.csv"), "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["ref_id", "sent_id", "sentence", "iou_input", "iou_original"])
+        writer.writerow(["ref_id", "sent_id", "sentence", "iou_input", "iou_original", "intersection_input",
+                         "union_input"])
         for s in result.samples:
-            writer.writerow([s.ref_id, s.sent_id, s.sentence, f"{s.iou_input:.6f}", f"{s.iou_original:.6f}"])
+            writer.writerow([s.ref_id, s.sent_id, s.sentence, f"{s.iou_input:.6f}", f"{s.iou_original:.6f}",
+                             s.intersection_input, s.union_input])
     return path
 
 

@@ -39,9 +39,10 @@ def _zero_buf(buf):
 
 
 class TrainStep(nn.Cell):
-    """`net_with_loss(*batch) -> (total, seg, aux)`; calling `step(*batch, update=True)` returns
-    `(total, seg, aux, finite)` where `finite` is False when the gradients overflowed (with loss
-    scaling on, that step's update is skipped and the scale lowered).
+    """`net_with_loss(*inputs) -> (total, *parts)` (any number of inputs and named loss parts; the
+    first output is the one differentiated); `step(*inputs, update=True)` returns
+    `(total, *parts, finite)` where `finite` is False when the gradients overflowed (with loss scaling
+    on, that step's update is skipped and the scale lowered).
 
     Args:
         grad_clip_norm: clip the global gradient norm to this value (0 = off).
@@ -68,31 +69,30 @@ class TrainStep(nn.Cell):
         if distributed:
             self.grad_reducer = nn.DistributedGradReducer(self.weights, mean=True, degree=get_group_size())
 
-    def construct(self, image, input_ids, attention_mask, target, update=True):
+    def construct(self, *inputs, update=True):
         if self.use_loss_scale:
-            (total, seg, aux), grads = self._scaled_grads(image, input_ids, attention_mask, target)
+            losses, grads = self._scaled_grads(*inputs)
         else:
-            (total, seg, aux), grads = self.grad_fn(image, input_ids, attention_mask, target)
+            losses, grads = self.grad_fn(*inputs)
         if self.accumulate_steps > 1:
             # Values, not the buffers: the update must not read a Parameter written in the same graph.
             grads = self.hyper_map(ops.partial(_add_scaled, Tensor(1.0 / self.accumulate_steps, ms.float32)),
                                    self.accum_grads, grads)
             if not update:
                 self.hyper_map(_store, self.accum_grads, grads)
-                return total, seg, aux, Tensor(True)
+                return losses + (Tensor(True),)
             self.hyper_map(_zero, self.accum_grads)
         finite = self._apply(grads)
-        return total, seg, aux, finite
+        return losses + (finite,)
 
-    def _scaled_grads(self, image, input_ids, attention_mask, target):
-        def scaled_loss(image, input_ids, attention_mask, target):
-            total, seg, aux = self.net_with_loss(image, input_ids, attention_mask, target)
-            return self.scaler.scale(total), seg, aux
+    def _scaled_grads(self, *inputs):
+        def scaled_loss(*args):
+            losses = self.net_with_loss(*args)
+            return (self.scaler.scale(losses[0]),) + losses[1:]
 
-        (scaled_total, seg, aux), grads = ms.value_and_grad(scaled_loss, None, self.weights, has_aux=True)(
-            image, input_ids, attention_mask, target)
+        losses, grads = ms.value_and_grad(scaled_loss, None, self.weights, has_aux=True)(*inputs)
         grads = self.scaler.unscale(grads)
-        return (self.scaler.unscale(scaled_total), seg, aux), grads
+        return (self.scaler.unscale(losses[0]),) + losses[1:], grads
 
     def _apply(self, grads):
         if self.distributed:

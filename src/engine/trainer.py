@@ -13,10 +13,11 @@ from typing import Dict, List, Optional
 import mindspore as ms
 from mindspore import Tensor
 
-from src.config import Config, ConfigError
+from src.config import Config, ConfigError, num_other_objects
 from src.data.dataset import ReferSource, create_refer_dataset
 from src.data.refer import ReferDataset
 from src.data.tokenizer import BertTokenizer
+from src.engine import diagnostics
 from src.engine.checkpoint import CheckpointManager, TrainState, list_checkpoints, read_checkpoint, split_meta
 from src.engine.evaluator import evaluate, format_table
 from src.engine.optimizer import AdamW, PolyLR, param_groups
@@ -83,14 +84,26 @@ def plot_curves(records: List[Dict], path: str) -> None:
 
     train = [r for r in records if r.get("type") == "train"]
     val = [r for r in records if r.get("type") == "val"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key in ("loss", "seg_loss", "aux_loss"):
-        axes[0].plot([r["step"] for r in train], [r[key] for r in train], label=key)
+    health = [r for r in records if r.get("type") == "diagnostics"]
+    fig, axes = plt.subplots(1, 3 if health else 2, figsize=(16.5 if health else 11, 4))
+    loss_keys = [k for k in (train[0] if train else {}) if k == "loss" or k.endswith("_loss")]
+    for key in loss_keys:
+        axes[0].plot([r["step"] for r in train], [max(r[key], 1e-8) for r in train], label=key)
     axes[0].set_xlabel("step"), axes[0].set_ylabel("loss"), axes[0].set_yscale("log"), axes[0].legend()
     axes[0].set_title("training loss")
     for key in ("overall_iou", "mean_iou"):
         axes[1].plot([r["step"] for r in val], [r[key] for r in val], marker="o", label=key)
     axes[1].set_xlabel("step"), axes[1].set_ylabel("%"), axes[1].legend(), axes[1].set_title("validation")
+    if health:
+        series = {key: key for key in ("sma_entropy", "mask_embed_cosine", "top_proposal_changes",
+                                       "sentence_cross_cosine", "aux_chance_ratio") if key in health[0]}
+        token_keys = [k for k in health[0] if k.startswith("token_self_similarity_")]
+        for key in series:
+            axes[2].plot([r["step"] for r in health], [r[key] for r in health], marker="o", label=key)
+        if token_keys:
+            axes[2].plot([r["step"] for r in health], [max(r[k] for k in token_keys) for r in health], marker="o",
+                         label="max token_self_similarity")
+        axes[2].set_xlabel("step"), axes[2].legend(fontsize=7), axes[2].set_title("training health (diagnostics.py)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -105,12 +118,20 @@ class Trainer:
         shard = dict(num_shards=ctx.group_size, shard_id=ctx.rank) if ctx.group_size > 1 else {}
         self.train_refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.data.train_split)
         self.train_data = create_refer_dataset(self.train_refer, self.tokenizer, cfg.model.image_size, tc.batch_size,
-                                               train=True, num_workers=cfg.data.num_workers, seed=cfg.seed, **shard)
-        self.val_refer = self.val_data = None
+                                               train=True, num_workers=cfg.data.num_workers, seed=cfg.seed,
+                                               max_other_objects=num_other_objects(cfg),
+                                               **shard)
+        self.val_refer = self.val_data = self.probe = None
         if tc.validate and ctx.is_main:
             self.val_refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.data.val_split)
             self.val_data = create_refer_dataset(self.val_refer, self.tokenizer, cfg.model.image_size,
                                                  cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
+            if tc.diagnostics_pairs:
+                try:
+                    self.probe = diagnostics.ProbeSet.from_refer(self.val_refer, self.tokenizer, cfg.model.image_size,
+                                                                 tc.diagnostics_pairs)
+                except ValueError as e:  # e.g. no image with two referred objects: train without them
+                    logger.warning("training-health diagnostics off: %s", e)
 
         self.batches_per_epoch = self.train_data.get_dataset_size()
         updates_per_epoch = self.batches_per_epoch // tc.accumulate_steps
@@ -125,6 +146,7 @@ class Trainer:
             self.model = ms.amp.auto_mixed_precision(self.model, tc.amp_level)
         self.net_with_loss = CoupAlignWithLoss(self.model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
         self.net_with_loss.set_train(True)
+        self.loss_names = self.net_with_loss.loss_names
         self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)
         groups = param_groups(self.net_with_loss.trainable_params(), tc.weight_decay,
                               lr_scales={"bert.": tc.text_encoder_lr_scale})
@@ -178,18 +200,21 @@ class Trainer:
         logger.info("validation after epoch %d:\n%s", self.state.epoch, format_table(self.cfg.data.val_split, result))
         metrics = result.input_resolution
         self.log.write({"type": "val", "step": self.state.step, "epoch": self.state.epoch, **metrics})
+        if self.probe is not None:
+            health = diagnostics.collect(self.model, self.probe, self.net_with_loss.criterion)
+            self.log.write({"type": "diagnostics", "step": self.state.step, "epoch": self.state.epoch, **health})
+            logger.info("training health after epoch %d:\n%s", self.state.epoch, diagnostics.format_report(health))
         if metrics["overall_iou"] > self.state.best_score:
             self.state.best_score = metrics["overall_iou"]
             path = self.ckpt.save_best(self.step_cell, self.state, self.cfg.seed, self.cfg.to_yaml())
             logger.info("new best val oIoU %.2f -> %s", metrics["overall_iou"], path)
         return metrics
 
-    def _check_finite(self, losses, finite: bool) -> None:
-        total, seg, aux = losses
-        if math.isfinite(total) and finite:
+    def _check_finite(self, losses: Dict[str, float], finite: bool) -> None:
+        if all(math.isfinite(v) for v in losses.values()) and finite:
             return
-        message = (f"non-finite loss at step {self.state.step + 1} (epoch {self.state.epoch}): total={total}, "
-                   f"seg={seg}, aux={aux}")
+        parts = ", ".join(f"{name}={value}" for name, value in losses.items())
+        message = f"non-finite loss at step {self.state.step + 1} (epoch {self.state.epoch}): {parts}"
         if self.cfg.train.loss_scale > 1.0:
             logger.warning("%s; loss scaling is on, so the update was skipped and the scale lowered", message)
             return
@@ -230,14 +255,14 @@ class Trainer:
         while self.state.step < self.total_updates and self.state.epoch < max_epochs:
             sampler.set_epoch(self.state.epoch)
             skip = self.state.batch_in_epoch
-            for batch_id, (image, input_ids, attention_mask, target, bad) in enumerate(
+            for batch_id, (image, input_ids, attention_mask, target, bad, *others) in enumerate(
                     self.train_data.create_tuple_iterator(num_epochs=1)):
                 if batch_id < skip:  # resumed mid-epoch: these batches were consumed before the stop
                     continue
                 self._count_bad_samples(bad.asnumpy())
                 update = (batch_id + 1) % accumulate == 0
-                total, seg, aux, finite = self.step_cell(image, input_ids, attention_mask, target, update)
-                losses = (float(total.asnumpy()), float(seg.asnumpy()), float(aux.asnumpy()))
+                *values, finite = self.step_cell(image, input_ids, attention_mask, target, *others, update=update)
+                losses = {name: float(v.asnumpy()) for name, v in zip(self.loss_names, values)}
                 self._check_finite(losses, bool(finite.asnumpy()))
                 self.state.batch_in_epoch = batch_id + 1
                 if not update:
@@ -248,15 +273,16 @@ class Trainer:
                     elapsed = time.time() - window_start
                     sec_per_step = elapsed / window_steps
                     record = {"type": "train", "step": self.state.step, "epoch": self.state.epoch,
-                              "loss": losses[0], "seg_loss": losses[1], "aux_loss": losses[2],
+                              **losses,
                               "bad_samples": self.state.bad_samples,
                               "lr": self.schedule.value(self.state.step - 1), "sec_per_step": sec_per_step,
                               "images_per_sec": global_batch / sec_per_step,
                               "eta_sec": sec_per_step * (self.total_updates - self.state.step)}
                     self.log.write(record)
-                    logger.info("step %d/%d epoch %d | loss %.4f (seg %.4f aux %.4f) | lr %.3g | %.2f s/step "
+                    parts = " ".join(f"{k.replace('_loss', '')} {v:.4f}" for k, v in losses.items() if k != "loss")
+                    logger.info("step %d/%d epoch %d | loss %.4f (%s) | lr %.3g | %.2f s/step "
                                 "%.1f img/s | ETA %s", self.state.step, self.total_updates, self.state.epoch,
-                                losses[0], losses[1], losses[2], record["lr"], sec_per_step,
+                                losses["loss"], parts, record["lr"], sec_per_step,
                                 record["images_per_sec"], _hms(record["eta_sec"]))
                     window_start, window_steps = time.time(), 0
                 if tc.save_every_steps and self.state.step % tc.save_every_steps == 0:

@@ -92,65 +92,101 @@ class CoupAlign(nn.Cell):
             self.head = SentencePixelHead(text_dim, mg.mask_dim)
 
     # ------------------------------------------------------------------------------------------
-    def encode(self, image, input_ids, attention_mask):
-        """Both encoders with WPA at each stage -> (S_o = 4 NCHW maps, word features L (B, T, D_text))."""
+    def encode(self, image, input_ids, attention_mask, trace=False):
+        """Both encoders with WPA at each stage -> (S_o = 4 NCHW maps, word features L (B, T, D_text)).
+
+        With ``trace=True`` (a Python constant; `src/engine/diagnostics.py` uses it eagerly) a third item
+        is returned: ``{"layer_words": words after every BERT layer, "stage_inputs": (V_i, L_i, h, w) fed
+        to each WPA}``.
+        """
         ext_mask = self.bert.extended_attention_mask(attention_mask)  # (B, 1, 1, T)
         words = self.bert.embed(input_ids)  # (B, T, D_text)
-        if not self.bidirectional:
-            words = self.bert.run_layers(words, ext_mask, 0, self.num_bert_layers)  # LAVT: all of BERT first
+        layer_words = ()
+        stage_inputs = ()
+        if not self.bidirectional:  # LAVT: all of BERT first
+            words, layer_words = self._run_bert(words, ext_mask, 0, self.num_bert_layers, trace, layer_words)
         tokens, height, width = self.swin.embed(image)  # (B, H/4 * W/4, C_0)
         features = ()
         for i in range(NUM_STAGES):
             tokens = self.swin.run_stage(i, tokens, height, width)  # V_i (B, HW, C_i)
             if self.bidirectional:
                 start, end = self.bert_groups[i]
-                words = self.bert.run_layers(words, ext_mask, start, end)  # L_i (B, T, D_text)
+                words, layer_words = self._run_bert(words, ext_mask, start, end, trace, layer_words)  # L_i
+            if trace:
+                stage_inputs = stage_inputs + ((tokens, words, height, width),)
             tokens, aligned, words = self.wpa[i](tokens, words, attention_mask)
             features = features + (self.swin.stage_output(i, aligned, height, width),)  # LN(F_i), NCHW
             tokens, height, width = self.swin.downsample(i, tokens, height, width)
+        if trace:
+            return features, words, {"layer_words": layer_words, "stage_inputs": stage_inputs}
         return features, words
 
-    def forward_heads(self, image, input_ids, attention_mask):
-        """-> (SMA logits per supervised stage (S, B, 1, h, w), P (B, D, h, w), target embedding a (B, D))."""
-        features, words = self.encode(image, input_ids, attention_mask)
+    def _run_bert(self, words, ext_mask, start, end, trace, layer_words):
+        if not trace:
+            return self.bert.run_layers(words, ext_mask, start, end), layer_words
+        for index in range(start, end):
+            words = self.bert.run_layers(words, ext_mask, index, index + 1)
+            layer_words = layer_words + (words,)
+        return words, layer_words
+
+    def decode(self, features, words, attention_mask):
+        """Sentence, pixel decoder and mask generator -> (L_g (B, D_text), P (B, D, h, w), Q per supervised
+        stage (S, B, N, D) or None without SMA). Shared by inference, training and the diagnostics."""
         sentence = pool_sentence(words, attention_mask, self.sentence_pool)  # L_g (B, D_text)
         pixel_embed, multi_scale = self.pixel_decoder(features)  # P (B, D, H/4, W/4)
         if not self.use_sma:
-            logits, _, target_embed = self.head(None, pixel_embed, sentence)
-            return logits.expand_dims(0), pixel_embed, target_embed
+            return sentence, pixel_embed, None
         mask_embeds = self.transformer_decoder(multi_scale, pixel_embed)  # (L+1, B, N, D)
         if not self.deep_supervision:
-            logits, _, target_embed = self.head(mask_embeds[-1], pixel_embed, sentence)
-            return logits.expand_dims(0), pixel_embed, target_embed
+            mask_embeds = mask_embeds[-1:]
+        return sentence, pixel_embed, mask_embeds
+
+    def forward_heads(self, image, input_ids, attention_mask):
+        """-> (SMA logits per supervised stage (S, B, 1, h, w), P (B, D, h, w), target embedding a (B, D)
+        of the final stage, mask embeddings Q (S, B, N, D), SMA scores (S, B, N)).
+
+        Without SMA there are no proposals: Q is the target embedding as a single "proposal"
+        (1, B, 1, D) and the scores are zeros (1, B, 1).
+        """
+        features, words = self.encode(image, input_ids, attention_mask)
+        sentence, pixel_embed, mask_embeds = self.decode(features, words, attention_mask)
+        if mask_embeds is None:
+            logits, _, target_embed, scores = self.head.forward_with_scores(None, pixel_embed, sentence)
+            return (logits.expand_dims(0), pixel_embed, target_embed, target_embed.expand_dims(0).expand_dims(2),
+                    scores.expand_dims(0))
         stage_logits = ()
+        stage_scores = ()
         target_embed = None
         for s in range(mask_embeds.shape[0]):
-            logits, _, target_embed = self.head(mask_embeds[s], pixel_embed, sentence)
+            logits, _, target_embed, scores = self.head.forward_with_scores(mask_embeds[s], pixel_embed, sentence)
             stage_logits = stage_logits + (logits,)
-        return ops.stack(stage_logits), pixel_embed, target_embed
+            stage_scores = stage_scores + (scores,)
+        return ops.stack(stage_logits), pixel_embed, target_embed, mask_embeds, ops.stack(stage_scores)
 
     def construct(self, image, input_ids, attention_mask):
         features, words = self.encode(image, input_ids, attention_mask)
-        sentence = pool_sentence(words, attention_mask, self.sentence_pool)
-        pixel_embed, multi_scale = self.pixel_decoder(features)
-        mask_embed = None
-        if self.use_sma:
-            mask_embed = self.transformer_decoder(multi_scale, pixel_embed)[-1]  # final stage only
+        sentence, pixel_embed, mask_embeds = self.decode(features, words, attention_mask)
+        mask_embed = None if mask_embeds is None else mask_embeds[-1]  # final stage only
         logits, _, _ = self.head(mask_embed, pixel_embed, sentence)  # (B, 1, H/4, W/4)
         return ops.interpolate(logits, size=(image.shape[2], image.shape[3]), mode="bilinear", align_corners=False)
 
 
 class CoupAlignWithLoss(nn.Cell):
-    """(image, input_ids, attention_mask, target (B, H, W)) -> (total, seg, aux) for the train step."""
+    """(image, input_ids, attention_mask, target (B, H, W)[, others (B, K, H, W)]) -> the criterion's losses
+    (a tuple named by ``loss_names``, the total first) for the train step."""
 
     def __init__(self, model: CoupAlign, criterion: CoupAlignCriterion):
         super().__init__(auto_prefix=False)
         self.model = model
         self.criterion = criterion
+        self.loss_names = criterion.loss_names
 
-    def construct(self, image, input_ids, attention_mask, target):
-        stage_logits, pixel_embed, target_embed = self.model.forward_heads(image, input_ids, attention_mask)
-        return self.criterion(stage_logits, target, pixel_embed, target_embed)
+    def construct(self, image, input_ids, attention_mask, target, *others):
+        stage_logits, pixel_embed, target_embed, mask_embeds, scores = self.model.forward_heads(
+            image, input_ids, attention_mask)
+        other_masks = others[0] if others else None
+        return self.criterion(stage_logits, target, pixel_embed, target_embed, None, None, mask_embeds, scores,
+                              other_masks)
 
 
 def build_criterion(loss: LossSection, deep_supervision: bool = True) -> CoupAlignCriterion:
@@ -158,4 +194,6 @@ def build_criterion(loss: LossSection, deep_supervision: bool = True) -> CoupAli
                               aux_weight=loss.aux_weight, aux_temperature=loss.aux_temperature,
                               aux_num_fg=loss.aux_num_fg, aux_num_bg=loss.aux_num_bg,
                               aux_hard_ratio=loss.aux_hard_ratio, deep_supervision=deep_supervision,
-                              use_aux=loss.aux_enabled)
+                              use_aux=loss.aux_enabled, proposal_loss=loss.proposal_loss,
+                              proposal_targets=loss.proposal_targets, proposal_weight=loss.proposal_weight,
+                              sma_ce_weight=loss.sma_ce_weight)

@@ -75,7 +75,9 @@ class SentenceMaskAlignment(nn.Cell):
         self.softmax = nn.Softmax(axis=-1)
         self.sigmoid = nn.Sigmoid()
 
-    def construct(self, mask_embed, pixel_embed, sentence):
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence):
+        """``construct``'s outputs plus the pre-normalisation scores ``Q g / sqrt(D)`` ``(B, N)``, which the
+        proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal)."""
         # mask_embed: (B, N, D); pixel_embed: (B, D, h, w); sentence: (B, D_text)
         query = self.sentence_proj(sentence)  # (B, D), g
         scores = ops.bmm(mask_embed, query.expand_dims(-1)).squeeze(-1) * self.scale  # (B, N)
@@ -85,6 +87,10 @@ class SentenceMaskAlignment(nn.Cell):
             weights = self.sigmoid(scores)
         target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D), a
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w), M
+        return logits, weights, target_embed, scores
+
+    def construct(self, mask_embed, pixel_embed, sentence):
+        logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence)
         return logits, weights, target_embed
 
 
@@ -99,9 +105,14 @@ class SentencePixelHead(nn.Cell):
         super().__init__()
         self.sentence_proj = nn.Dense(text_dim, mask_dim)
 
-    def construct(self, mask_embed, pixel_embed, sentence):
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence):
+        """The same interface as SMA's; the one "proposal" is the target embedding, its score 0."""
         # mask_embed is accepted for interface parity and ignored.
         target_embed = self.sentence_proj(sentence)  # (B, D)
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w)
         weights = ops.zeros((sentence.shape[0], 1), ms.float32)  # placeholder
+        return logits, weights, target_embed, weights
+
+    def construct(self, mask_embed, pixel_embed, sentence):
+        logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence)
         return logits, weights, target_embed

@@ -91,7 +91,8 @@ class ImageLanguageAttention(nn.Cell):
         self.W = nn.SequentialCell([nn.Dense(dim, dim), InstanceNormOverPixels()])  # pylint: disable=invalid-name
         self.softmax = nn.Softmax(axis=-1)
 
-    def construct(self, vis, lang, lang_mask):
+    def attention(self, vis, lang, lang_mask):
+        """-> (A (B, HW, T) pixel-to-word attention, values (B, T, C)); the diagnostics read A v."""
         # vis: (B, HW, C); lang: (B, T, D_text); lang_mask: (B, T) float
         word_mask = lang_mask.expand_dims(-1)  # (B, T, 1)
         query = self.f_query(vis)  # (B, HW, C)
@@ -100,6 +101,10 @@ class ImageLanguageAttention(nn.Cell):
         logits = ops.bmm(query, key.transpose(0, 2, 1)) * self.scale  # (B, HW, T)
         logits = logits + ((lang_mask - 1.0) * _MASK_BIAS).expand_dims(1)  # padded words -> -1e4
         attn = self.softmax(logits)  # (B, HW, T), sums to 1 over words
+        return attn, value
+
+    def construct(self, vis, lang, lang_mask):
+        attn, value = self.attention(vis, lang, lang_mask)
         gathered = ops.bmm(attn, value)  # (B, HW, C)
         return self.W(gathered)  # (B, HW, C)
 
@@ -159,11 +164,14 @@ class WordPixelAttention(nn.Cell):
     ::
 
         H  = dense(MultiHead(query(L), key(V), value(V)))   # queries are words, keys/values pixels
-        L' = LayerNorm(L + alpha * H) * m                   # alpha: (D_text,), zero at init
+        L' = L + alpha * LayerNorm(H) * m                   # alpha: (D_text,), zero at init
 
+    The LayerNorm normalises the update, not the residual stream: with ``alpha = 0`` the words pass
+    through bit for bit, so the interleaved encoder is exactly the pretrained BERT at step 0. (A first
+    version computed ``LN(L + alpha * H)``; MiniLM's last LayerNorm has gamma ~0.65, so that
+    re-normalisation rescaled the words fed to the next BERT group ~2.3x at initialisation.)
     The key and value projections map the ``C`` visual channels to ``D_text``; ``num_heads`` must divide
-    ``D_text``. LayerNorm uses eps 1e-12, BERT's value, because ``L'`` feeds the next BERT layer group
-    (MindSpore's default 1e-7 would silently differ). Padded words come out as exact zeros.
+    ``D_text``. The LayerNorm uses eps 1e-12, BERT's value. Padded words receive no update.
 
     Inputs:
         vis ``(B, HW, C)``, lang ``(B, T, D_text)``, lang_mask ``(B, T)``.
@@ -217,9 +225,8 @@ class WordPixelAttention(nn.Cell):
         context = ops.matmul(pooled.reshape(batch, heads, num_words, channels), value_weight)  # (B, h, T, d)
         context = context + attn.sum(axis=-1, keepdims=True) * self.value.bias.reshape(heads, 1, head_dim)
         context = context.transpose(0, 2, 1, 3).reshape(batch, num_words, text_dim)  # (B, T, D_text)
-        update = self.dense(context)  # (B, T, D_text), the H term
-        lang_out = self.layer_norm(lang + self.alpha * update)  # (B, T, D_text)
-        return lang_out * lang_mask.expand_dims(-1)
+        update = self.layer_norm(self.dense(context))  # (B, T, D_text), LN(H)
+        return lang + self.alpha * update * lang_mask.expand_dims(-1)  # (B, T, D_text), L'
 
 
 class WordPixelAlignment(nn.Cell):

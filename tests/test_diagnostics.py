@@ -1,0 +1,112 @@
+"""Training-health diagnostics: they flag deliberately collapsed models and pass healthy ones."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from src.engine import diagnostics
+from src.models.coupalign import CoupAlign, build_criterion
+from test_coupalign import IMAGE, TOKENS, VOCAB, tiny_config
+
+PAIRS = 4
+
+
+def _probe(seed=0):
+    """PAIRS images, each shown twice with two different random sentences and two target boxes."""
+    rng = np.random.default_rng(seed)
+    images = rng.standard_normal((PAIRS, 3, IMAGE, IMAGE)).astype(np.float32).repeat(2, axis=0)
+    ids = rng.integers(1, VOCAB, (2 * PAIRS, TOKENS)).astype(np.int32)
+    mask = np.ones((2 * PAIRS, TOKENS), np.int32)
+    mask[1::2, 6:] = 0
+    ids[mask == 0] = 0
+    target = np.zeros((2 * PAIRS, IMAGE, IMAGE), np.float32)
+    target[0::2, 4:30, 4:30] = 1
+    target[1::2, 34:60, 30:62] = 1
+    return diagnostics.ProbeSet(images, ids, mask, target, np.arange(PAIRS).repeat(2))
+
+
+class _DistinctProposals(nn.Cell):
+    """A mask generator that is healthy by construction: N fixed, well-separated query vectors plus an
+    image-dependent shift, the same tensor layout as MaskedTransformerDecoder's output."""
+
+    def __init__(self, num_queries, dim, stages):
+        super().__init__()
+        rng = np.random.default_rng(5)
+        self.queries = Parameter(Tensor(3.0 * rng.standard_normal((num_queries, dim)).astype(np.float32)), name="q")
+        self.stages = stages
+
+    def construct(self, multi_scale, pixel_embed):
+        shift = pixel_embed.mean(axis=(2, 3)).expand_dims(1)  # (B, 1, D)
+        embeds = self.queries.expand_dims(0) + shift  # (B, N, D)
+        return ops.stack([embeds] * self.stages)
+
+
+@pytest.fixture(scope="module")
+def probe():
+    return _probe()
+
+
+def _sma_text_wpa_warnings(metrics):
+    return [k for k in diagnostics.collapsed_parts(metrics) if k != "aux_chance_ratio"]
+
+
+def test_healthy_model_passes(probe):
+    ms.set_seed(0)
+    cfg = tiny_config()
+    net = CoupAlign(cfg.model)
+    net.transformer_decoder = _DistinctProposals(8, 32, cfg.model.mask_generator.decoder_layers + 1)
+    proj = net.head.sentence_proj.weight
+    proj.set_data(proj * 40.0)  # decisive weights that depend on the sentence
+    metrics = diagnostics.collect(net, probe, build_criterion(cfg.loss))
+    assert set(metrics) >= {"sma_entropy", "mask_embed_cosine", "target_embed_cross_cosine", "top_proposal_changes",
+                            "sentence_cross_cosine", "aux_chance_ratio"}
+    assert sum(k.startswith("token_self_similarity_") for k in metrics) == 4  # one per BERT layer
+    assert sum(k.startswith("wpa_lang_spread_") for k in metrics) == 4  # one per stage
+    assert not _sma_text_wpa_warnings(metrics), diagnostics.format_report(metrics)
+    assert metrics["sma_entropy"] < 0.5 and metrics["top_proposal_changes"] >= 0.5
+
+
+def test_collapsed_model_is_flagged_by_part(probe):
+    ms.set_seed(0)
+    net = CoupAlign(tiny_config().model)
+    decoder = net.transformer_decoder
+    for table in (decoder.query_feat, decoder.query_embed):  # identical queries
+        first = table.asnumpy()[:1]
+        table.set_data(Tensor(np.repeat(first, table.shape[0], axis=0)))
+    out_norm = net.bert.encoder.layer[-1].output.LayerNorm  # every token -> the same vector
+    out_norm.weight.set_data(ops.zeros_like(out_norm.weight))
+    out_norm.bias.set_data(Tensor(np.linspace(-1, 1, out_norm.bias.shape[0]).astype(np.float32)))
+    metrics = diagnostics.collect(net, probe)
+    flagged = diagnostics.collapsed_parts(metrics)
+    assert "mask_embed_cosine" in flagged and "sma_entropy" in flagged
+    assert "top_proposal_changes" in flagged  # uniform weights: argmax never follows the sentence
+    assert "token_self_similarity_3" in flagged and "sentence_cross_cosine" in flagged
+    assert "wpa_lang_spread_3" in flagged  # identical words: the last stage's pixels cannot tell them apart
+    assert "token_self_similarity_0" not in flagged  # the earlier layers are not blamed
+    report = diagnostics.format_report(metrics)
+    assert "WARNING mask generator: the proposals are identical" in report
+    assert "WARNING text encoder: the tokens of a sentence have merged" in report
+
+
+def test_flat_word_attention_is_flagged(probe):
+    ms.set_seed(0)
+    net = CoupAlign(tiny_config().model)
+    for stage in net.wpa:  # zero query projection: every pixel gets the same (uniform) word attention
+        query = stage.pixel_word_attn.image_lang_att.f_query[0]
+        query.weight.set_data(ops.zeros_like(query.weight))
+        query.bias.set_data(ops.zeros_like(query.bias))
+    metrics = diagnostics.collect(net, probe)
+    assert all(metrics[f"wpa_lang_spread_{i}"] < 1e-4 for i in range(4))
+    assert {f"wpa_lang_spread_{i}" for i in range(4)} <= set(diagnostics.collapsed_parts(metrics))
+
+
+def test_aux_chance_ratio_is_one_at_chance_and_small_when_separated(probe):
+    crit = build_criterion(tiny_config().loss)
+    target = Tensor(probe.target[:2])
+    anchor = np.ones((2, 32), np.float32)
+    constant = Tensor(np.ones((2, 32, 16, 16), np.float32))
+    assert diagnostics._aux_chance_ratio(crit, constant, Tensor(anchor), target) == pytest.approx(1.0, rel=1e-5)
+    fg = diagnostics.stride4_labels(target, 16, 16).asnumpy()[:, None]  # (2, 1, 16, 16)
+    separated = Tensor((np.where(fg > 0, 1.0, -1.0) * np.ones((2, 32, 16, 16))).astype(np.float32))
+    assert diagnostics._aux_chance_ratio(crit, separated, Tensor(anchor), target) < 0.01

@@ -1,0 +1,70 @@
+"""Training-health diagnostics of a checkpoint: is every alignment of CoupAlign doing its job?
+
+    python tools/diagnose.py --config_path C --checkpoint_path CK [--data_root D] [--split val]
+        [--pairs 32] [--output diagnostics.json]
+
+Prints every diagnostic of src/engine/diagnostics.py (SMA weight entropy, proposal similarity, whether
+the chosen proposal follows the sentence, text-encoder token similarity per layer, WPA language-term
+spread per stage, auxiliary loss against chance) and one WARNING line per collapsed part. Forward
+passes only. Exit code 0 either way; the JSON (--output) holds the values and the warnings.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from src.utils.runtime import apply_cpu_env_defaults  # noqa: E402
+
+apply_cpu_env_defaults()  # before MindSpore is imported
+
+
+def main(argv=None) -> int:
+    from src.config import ConfigError, load_config
+    from src.data.refer import ReferDataset
+    from src.engine import diagnostics
+    from src.engine.checkpoint import load_model_weights
+    from src.engine.trainer import build_tokenizer
+    from src.models import create_model
+    from src.models.coupalign import build_criterion
+    from src.utils.runtime import setup_context
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    options = {"pairs": "32", "output": "", "split": "val"}
+    rest = []
+    i = 0
+    while i < len(args):  # the tool's own options; everything else is a config key
+        key, _, value = args[i][2:].partition("=")
+        if args[i].startswith("--") and key in options:
+            if not value:
+                i += 1
+                if i >= len(args):
+                    raise ConfigError(f"option '--{key}' has no value")
+                value = args[i]
+            options[key] = value
+        else:
+            rest.append(args[i])
+        i += 1
+    cfg = load_config("default_config.yaml", rest)
+    if not cfg.checkpoint_path:
+        raise ConfigError("tools/diagnose.py needs --checkpoint_path=<a train.py checkpoint>")
+    setup_context(cfg)
+    refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, options["split"])
+    probe = diagnostics.ProbeSet.from_refer(refer, build_tokenizer(cfg), cfg.model.image_size, int(options["pairs"]))
+    model = create_model(cfg, load_pretrained=False)
+    load_model_weights(model, cfg.checkpoint_path)
+    metrics = diagnostics.collect(model, probe, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
+    print(f"diagnostics of {cfg.checkpoint_path} on {len(probe) // 2} same-image pairs of {refer!r}")
+    print(diagnostics.format_report(metrics))
+    if options["output"]:
+        with open(options["output"], "w", encoding="utf-8") as f:
+            json.dump({"checkpoint": cfg.checkpoint_path, "metrics": metrics,
+                       "warnings": diagnostics.warnings_for(metrics)}, f, indent=2)
+        print(f"wrote {options['output']}")
+    return 0
+
+
+if __name__ == "__main__":
+    from src.utils.cli import run_main
+
+    run_main(main)
