@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------
-# Schema. Defaults are the paper configuration (shared/design/method.md); default_config.yaml
+# Schema. Defaults are the paper configuration (docs/method.md); default_config.yaml
 # spells the same values out so users see them in one file.
 # ----------------------------------------------------------------------------------------------
 @dataclass
@@ -123,16 +123,19 @@ class LossSection:
     aux_num_fg: int = 256
     aux_num_bg: int = 1024
     aux_hard_ratio: float = 0.5
-    # The proposals' own signal (src/models/criterion.py; README "Design decisions"): none | weighted | matched.
-    # With "none" only the SMA-weighted sum is supervised, which collapses (identical proposals,
-    # uniform weights). "matched" matches proposals one-to-one to objects and puts a cross-entropy
-    # on the SMA scores toward the referent's proposal.
-    proposal_loss: str = "none"
+    # The proposals' own signal (src/models/criterion.py; README "Design decisions", measured there):
+    # none | weighted | matched. With "none" only the SMA-weighted sum is supervised, which collapses
+    # (identical proposals, uniform weights). "matched" matches proposals one-to-one to objects and
+    # puts a cross-entropy on the SMA scores toward the referent's proposal. Without SMA
+    # (model.sma.enabled=false) there are no proposals and this is not used.
+    proposal_loss: str = "matched"
     # matched only: "referent" (the best proposal) | "all_objects" (every annotated object of the
     # image; needs data.max_other_objects > 0).
-    proposal_targets: str = "referent"
+    proposal_targets: str = "all_objects"
     proposal_weight: float = 1.0
     sma_ce_weight: float = 1.0
+    # matched only: weight of -log(SMA weight) in the referent's matching cost (DETR's class cost).
+    match_score_weight: float = 0.0
 
 
 @dataclass
@@ -148,8 +151,9 @@ class DataSection:
     # run, a broken data_root should stop it early. 0 = the first bad sample aborts.
     max_bad_samples: int = 100
     # Training loads the masks of up to this many other annotated objects of each image (largest
-    # first) for loss.proposal_targets=all_objects; 0 = none. 1 + this must not exceed num_queries.
-    max_other_objects: int = 0
+    # first) for loss.proposal_targets=all_objects. null = min(num_queries - 1, 15); 1 + this must not
+    # exceed num_queries. Static shapes: every batch carries this many (zero-padded) masks.
+    max_other_objects: Optional[int] = None
 
 
 @dataclass
@@ -407,8 +411,9 @@ def parse_overrides(argv: Sequence[str], aliases: Optional[Dict[str, str]] = Non
         if key == "config_path":
             config_path = text
             continue
-        key = (aliases or {}).get(key, key)
-        overrides[resolve_key(key)] = parse_value(text)
+        key = resolve_key((aliases or {}).get(key, key))
+        # A key of type str takes the text as written ("none" is a choice of loss.proposal_loss, not null).
+        overrides[key] = text if all_keys().get(key) is str else parse_value(text)
     return config_path, overrides
 
 
@@ -422,8 +427,7 @@ def _check_choices(cfg: Config) -> None:
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected a positive integer")
     for key in ("data.max_bad_samples", "data.num_workers", "train.warmup_steps", "train.max_steps",
-                "train.diagnostics_pairs",
-                "data.max_other_objects"):
+                "train.diagnostics_pairs"):
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected an integer >= 0")
     if flat["model.mask_generator.recompute_sampling"] and flat["model.mask_generator.pixel_decoder"] != "msdeform":
@@ -433,12 +437,14 @@ def _check_choices(cfg: Config) -> None:
 
 
     proposal_loss = flat["loss.proposal_loss"]
-    if proposal_loss != "none" and not flat["model.sma.enabled"]:
-        raise ConfigError(f"config key 'loss.proposal_loss' = {proposal_loss!r} needs model.sma.enabled = true "
-                          "(without SMA there are no proposals); set loss.proposal_loss=none")
-    if proposal_loss == "matched" and flat["loss.proposal_targets"] == "all_objects":
+    if proposal_loss == "matched" and flat["loss.proposal_targets"] == "all_objects" and flat["model.sma.enabled"]:
         others, queries = flat["data.max_other_objects"], flat["model.mask_generator.num_queries"]
-        if others < 1:
+        if others is None:
+            others = min(queries - 1, 15)
+            if others < 1:
+                raise ConfigError("config key 'loss.proposal_targets' = 'all_objects' needs 2 or more proposals "
+                                  f"(model.mask_generator.num_queries = {queries})")
+        elif others < 1:
             raise ConfigError("config key 'loss.proposal_targets' = 'all_objects' needs data.max_other_objects >= 1 "
                               "(the other objects' masks); set it, or loss.proposal_targets=referent")
         if 1 + others > queries:
@@ -505,8 +511,9 @@ def load_config(path: Optional[str] = None, argv: Sequence[str] = (),
 def num_other_objects(cfg: Config) -> int:
     """How many other objects' masks a training batch carries (column ``others``): data.max_other_objects
     when the loss matches proposals to all objects, else 0."""
-    if cfg.loss.proposal_loss == "matched" and cfg.loss.proposal_targets == "all_objects":
-        return cfg.data.max_other_objects
+    if cfg.model.sma.enabled and cfg.loss.proposal_loss == "matched" and cfg.loss.proposal_targets == "all_objects":
+        others = cfg.data.max_other_objects
+        return min(cfg.model.mask_generator.num_queries - 1, 15) if others is None else others
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Referring-segmentation metrics (LAVT protocol, shared/design/method.md "Metrics").
+"""Referring-segmentation metrics (LAVT protocol, docs/method.md "Metrics").
 
 One sample = one (object, sentence) pair. Per sample I = |pred AND gt|, U = |pred OR gt|,
 IoU = I / U, and IoU = 0 when U = 0 (an empty prediction of an empty target scores 0, literally

@@ -48,6 +48,15 @@ def make_batch(seed=0, batch=2):
     return image, ids, mask, target
 
 
+def make_train_batch(seed=0, batch=2, other_objects=3):
+    """`make_batch` plus the masks of the other objects of each image (the `others` column)."""
+    others = np.zeros((batch, other_objects, IMAGE, IMAGE), np.uint8)
+    others[0, 0, 44:60, 40:60] = 1
+    others[1, 0, 2:20, 2:24] = 1
+    others[1, 1, 40:50, 0:10] = 1
+    return make_batch(seed, batch) + (others,)
+
+
 @pytest.fixture(scope="module")
 def model():
     ms.set_seed(0)
@@ -161,7 +170,7 @@ def train_setup():
 
 
 # Parameters with no gradient in the very first step, by design of their initialisation:
-# - alpha = 0 (method.md): the word-to-pixel attention branch is cut off until alpha moves;
+# - alpha = 0 (docs/method.md): the word-to-pixel attention branch is cut off until alpha moves;
 # - Deformable-DETR init (zero sampling-offset and attention-weight projections): the encoder's
 #   queries, and so the level embedding added to them, do not influence the output at step 0.
 ZERO_GRAD_AT_INIT = ("word_pixel_attn.query.", "word_pixel_attn.key.", "word_pixel_attn.value.",
@@ -176,7 +185,7 @@ UNUSED = ("wpa.3.pixel_word_attn.res_gate.", "word_pixel_attn.key.bias")
 def test_gradients_reach_every_parameter(train_setup):
     with_loss, step = train_setup
     params = with_loss.trainable_params()
-    batch = [Tensor(a) for a in make_batch()]
+    batch = [Tensor(a) for a in make_train_batch()]
     before = [p.asnumpy().copy() for p in params]
     step(*batch)
     after_one = [p.asnumpy().copy() for p in params]
@@ -192,7 +201,7 @@ def test_gradients_reach_every_parameter(train_setup):
 
 def test_overfits_one_batch_in_graph_mode(train_setup):
     _, step = train_setup
-    batch = [Tensor(a) for a in make_batch(seed=3)]
+    batch = [Tensor(a) for a in make_train_batch(seed=3)]
     losses = [float(step(*batch)[0].asnumpy()) for _ in range(40)]
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.35 * losses[0], losses

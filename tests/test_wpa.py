@@ -1,4 +1,4 @@
-"""Word-Pixel Alignment against straightforward NumPy (float64) re-computations of method.md's equations."""
+"""Word-Pixel Alignment against straightforward NumPy (float64) re-computations of docs/method.md's equations."""
 import math
 
 import numpy as np

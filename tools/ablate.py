@@ -72,7 +72,7 @@ def _fmt(value) -> str:
 def _row_overrides(row: str, cfg) -> Dict[str, object]:
     overrides = dict(ROWS[row])
     queries = overrides.get("model.mask_generator.num_queries")
-    if queries is not None:  # room to match every object one-to-one
+    if queries is not None and cfg.data.max_other_objects is not None:  # room to match every object one-to-one
         overrides["data.max_other_objects"] = min(cfg.data.max_other_objects, int(queries) - 1)
     return overrides
 
@@ -204,6 +204,7 @@ def parse_args(argv=None):
     parser.add_argument("--rows", default=DEFAULT_ROWS)
     parser.add_argument("--out", default="")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every row")
+    parser.add_argument("--table_only", action="store_true", help="rewrite the table from finished runs only")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     args.rows = [r for r in args.rows.split(",") if r]
@@ -233,13 +234,17 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     machine = _machine()
     results: Dict[str, List[Dict]] = {row: [] for row in args.rows}
-    for row in args.rows:
-        queries = ROWS[row].get("model.mask_generator.num_queries")
-        source = "coupalign" if queries == cfg.model.mask_generator.num_queries else row
-        for seed in args.seeds:
-            print(f"[ablate] {row} seed {seed}" + (f" (= coupalign)" if source != row else ""), flush=True)
+    for seed in args.seeds:  # every row once before the second seed: a stopped table is still a table
+        for row in args.rows:
+            queries = ROWS[row].get("model.mask_generator.num_queries")
+            source = "coupalign" if queries == cfg.model.mask_generator.num_queries else row
+            done = os.path.join(args.out, source, f"seed{seed}", "result.json")
+            if args.table_only and not os.path.isfile(done):
+                continue
+            print(f"[ablate] {row} seed {seed}" + (" (= coupalign)" if source != row else ""), flush=True)
             results[row].append(run_one(args, source, seed, cfg, keys))
             print(write_table(args, results, machine), flush=True)
+    print(write_table(args, results, machine))
     return 0
 
 

@@ -592,7 +592,8 @@ def build_train_step(cfg: Config, model, optimizer: str = "adamw"):
     tc = cfg.train
     if tc.amp_level != "O0":
         model = ms.amp.auto_mixed_precision(model, tc.amp_level)
-    net_with_loss = CoupAlignWithLoss(model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
+    net_with_loss = CoupAlignWithLoss(model, build_criterion(
+            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled))
     net_with_loss.set_train(True)
     groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
                           lr_scales={"bert.": tc.text_encoder_lr_scale})

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
     probe = diagnostics.ProbeSet.from_refer(refer, build_tokenizer(cfg), cfg.model.image_size, int(options["pairs"]))
     model = create_model(cfg, load_pretrained=False)
     load_model_weights(model, cfg.checkpoint_path)
-    metrics = diagnostics.collect(model, probe, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
+    metrics = diagnostics.collect(model, probe, build_criterion(
+            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled))
     print(f"diagnostics of {cfg.checkpoint_path} on {len(probe) // 2} same-image pairs of {refer!r}")
     print(diagnostics.format_report(metrics))
     if options["output"]:

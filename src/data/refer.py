@@ -1,6 +1,6 @@
 """Reader of the refer format used by RefCOCO, RefCOCO+ and RefCOCOg (and by our synthetic data).
 
-On-disk layout (shared/design/method.md, "Data: the refer format")::
+On-disk layout (docs/method.md, "Data: the refer format")::
 
     <data_root>/images/train2014/COCO_train2014_<12-digit image id>.jpg
     <data_root>/<dataset>/instances.json          COCO-style images / annotations / categories
@@ -43,7 +43,7 @@ from pycocotools import mask as mask_utils
 
 logger = logging.getLogger(__name__)
 
-# dataset -> split_by -> splits. method.md lists "google: train, val"; that is RefCOCOg's google
+# dataset -> split_by -> splits. docs/method.md lists "google: train, val"; that is RefCOCOg's google
 # split. RefCOCO's google split file also holds a "test" split (TFDS: refcoco_google train/val/test),
 # so it is accepted here; a split that turns out to hold no refs raises a ValueError listing the
 # splits the file does hold.

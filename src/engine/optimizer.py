@@ -155,7 +155,7 @@ class PolyLR(LearningRateSchedule):
         return lr
 
 
-# Parameters exempt from weight decay (method.md / LAVT): norms, biases, position tables,
+# Parameters exempt from weight decay (docs/method.md / LAVT): norms, biases, position tables,
 # relative-position tables. Every 1-D parameter is a norm scale/shift, a bias or a per-channel
 # scale, so the rule is "1-D, or a named position table".
 NO_DECAY_NAME_PARTS = ("relative_position_bias_table", "position_embeddings", "token_type_embeddings",

@@ -38,6 +38,19 @@ def _zero_buf(buf):
     return True
 
 
+class _ScaledLoss(nn.Cell):
+    """`net_with_loss` with its total multiplied by the loss scale (the parts unchanged)."""
+
+    def __init__(self, net_with_loss: nn.Cell, scaler):
+        super().__init__(auto_prefix=False)
+        self.net_with_loss = net_with_loss
+        self.scaler = scaler
+
+    def construct(self, *inputs):
+        losses = self.net_with_loss(*inputs)
+        return (self.scaler.scale(losses[0]),) + losses[1:]
+
+
 class TrainStep(nn.Cell):
     """`net_with_loss(*inputs) -> (total, *parts)` (any number of inputs and named loss parts; the
     first output is the one differentiated); `step(*inputs, update=True)` returns
@@ -61,6 +74,9 @@ class TrainStep(nn.Cell):
         self.grad_clip_norm = float(grad_clip_norm)
         self.use_loss_scale = loss_scale > 1.0
         self.scaler = ms.amp.DynamicLossScaler(loss_scale, 2, 1000) if self.use_loss_scale else None
+        if self.use_loss_scale:
+            self.scaled_grad_fn = ms.value_and_grad(_ScaledLoss(net_with_loss, self.scaler), None, self.weights,
+                                                    has_aux=True)
         self.accumulate_steps = int(accumulate_steps)
         if self.accumulate_steps > 1:
             self.accum_grads = self.weights.clone(prefix="accum_grad", init="zeros")
@@ -86,11 +102,7 @@ class TrainStep(nn.Cell):
         return losses + (finite,)
 
     def _scaled_grads(self, *inputs):
-        def scaled_loss(*args):
-            losses = self.net_with_loss(*args)
-            return (self.scaler.scale(losses[0]),) + losses[1:]
-
-        losses, grads = ms.value_and_grad(scaled_loss, None, self.weights, has_aux=True)(*inputs)
+        losses, grads = self.scaled_grad_fn(*inputs)
         grads = self.scaler.unscale(grads)
         return (self.scaler.unscale(losses[0]),) + losses[1:], grads
 

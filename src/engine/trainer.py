@@ -144,7 +144,8 @@ class Trainer:
             # Mixed precision for Ascend/GPU (fp16 compute); pair it with train.loss_scale > 1.
             # Not measurable on the CPU this project is tested on.
             self.model = ms.amp.auto_mixed_precision(self.model, tc.amp_level)
-        self.net_with_loss = CoupAlignWithLoss(self.model, build_criterion(cfg.loss, cfg.model.sma.deep_supervision))
+        self.net_with_loss = CoupAlignWithLoss(self.model, build_criterion(
+            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled))
         self.net_with_loss.set_train(True)
         self.loss_names = self.net_with_loss.loss_names
         self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)

@@ -1,5 +1,5 @@
 """CoupAlign: Swin + BERT with word-pixel alignment at every stage, a mask generator, and
-sentence-mask alignment (shared/design/method.md, "Data flow").
+sentence-mask alignment (docs/method.md, "Data flow").
 
     image (B,3,H,W) --Swin stage i--> V_i --WPA_i--> V_i' (next stage), F_i (aligned, to S_o)
     ids (B,T)       --BERT group i--> L_i --WPA_i--> L_i' (next group)            [bidirectional]
@@ -64,7 +64,7 @@ class CoupAlign(nn.Cell):
                               f"({bert_config.max_position_embeddings})")
         self.bert = BertModel(bert_config)
         text_dim = bert_config.hidden_size
-        # The 12 BERT layers run as 4 groups, one before each WPA (method.md [choice]).
+        # The 12 BERT layers run as 4 groups, one before each WPA (docs/method.md [choice]).
         self.bert_groups = self.bert.layer_groups(NUM_STAGES)
         self.num_bert_layers = bert_config.num_hidden_layers
 
@@ -189,11 +189,12 @@ class CoupAlignWithLoss(nn.Cell):
                               other_masks)
 
 
-def build_criterion(loss: LossSection, deep_supervision: bool = True) -> CoupAlignCriterion:
+def build_criterion(loss: LossSection, deep_supervision: bool = True, use_sma: bool = True) -> CoupAlignCriterion:
+    """The criterion of `loss`; without SMA (the "no SMA" ablation) there are no proposals to supervise."""
     return CoupAlignCriterion(ce_weights=(loss.ce_weight_bg, loss.ce_weight_fg), dice_weight=loss.dice_weight,
                               aux_weight=loss.aux_weight, aux_temperature=loss.aux_temperature,
                               aux_num_fg=loss.aux_num_fg, aux_num_bg=loss.aux_num_bg,
                               aux_hard_ratio=loss.aux_hard_ratio, deep_supervision=deep_supervision,
-                              use_aux=loss.aux_enabled, proposal_loss=loss.proposal_loss,
+                              use_aux=loss.aux_enabled, proposal_loss=loss.proposal_loss if use_sma else "none",
                               proposal_targets=loss.proposal_targets, proposal_weight=loss.proposal_weight,
-                              sma_ce_weight=loss.sma_ce_weight)
+                              sma_ce_weight=loss.sma_ce_weight, match_score_weight=loss.match_score_weight)

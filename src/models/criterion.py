@@ -1,5 +1,5 @@
 """CoupAlign training loss: weighted cross-entropy + Dice on the SMA logits, and the auxiliary
-foreground/background pixel contrast (method.md, "Losses").
+foreground/background pixel contrast (docs/method.md, "Losses").
 
 ``total = seg_loss + aux_weight * aux_loss + proposal_loss``, where
 
@@ -306,7 +306,7 @@ class AuxPixelSampler(nn.Cell):
 class CoupAlignCriterion(nn.Cell):
     """Segmentation loss (CE + Dice, optionally deeply supervised) plus the auxiliary pixel contrast.
 
-    Args (all config keys, defaults from method.md):
+    Args (all config keys, defaults from docs/method.md):
         ce_weights: (background, foreground) class weights of the cross-entropy (LAVT: 0.9, 1.1).
         dice_weight: weight of the Dice term (0 disables it).
         aux_weight: weight of the auxiliary contrast in the total.
@@ -320,6 +320,9 @@ class CoupAlignCriterion(nn.Cell):
         proposal_targets: ``referent`` | ``all_objects`` (``matched`` only; the latter needs ``others``).
         proposal_weight: weight of the proposals' own CE+Dice in the total.
         sma_ce_weight: weight of the cross-entropy on the SMA scores (``matched`` only).
+        match_score_weight: ``matched`` only: the referent's matching cost adds this times
+            ``-log softmax(SMA scores)`` (DETR's class cost), so the referent goes to a proposal SMA already
+            prefers when masks fit about equally; 0 = masks alone decide.
 
     Inputs:
         logits_per_layer: ``(S, B, 1, h, w)`` SMA logits at stride 4, one per supervised decoder stage
@@ -357,6 +360,7 @@ class CoupAlignCriterion(nn.Cell):
         proposal_targets="referent",
         proposal_weight=1.0,
         sma_ce_weight=1.0,
+        match_score_weight=0.0,
     ):
         super().__init__()
         if proposal_loss not in PROPOSAL_LOSSES:
@@ -367,6 +371,7 @@ class CoupAlignCriterion(nn.Cell):
         self.all_objects = proposal_targets == "all_objects"
         self.proposal_weight = float(proposal_weight)
         self.sma_ce_weight = float(sma_ce_weight)
+        self.match_score_weight = float(match_score_weight)
         self.bg_weight = float(ce_weights[0])
         self.fg_weight = float(ce_weights[1])
         self.dice_weight = float(dice_weight)
@@ -418,6 +423,9 @@ class CoupAlignCriterion(nn.Cell):
         """
         batch, _, height, width = pixel_embed.shape
         objects = target.expand_dims(1)  # (B, 1, H, W): the referent is object 0
+        if self.all_objects and others is None:
+            raise ValueError("loss.proposal_targets=all_objects needs the other objects' masks (the 'others' input, "
+                             "data.max_other_objects); the batch has none")
         if self.all_objects:
             objects = ops.concat((objects, others.astype(ms.float32)), axis=1)  # (B, 1 + K, H, W)
         soft = area_downsample(objects, height, width)  # (B, K', h, w) in [0, 1]
@@ -431,10 +439,14 @@ class CoupAlignCriterion(nn.Cell):
                 total = total + (weights * own).sum(axis=1).mean()
                 continue
             pair = pairwise_mask_losses(logits, soft)  # (B, N, K')
-            assign = greedy_match(pair, valid)  # (B, N, K')
+            log_prob = ops.log_softmax(sma_scores[s], axis=-1)  # (B, N)
+            cost = pair
+            if self.match_score_weight != 0.0:  # DETR's class cost: the referent prefers the proposal SMA likes
+                referent_cost = pair[:, :, :1] - self.match_score_weight * log_prob.expand_dims(2)  # (B, N, 1)
+                cost = ops.concat((referent_cost, pair[:, :, 1:]), axis=2)
+            assign = greedy_match(cost, valid)  # (B, N, K')
             mask_term = (assign * pair).sum() / ops.maximum(assign.sum(), 1.0)
             chosen = assign[:, :, 0]  # (B, N) one-hot: the proposal matched to the referent
-            log_prob = ops.log_softmax(sma_scores[s], axis=-1)  # (B, N)
             has_referent = chosen.sum(axis=1)  # (B,)
             ce = -(chosen * log_prob).sum() / ops.maximum(has_referent.sum(), 1.0)
             total = total + self.proposal_weight * mask_term + self.sma_ce_weight * ce

@@ -1,6 +1,6 @@
 """Pixel decoders of CoupAlign's mask generator: word-pixel aligned features F1..F4 -> per-pixel embeddings P.
 
-Two interchangeable decoders (`mask_generator.pixel_decoder`, see shared/design/method.md, "Mask
+Two interchangeable decoders (`mask_generator.pixel_decoder`, see docs/method.md, "Mask
 generator"), both returning `(P, multi_scale_features)`:
 
 * `MSDeformAttnPixelDecoder` ("msdeform", the paper config): the Mask2Former pixel decoder. F2..F4

@@ -1,6 +1,6 @@
 """Sentence-Mask Alignment (SMA): weight the mask proposals by the sentence and project them to pixels.
 
-method.md, "SMA"::
+docs/method.md, "SMA"::
 
     g = Linear(L_g)                              # sentence feature -> mask-embedding width D
     w = softmax_n(Q g / sqrt(D))                 # or sigmoid (config sma.weighting)

@@ -16,7 +16,7 @@ masks are Y = Q_o . P (`proposal_logits`). No class head and no Hungarian matchi
 the referred object, and CoupAlign's Sentence-Mask Alignment weighs the proposals instead.
 
 The attention is written out (packed Q/K/V projection, head split, boolean mask) rather than using
-nn.MultiheadAttention, which breaks `auto_mixed_precision("O1")` (shared/design/platform.md) and would
+nn.MultiheadAttention, which breaks `auto_mixed_precision("O1")` (docs/platform.md) and would
 hide the masking semantics. Its parameters keep nn.MultiheadAttention's names (`in_proj_weight`,
 `in_proj_bias`, `out_proj`), and the module tree mirrors Mask2Former's
 `MultiScaleMaskedTransformerDecoder` state_dict (`transformer_cross_attention_layers.{i}.multihead_attn`,

@@ -1,6 +1,6 @@
 """Word-Pixel Alignment (WPA): the early fusion block run after every encoder stage.
 
-CoupAlign aligns words and pixels inside both encoders, in both directions (method.md, "WPA"):
+CoupAlign aligns words and pixels inside both encoders, in both directions (docs/method.md, "WPA"):
 
 * the vision half (:class:`PixelWordAttention`) lets every pixel gather the words it relates to and
   gates the result back into the visual stream. It follows LAVT's pixel-word attention module plus its
@@ -29,7 +29,7 @@ __all__ = [
     "WordPixelAlignment",
 ]
 
-# Additive bias given to padded words before the softmax over words (method.md: (m - 1) * 1e4).
+# Additive bias given to padded words before the softmax over words (docs/method.md: (m - 1) * 1e4).
 _MASK_BIAS = 1e4
 
 
@@ -74,7 +74,7 @@ class AccurateTanh(nn.Cell):
 
 
 class ImageLanguageAttention(nn.Cell):
-    """Single-head attention of pixels (queries) over words (keys/values), the ``G`` term of method.md.
+    """Single-head attention of pixels (queries) over words (keys/values), the ``G`` term of docs/method.md.
 
     ``q = IN(Linear(V))``, ``k = Linear(L) * m``, ``v = Linear(L) * m``,
     ``A = softmax_words(q k^T / sqrt(C) + (m - 1) * 1e4)``, ``G = IN(Linear(A v))``.

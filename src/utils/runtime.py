@@ -15,7 +15,7 @@ from dataclasses import dataclass
 logger = logging.getLogger(__name__)
 
 # oneDNN on AVX-512 CPUs picks a reference convolution kernel for MindSpore's Conv2d (about 100x
-# slower than PyTorch on the same machine; shared/design/platform.md). Capping the ISA at AVX2 makes
+# slower than PyTorch on the same machine; docs/platform.md). Capping the ISA at AVX2 makes
 # oneDNN choose its GEMM-based kernel. The default below was chosen by measuring the whole model both
 # ways (docs/performance.md); a value the user already exported always wins.
 CPU_ENV_DEFAULTS = {"ONEDNN_MAX_CPU_ISA": "AVX2"}
