@@ -178,7 +178,7 @@ SMOKE_OVERRIDES = [
     "--model.bert.num_attention_heads=4", "--model.bert.intermediate_size=64", "--model.bert.vocab_size=1000",
     "--model.wpa.word_heads=4",
     "--model.mask_generator.conv_dim=16", "--model.mask_generator.mask_dim=16",
-    "--model.mask_generator.num_queries=4", "--model.mask_generator.decoder_layers=1",
+    "--model.mask_generator.num_queries=4", "--data.max_other_objects=3", "--model.mask_generator.decoder_layers=1",
     "--model.mask_generator.decoder_heads=2", "--model.mask_generator.decoder_ffn_dim=32",
     "--loss.aux_num_fg=8", "--loss.aux_num_bg=16", "--data.num_workers=2",
 ]

@@ -24,11 +24,14 @@ def _free_port():
 
 
 def _deterministic(cfg):
-    """No randomness inside the step (dropout, drop path, aux sampling) and a plain-mean CE, so that
-    the mean of two half-batch gradients equals the full-batch gradient."""
+    """No randomness inside the step (dropout, drop path, aux sampling), a plain-mean CE and no proposal
+    matching, so that the mean of two half-batch gradients equals the full-batch gradient. (Matching is
+    an argmin: where two proposals fit about equally, as at initialisation, the fp32 rounding of an
+    allreduce can flip the match; and with all_objects the mask term is divided by the matched objects of
+    the device's batch, which two half batches count differently.)"""
     cfg["model"]["bert"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg["model"]["swin"]["drop_path_rate"] = 0.0
-    cfg["loss"].update(aux_enabled=False, ce_weight_bg=1.0, ce_weight_fg=1.0)
+    cfg["loss"].update(aux_enabled=False, ce_weight_bg=1.0, ce_weight_fg=1.0, proposal_loss="none")
     cfg["train"].update(max_steps=STEPS, validate=False, log_every=1, save_all_ranks=True, save_every_steps=1,
                         keep_last=STEPS)
     return cfg

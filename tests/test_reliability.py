@@ -102,7 +102,7 @@ def test_diverging_loss_stops_with_step_and_components(data_root, tmp_path):
     proc = _train(cfg, "--train.max_steps=30")
     assert proc.returncode == 1, proc.stderr[-3000:]
     message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: non-finite loss at step") and "seg=" in message and "aux=" in message
+    assert message.startswith("error: non-finite loss at step") and "seg_loss=" in message and "aux_loss=" in message
     assert "Traceback" not in proc.stderr
 
 
