@@ -225,3 +225,31 @@ def test_transforms_match_pillow_on_random_sizes():
         mask = (rng.random((h, w)) > 0.5).astype(np.uint8)
         ref_mask = np.asarray(Image.fromarray(mask).resize((int(out_w), int(out_h)), Image.NEAREST))
         np.testing.assert_array_equal(resize_mask(mask, (out_h, out_w)), ref_mask)
+
+
+def test_other_objects_column_holds_the_images_other_annotations(refer, tokenizer):
+    """The `others` column (loss.proposal_targets=all_objects): the masks of every other annotated object
+    of the sample's image, decoded with pycocotools from instances.json, largest first, zero-padded."""
+    limit = 6
+    dataset = create_refer_dataset(refer, tokenizer, S, batch_size=4, train=True, num_workers=1, seed=0,
+                                   max_other_objects=limit)
+    assert dataset.get_col_names() == ["image", "input_ids", "attention_mask", "mask", "bad", "others"]
+    source = ReferSource(refer, tokenizer, S, train=True, max_other_objects=limit)
+    checked_multi = False
+    for i in range(0, len(refer.samples()), 7):
+        sample = refer.sample(i)
+        others = source[i][5]
+        assert others.shape == (limit, S, S) and others.dtype == np.uint8
+        expected = [resize_mask(refer.load_mask(a), S) for a in refer.image_annotations(sample.image_id)
+                    if a != sample.ann_id]
+        expected = sorted([m for m in expected if m.sum() > 0], key=lambda m: -int(m.sum()))[:limit]
+        for k, mask in enumerate(expected):
+            np.testing.assert_array_equal(others[k], mask.astype(np.uint8))
+        assert not others[len(expected):].any()  # zero padding after the real objects
+        # the referent itself is never among the others
+        target = resize_mask(refer.load_mask(sample.ann_id), S)
+        assert not any(np.array_equal(o, target) for o in others[: len(expected)])
+        checked_multi |= len(expected) >= 2
+    assert checked_multi  # some images have several other objects, so the order was checked
+    row = next(dataset.create_tuple_iterator(output_numpy=True))
+    assert row[5].shape == (4, limit, S, S)
