@@ -1,0 +1,44 @@
+"""tools/ablate.py's bookkeeping: the same-category subset and subset metrics read back from eval.py's CSV."""
+import os
+import sys
+
+import numpy as np
+
+from src.data.refer import ReferDataset
+from src.data.synthetic import generate_synthetic_refer
+from src.engine.evaluator import EvalResult, SampleResult, write_reports
+from src.metrics import RefSegMetrics
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
+import ablate  # noqa: E402
+
+
+def test_same_category_subset_and_its_metrics(tmp_path):
+    root = str(tmp_path / "data")
+    generate_synthetic_refer(root, num_images=24, seed=5)
+    refer = ReferDataset(root, "refcoco", "unc", "train")
+    keys = ablate.same_category_indices(refer)
+    by_image = {}
+    for ann_id, ann in refer.annotations.items():
+        by_image.setdefault(ann["image_id"], []).append(ann["category_id"])
+    for ref in refer.refs:  # brute force: another object of the referent's category in the image
+        category = refer.annotations[ref.ann_id]["category_id"]
+        expected = by_image[ref.image_id].count(category) >= 2
+        assert all(((ref.ref_id, s.sent_id) in keys) == expected for s in ref.sentences)
+    assert 0 < len(keys) < len(refer.samples())  # both kinds occur, so the subset is a real subset
+
+    rng = np.random.default_rng(0)
+    samples, subset = [], RefSegMetrics()
+    for s in refer.samples():
+        union = int(rng.integers(1, 500))
+        inter = int(rng.integers(0, union + 1))
+        samples.append(SampleResult(s.index, s.ref_id, s.sent_id, s.text, inter / union, inter / union, inter, union))
+        if (s.ref_id, s.sent_id) in keys:
+            subset.add(inter, union)
+    out = str(tmp_path / "eval")
+    write_reports(EvalResult({}, {}, samples), out, {})
+    got = ablate.subset_metrics(os.path.join(out, "per_sample.csv"), keys)
+    want = subset.compute()
+    assert got["num_samples"] == want["num_samples"] == len(keys)
+    for name in ("overall_iou", "mean_iou", "precision@0.5", "precision@0.9"):
+        assert abs(got[name] - want[name]) < 1e-9, name
