@@ -11,7 +11,7 @@ to two different objects of it, so "does the choice follow the sentence" is meas
 | ``sma_entropy`` | entropy of the final SMA weights / ln N, mean over samples | > 0.95: uniform, SMA selects nothing |
 | ``mask_embed_cosine`` | mean pairwise cosine of the N final mask embeddings of a sample | > 0.9: identical proposals |
 | ``target_embed_cross_cosine`` | mean cosine of the target embedding a between samples of different images | > 0.98: a is a constant |
-| ``top_proposal_changes`` | share of same-image pairs whose highest-weighted proposal differs | < 0.5: the choice ignores the sentence |
+| ``top_proposal_changes`` | share of same-image pairs whose highest-weighted proposals differ, both chosen decisively (top weight >= 2/N) | < 0.5: the choice ignores the sentence |
 | ``token_self_similarity_<l>`` | mean cosine between the real tokens of a sentence after text layer l | > 0.9: the tokens merged |
 | ``sentence_cross_cosine`` | mean cosine of the sentence feature L_g between different sentences | > 0.98: one vector for every sentence |
 | ``wpa_lang_spread_<i>`` | spread over pixels of WPA's language term (pixel-to-word attention ``A v``), std over pixels / std over words | < 0.05: every pixel reads the same words |
@@ -212,8 +212,11 @@ def _summarise(parts, probe: ProbeSet) -> Dict[str, float]:
         out["sma_entropy"] = float(entropy.mean())
         embeds = np.concatenate(parts["mask_embed"])  # (2P, N, D)
         out["mask_embed_cosine"] = float(np.mean([_mean_off_diagonal(s) for s in _cosine_matrix(embeds)]))
+        # With near-uniform weights the argmax is noise: a choice counts only when its weight is at least
+        # twice the uniform 1/N.
         top = weights.argmax(axis=1)
-        out["top_proposal_changes"] = float((top[0::2] != top[1::2]).mean())
+        decisive = weights.max(axis=1) >= 2.0 / num
+        out["top_proposal_changes"] = float(((top[0::2] != top[1::2]) & decisive[0::2] & decisive[1::2]).mean())
     return dict(sorted(out.items()))
 
 
