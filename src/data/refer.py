@@ -264,12 +264,15 @@ class ReferDataset:
                 "file_name": image.get("file_name") or f"COCO_train2014_{image_id:012d}.jpg",
             }
         self.annotations: Dict[int, dict] = {}
+        self._annotations_by_image: Dict[int, List[int]] = {}
         for k, ann in enumerate(instances["annotations"]):
             where = f"{path}: annotations[{k}]"
             ann_id = int(_require(ann, "id", where))
             _require(ann, "segmentation", where)
             ann = dict(ann)
             ann["image_id"] = int(_require(ann, "image_id", where))
+            if ann_id not in self.annotations:  # a repeated id replaces the entry, as in the dict
+                self._annotations_by_image.setdefault(ann["image_id"], []).append(ann_id)
             self.annotations[ann_id] = ann
         self.categories: Dict[int, str] = {int(c["id"]): str(c.get("name", c["id"]))
                                            for c in instances.get("categories", []) if isinstance(c, dict)}
@@ -417,11 +420,6 @@ class ReferDataset:
 
     def image_annotations(self, image_id: int) -> List[int]:
         """Ids of every annotation of the image in instances.json (referred or not), in file order."""
-        if not hasattr(self, "_annotations_by_image"):
-            by_image: Dict[int, List[int]] = {}
-            for ann_id, ann in self.annotations.items():
-                by_image.setdefault(ann["image_id"], []).append(ann_id)
-            self._annotations_by_image = by_image
         return self._annotations_by_image.get(image_id, [])
 
     def category_name(self, category_id: int) -> Optional[str]:

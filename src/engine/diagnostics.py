@@ -220,17 +220,21 @@ def _summarise(parts, probe: ProbeSet) -> Dict[str, float]:
     return dict(sorted(out.items()))
 
 
-def warnings_for(metrics: Dict[str, float]) -> List[str]:
-    """One line per diagnostic beyond its collapse threshold, naming the part."""
-    lines = []
+def _beyond_threshold(metrics: Dict[str, float]):
+    """(key, value, comparison, threshold, part) for every diagnostic past its collapse threshold."""
     for key, value in metrics.items():
         family = key.rstrip("0123456789").rstrip("_")
         if family not in THRESHOLDS or value is None or not math.isfinite(value):
             continue
         op, threshold, what = THRESHOLDS[family]
         if (op == ">" and value > threshold) or (op == "<" and value < threshold):
-            lines.append(f"{what} [{key} = {value:.3f} {op} {threshold}]")
-    return lines
+            yield key, value, op, threshold, what
+
+
+def warnings_for(metrics: Dict[str, float]) -> List[str]:
+    """One line per diagnostic beyond its collapse threshold, naming the part."""
+    return [f"{what} [{key} = {value:.3f} {op} {threshold}]" for key, value, op, threshold, what in
+            _beyond_threshold(metrics)]
 
 
 def format_report(metrics: Dict[str, float]) -> str:
@@ -243,4 +247,4 @@ def format_report(metrics: Dict[str, float]) -> str:
 
 def collapsed_parts(metrics: Dict[str, float]) -> Sequence[str]:
     """The metric keys beyond their thresholds (for tests and the ablation table)."""
-    return [line.rsplit("[", 1)[1].split(" =")[0] for line in warnings_for(metrics)]
+    return [key for key, *_ in _beyond_threshold(metrics)]
