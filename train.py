@@ -25,8 +25,8 @@ def main(argv=None) -> int:
     ctx = setup_context(cfg)
     setup_logging(cfg.output_dir, "train", ctx.rank)
     log = logging.getLogger("train")
-    log.info("rank %d of %d, device %s:%d, %s mode, seed %d", ctx.rank, ctx.group_size, cfg.device_target,
-             cfg.device_id, cfg.mode, cfg.seed)
+    log.info("rank %d of %d, device %s:%s, %s mode, seed %d", ctx.rank, ctx.group_size, cfg.device_target,
+             ctx.device_id, cfg.mode, cfg.seed)
     if ctx.is_main:
         with open(f"{cfg.output_dir}/config.yaml", "w", encoding="utf-8") as f:
             f.write(cfg.to_yaml())

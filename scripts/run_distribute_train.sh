@@ -1,29 +1,46 @@
 #!/usr/bin/env bash
-# Data-parallel training on DEVICE_NUM devices of this machine with msrun (Ascend, GPU or CPU).
+# Data-parallel training with msrun (Ascend, GPU or CPU), on one machine or several.
 #   bash scripts/run_distribute_train.sh DEVICE_NUM CONFIG_PATH [--key=value ...]
-# Environment: MASTER_PORT (default 8118), LOG_DIR (default <output_dir>/msrun_logs or outputs/msrun_logs).
-# The global batch is train.batch_size (per device) x DEVICE_NUM x train.accumulate_steps; the LAVT
-# recipe is 4 x 8 = 32. Checkpoints and the main log come from rank 0; every rank also writes
-# <output_dir>/logs/rank_<r>.log, and msrun keeps each worker's console in LOG_DIR/worker_<r>.log.
+# DEVICE_NUM is the number of devices (workers) on THIS machine. Several machines: run the same command
+# on each with
+#   NODE_NUM=2 NODE_RANK=0|1 MASTER_ADDR=<address of node 0> [MASTER_PORT=8118]
+# (every node uses the same DEVICE_NUM; node 0 hosts the msrun scheduler). msrun gives each worker a free
+# device of its machine (device_id stays null in the config).
+# Paths (CONFIG_PATH, --data_root=..., --output_dir=...) may be relative to the directory you run this
+# from. Logs: msrun's per-worker console in LOG_DIR/worker_<r>.log, LOG_DIR defaulting to
+# <output_dir>/msrun_logs/<date-time> (a new directory per launch, so a failure summary never reads an
+# older run's logs); every rank also writes <output_dir>/logs/rank_<r>.log, rank 0 <output_dir>/train.log.
+# The global batch is train.batch_size (per device) x DEVICE_NUM x NODE_NUM x train.accumulate_steps; the
+# LAVT recipe is 4 x 8 = 32.
 set -euo pipefail
 if [ "$#" -lt 2 ]; then
-  echo "usage: bash $0 DEVICE_NUM CONFIG_PATH [--key=value ...]" >&2
+  echo "usage: bash $0 DEVICE_NUM CONFIG_PATH [--key=value ...]   (multi-node: NODE_NUM, NODE_RANK, MASTER_ADDR)" >&2
   exit 2
 fi
-DEVICE_NUM="$1"; CONFIG_PATH="$2"; shift 2
-case "$DEVICE_NUM" in ''|*[!0-9]*) echo "DEVICE_NUM must be a positive integer, got '$DEVICE_NUM'" >&2; exit 2;; esac
-[ -f "$CONFIG_PATH" ] || { echo "config file not found: $CONFIG_PATH" >&2; exit 2; }
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON_BIN="${PYTHON_BIN:-$REPO_ROOT/.venv/bin/python}"
-[ -x "$PYTHON_BIN" ] || PYTHON_BIN=python3
-MSRUN="$(dirname "$PYTHON_BIN")/msrun"; [ -x "$MSRUN" ] || MSRUN=msrun
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+DEVICE_NUM="$1"; CONFIG_PATH="$(abs_path "$2")"; shift 2
+NODE_NUM="${NODE_NUM:-1}"; NODE_RANK="${NODE_RANK:-0}"
+for pair in "DEVICE_NUM:$DEVICE_NUM" "NODE_NUM:$NODE_NUM" "NODE_RANK:$NODE_RANK"; do
+  case "${pair#*:}" in ''|*[!0-9]*) echo "${pair%%:*} must be a non-negative integer, got '${pair#*:}'" >&2; exit 2;; esac
+done
+[ "$DEVICE_NUM" -ge 1 ] && [ "$NODE_NUM" -ge 1 ] || { echo "DEVICE_NUM and NODE_NUM must be >= 1" >&2; exit 2; }
+[ "$NODE_RANK" -lt "$NODE_NUM" ] || { echo "NODE_RANK=$NODE_RANK must be below NODE_NUM=$NODE_NUM" >&2; exit 2; }
+if [ "$NODE_NUM" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
+  echo "NODE_NUM=$NODE_NUM: set MASTER_ADDR to the address of node 0 (the same on every node)" >&2; exit 2
+fi
+require_file "config file" "$CONFIG_PATH"
+OUTPUT_DIR="$(config_value output_dir "$CONFIG_PATH" "$@")"
+case "$OUTPUT_DIR" in /*) ;; *) OUTPUT_DIR="$REPO_ROOT/$OUTPUT_DIR" ;; esac
+LOG_DIR="$(abs_path "${LOG_DIR:-$OUTPUT_DIR/msrun_logs/$(date +%Y%m%d-%H%M%S)-node$NODE_RANK}")"
+mkdir -p "$LOG_DIR"
+MSRUN="${MSRUN:-$(dirname "$PYTHON_BIN")/msrun}"; [ -x "$MSRUN" ] || MSRUN=msrun
 # msrun starts each worker with the `python` found on PATH: make it the project's interpreter.
 export PATH="$(dirname "$PYTHON_BIN"):$PATH"
-LOG_DIR="${LOG_DIR:-outputs/msrun_logs}"
-mkdir -p "$LOG_DIR"
 cd "$REPO_ROOT"
+echo "msrun: $((DEVICE_NUM * NODE_NUM)) workers ($DEVICE_NUM on node $NODE_RANK of $NODE_NUM); logs in $LOG_DIR"
 set +e
-"$MSRUN" --worker_num="$DEVICE_NUM" --local_worker_num="$DEVICE_NUM" --master_port="${MASTER_PORT:-8118}" \
+"$MSRUN" --worker_num="$((DEVICE_NUM * NODE_NUM))" --local_worker_num="$DEVICE_NUM" \
+  --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-8118}" --node_rank="$NODE_RANK" \
   --log_dir="$LOG_DIR" --join=True \
   train.py --config_path "$CONFIG_PATH" --distribute=true "$@"
 status=$?

@@ -1,35 +1,27 @@
 #!/usr/bin/env bash
-# Data-parallel training on an Ascend cluster node described by an HCCL rank table (hccl_tools.py).
+# Data-parallel training on Ascend servers described by an HCCL rank table (hccl_tools.py).
 #   bash scripts/run_distribute_train_ranktable.sh RANK_TABLE_FILE CONFIG_PATH [--key=value ...]
-# The device count is read from the rank table; one process per device with DEVICE_ID / RANK_ID set.
-# Logs: <LOG_DIR>/rank_<r>.log (LOG_DIR default outputs/ranktable_logs).
+# Run it on every server of the table: each starts only its own devices' ranks (one process per device,
+# DEVICE_ID / RANK_ID / RANK_SIZE / RANK_TABLE_FILE set). The server is found by SERVER_ID (its
+# server_id in the table, or its position), else by this host's addresses (src/utils/rank_table.py).
+# Paths may be relative to the directory you run this from. Logs: LOG_DIR/rank_<r>.log, LOG_DIR
+# defaulting to <output_dir>/ranktable_logs/<date-time> (a new directory per launch).
 set -euo pipefail
 if [ "$#" -lt 2 ]; then
-  echo "usage: bash $0 RANK_TABLE_FILE CONFIG_PATH [--key=value ...]" >&2
+  echo "usage: bash $0 RANK_TABLE_FILE CONFIG_PATH [--key=value ...]   (SERVER_ID=<id> on multi-server tables)" >&2
   exit 2
 fi
-RANK_TABLE_FILE="$(realpath "$1")"; CONFIG_PATH="$2"; shift 2
-[ -f "$RANK_TABLE_FILE" ] || { echo "rank table not found: $RANK_TABLE_FILE" >&2; exit 2; }
-[ -f "$CONFIG_PATH" ] || { echo "config file not found: $CONFIG_PATH" >&2; exit 2; }
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON_BIN="${PYTHON_BIN:-$REPO_ROOT/.venv/bin/python}"
-[ -x "$PYTHON_BIN" ] || PYTHON_BIN=python3
-# Devices of this server, in rank order: "device_id rank_id" lines.
-mapfile -t DEVICES < <("$PYTHON_BIN" - "$RANK_TABLE_FILE" <<'PY'
-import json, sys
-path = sys.argv[1]
-try:
-    table = json.load(open(path))
-    devices = [d for server in table["server_list"] for d in server["device"]]
-except (ValueError, KeyError, TypeError) as e:
-    sys.exit(f"{path}: not an HCCL rank table (expected server_list[].device[]): {e}")
-for d in devices:
-    print(d["device_id"], d["rank_id"])
-PY
-)
-RANK_SIZE=${#DEVICES[@]}
-[ "$RANK_SIZE" -gt 0 ] || { echo "$RANK_TABLE_FILE lists no devices" >&2; exit 2; }
-LOG_DIR="${LOG_DIR:-outputs/ranktable_logs}"
+source "$(dirname "${BASH_SOURCE[0]}")/_launch.sh"
+RANK_TABLE_FILE="$(abs_path "$1")"; CONFIG_PATH="$(abs_path "$2")"; shift 2
+require_file "rank table" "$RANK_TABLE_FILE"
+require_file "config file" "$CONFIG_PATH"
+# First line: RANK_SIZE of the job; then "device_id rank_id" for each device of this server.
+mapfile -t TABLE < <(cd "$REPO_ROOT" && "$PYTHON_BIN" -m src.utils.rank_table "$RANK_TABLE_FILE")
+[ "${#TABLE[@]}" -ge 2 ] || exit 2  # the error was printed by the reader
+RANK_SIZE="${TABLE[0]}"; DEVICES=("${TABLE[@]:1}")
+OUTPUT_DIR="$(config_value output_dir "$CONFIG_PATH" "$@")"
+case "$OUTPUT_DIR" in /*) ;; *) OUTPUT_DIR="$REPO_ROOT/$OUTPUT_DIR" ;; esac
+LOG_DIR="$(abs_path "${LOG_DIR:-$OUTPUT_DIR/ranktable_logs/$(date +%Y%m%d-%H%M%S)}")"
 mkdir -p "$LOG_DIR"
 cd "$REPO_ROOT"
 export RANK_TABLE_FILE RANK_SIZE
@@ -40,7 +32,7 @@ for entry in "${DEVICES[@]}"; do
     --device_id="$device_id" "$@" > "$LOG_DIR/rank_${rank_id}.log" 2>&1 &
   pids+=("$!:$rank_id")
 done
-echo "started $RANK_SIZE ranks; logs in $LOG_DIR/rank_<r>.log"
+echo "started ${#DEVICES[@]} of $RANK_SIZE ranks on this server; logs in $LOG_DIR/rank_<r>.log"
 failed=0
 for entry in "${pids[@]}"; do
   pid="${entry%%:*}"; rank="${entry##*:}"

@@ -207,7 +207,9 @@ class ExportSection:
 @dataclass
 class Config:
     device_target: str = "CPU"  # Ascend | GPU | CPU
-    device_id: int = 0
+    # None: device 0 standalone; under msrun (or a rank table) each worker gets its own device (msrun
+    # negotiates a free one, a rank table sets DEVICE_ID). An explicit value is used as given.
+    device_id: Optional[int] = None
     mode: str = "graph"  # graph | pynative
     distribute: bool = False
     seed: int = 42
@@ -387,10 +389,30 @@ def parse_value(text: str) -> Any:
     return text
 
 
+# Config keys that name files or directories. On the command line of a scripts/*.sh launcher they are
+# relative to the directory the user ran the script from (ARGS_CWD_ENV), although the launcher runs
+# Python from the repository root; paths inside config files stay relative to the working directory
+# (the repository root for every launcher), as default_config.yaml's pretrained/... paths expect.
+PATH_KEYS = ("output_dir", "checkpoint_path", "data.data_root", "model.swin.pretrained", "model.bert.pretrained",
+             "model.bert.vocab_path", "eval.output_dir", "export.file_name")
+ARGS_CWD_ENV = "COUPALIGN_ARGS_CWD"
+# Names every entry script accepts: `--ckpt_file` is the model zoo's name for the trained weights.
+GLOBAL_ALIASES = {"ckpt_file": "checkpoint_path"}
+
+
+def _from_args_cwd(text: str) -> str:
+    base = os.environ.get(ARGS_CWD_ENV)
+    if not base or not text or os.path.isabs(text):
+        return text
+    return os.path.normpath(os.path.join(base, os.path.expanduser(text)))
+
+
 def parse_overrides(argv: Sequence[str], aliases: Optional[Dict[str, str]] = None
                     ) -> Tuple[Optional[str], Dict[str, Any]]:
     """Splits argv into (config_path, {dotted_key: value}). Accepts --k=v and --k v. `aliases` maps a
-    script's short names to full keys (export.py: batch_size -> export.batch_size)."""
+    script's short names to full keys (export.py: batch_size -> export.batch_size); `GLOBAL_ALIASES`
+    apply everywhere. Relative path values are resolved against $COUPALIGN_ARGS_CWD when it is set."""
+    aliases = {**GLOBAL_ALIASES, **(aliases or {})}
     config_path = None
     overrides: Dict[str, Any] = {}
     args = list(argv)
@@ -409,9 +431,11 @@ def parse_overrides(argv: Sequence[str], aliases: Optional[Dict[str, str]] = Non
             i += 1
         i += 1
         if key == "config_path":
-            config_path = text
+            config_path = _from_args_cwd(text)
             continue
-        key = resolve_key((aliases or {}).get(key, key))
+        key = resolve_key(aliases.get(key, key))
+        if key in PATH_KEYS:
+            text = _from_args_cwd(text)
         # A key of type str takes the text as written ("none" is a choice of loss.proposal_loss, not null).
         overrides[key] = text if all_keys().get(key) is str else parse_value(text)
     return config_path, overrides
@@ -533,3 +557,29 @@ def swin_arch(section: SwinSection) -> Dict[str, Any]:
     arch.update(window_size=section.window_size, patch_size=section.patch_size, mlp_ratio=section.mlp_ratio,
                 qkv_bias=section.qkv_bias, drop_path_rate=section.drop_path_rate, patch_norm=section.patch_norm)
     return arch
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m src.config KEY [--config_path C] [--key=value ...]`` prints one resolved value (the
+    launchers in scripts/ read output_dir with it). No MindSpore import: it answers in ~0.1 s."""
+    import sys
+
+    if not argv or argv[0].startswith("--"):
+        print("usage: python -m src.config KEY [--config_path C] [--key=value ...]", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(None, argv[1:])
+        value: Any = cfg.to_dict()
+        for part in resolve_key(argv[0]).split("."):
+            value = value[part]
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print("" if value is None else value)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))

@@ -11,6 +11,7 @@ import os
 import random
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,27 @@ def apply_cpu_env_defaults() -> None:
 class RunContext:
     rank: int = 0
     group_size: int = 1
+    device_id: Optional[int] = None  # the device this process runs on, as MindSpore reports it after init
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def resolve_device_id(configured: Optional[int], environ=None) -> Optional[int]:
+    """The device id to give `mindspore.set_device`.
+
+    An explicit `device_id` is used as given. Unset (None), a rank-table launch names each process's
+    device in DEVICE_ID (scripts/run_distribute_train_ranktable.sh sets it); otherwise None lets
+    MindSpore choose: device 0 standalone, a free device negotiated per worker under msrun. Passing 0
+    there, as this function's predecessor did, sent all eight msrun workers of a server to NPU 0.
+    """
+    environ = os.environ if environ is None else environ
+    if configured is not None:
+        return int(configured)
+    if environ.get("RANK_TABLE_FILE") and environ.get("DEVICE_ID", "").isdigit():
+        return int(environ["DEVICE_ID"])
+    return None
 
 
 def setup_context(cfg) -> RunContext:
@@ -54,7 +72,7 @@ def setup_context(cfg) -> RunContext:
     import numpy as np
     import mindspore as ms
 
-    ms.set_device(cfg.device_target, cfg.device_id)
+    ms.set_device(cfg.device_target, resolve_device_id(cfg.device_id))
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE)
     ctx = RunContext()
     if cfg.distribute:
@@ -64,6 +82,10 @@ def setup_context(cfg) -> RunContext:
         ctx = RunContext(rank=get_rank(), group_size=get_group_size())
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                      device_num=ctx.group_size)
+    try:
+        ctx.device_id = int(ms.get_context("device_id"))  # after init(): msrun's negotiated id
+    except (TypeError, ValueError, RuntimeError):
+        pass
     ms.set_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
