@@ -2,6 +2,7 @@
 
     python eval.py --config_path C --checkpoint_path CK --data_root D --dataset refcocog --split_by umd \
         --split val --output_dir OUT [--save_masks true] [--visualize 16] [--skip_bad_samples true]
+    bash scripts/run_distribute_eval.sh DEVICE_NUM C CK [--key=value ...]    (every device scores a shard)
 
 Writes OUT/metrics.json, OUT/per_sample.csv, OUT/masks/<ref_id>_<sent_id>.png (--save_masks) and
 OUT/visualize/*.png (--visualize K), and prints the paper's table. A sample whose image or mask cannot
@@ -20,32 +21,25 @@ def main(argv=None) -> int:
 
     from mindspore import Tensor
 
-    from src.config import ConfigError, load_config
     from src.data.dataset import create_refer_dataset
     from src.data.refer import ReferDataset
-    from src.engine.checkpoint import load_model_weights
-    from src.engine.evaluator import evaluate, format_table, write_reports
-    from src.engine.trainer import build_tokenizer
-    from src.models import create_model
+    from src.engine.evaluator import evaluate, format_table, gather_shards, write_reports
+    from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
     from src.utils.log import setup_logging
     from src.utils.runtime import setup_context
     from src.utils.visualize import overlay, write_png
 
-    cfg = load_config("default_config.yaml", sys.argv[1:] if argv is None else argv,
-                      aliases={"batch_size": "eval.batch_size"})
-    if not cfg.checkpoint_path:
-        raise ConfigError("eval.py needs --checkpoint_path=<a train.py checkpoint>")
+    cfg = load_inference_config(sys.argv[1:] if argv is None else argv, aliases={"batch_size": "eval.batch_size"})
     out_dir = cfg.eval.output_dir or cfg.output_dir
-    setup_context(cfg)
-    setup_logging(out_dir, "eval")
+    ctx = setup_context(cfg)  # with --distribute=true under msrun: each rank scores a shard of the split
+    setup_logging(out_dir, "eval", ctx.rank)
     refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.eval.split)
     if cfg.eval.swap_sentences:
         refer = refer.with_swapped_sentences(seed=cfg.seed)
-    dataset = create_refer_dataset(refer, build_tokenizer(cfg), cfg.model.image_size, cfg.eval.batch_size,
-                                   train=False, num_workers=cfg.data.num_workers)
-    model = create_model(cfg, load_pretrained=False)
-    load_model_weights(model, cfg.checkpoint_path)
-    model.set_train(False)
+    shard = dict(num_shards=ctx.group_size, shard_id=ctx.rank) if ctx.group_size > 1 else {}
+    dataset = create_refer_dataset(refer, build_trained_tokenizer(cfg, "eval.py"), cfg.model.image_size, cfg.eval.batch_size,
+                                   train=False, num_workers=cfg.data.num_workers, **shard)
+    model = build_trained_model(cfg, "eval.py")
 
     def predict(image, input_ids, attention_mask):
         return model(Tensor(image), Tensor(input_ids), Tensor(attention_mask)).asnumpy()
@@ -59,12 +53,15 @@ def main(argv=None) -> int:
         mask = original_logits > 0
         if cfg.eval.save_masks:
             write_png(os.path.join(out_dir, "masks", f"{sample.ref_id}_{sample.sent_id}.png"), mask.astype("uint8") * 255)
-        if position < cfg.eval.visualize:
+        if ctx.is_main and position < cfg.eval.visualize:
             picture = overlay(refer.load_image(sample.image_id), mask, sample.text)
             write_png(os.path.join(out_dir, "visualize", f"{position:04d}_{sample.ref_id}_{sample.sent_id}.png"), picture)
 
-    result = evaluate(predict, refer, dataset, on_prediction=on_prediction, progress=True,
-                      skip_bad_samples=cfg.eval.skip_bad_samples)
+    shard_result = evaluate(predict, refer, dataset, on_prediction=on_prediction, progress=ctx.is_main,
+                            skip_bad_samples=cfg.eval.skip_bad_samples)
+    result = gather_shards(shard_result, ctx)
+    if not ctx.is_main:
+        return 0
     path = write_reports(result, out_dir, {"dataset": cfg.data.dataset, "split_by": cfg.data.split_by,
                                            "split": cfg.eval.split, "checkpoint": cfg.checkpoint_path,
                                            "swap_sentences": cfg.eval.swap_sentences})

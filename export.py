@@ -37,22 +37,17 @@ def export_model(model, file_name: str, file_format: str, batch_size: int, image
 def main(argv=None) -> int:
     import os
 
-    from src.config import ConfigError, load_config
-    from src.engine.checkpoint import load_model_weights
-    from src.models import create_model
+    from src.config import ConfigError
+    from src.engine.inference import build_trained_model, load_inference_config
     from src.utils.runtime import setup_context
 
-    cfg = load_config("default_config.yaml", sys.argv[1:] if argv is None else argv,
-                      aliases={"batch_size": "export.batch_size", "file_name": "export.file_name",
-                               "file_format": "export.file_format"})
-    if not cfg.checkpoint_path:
-        raise ConfigError("export.py needs --checkpoint_path=<a train.py checkpoint>")
+    cfg = load_inference_config(sys.argv[1:] if argv is None else argv,
+                                aliases={"batch_size": "export.batch_size", "file_name": "export.file_name",
+                                         "file_format": "export.file_format"})
     if cfg.export.file_format == "AIR" and cfg.device_target != "Ascend":
         raise ConfigError("AIR export needs device_target=Ascend (an Ascend device); use MINDIR elsewhere")
     setup_context(cfg)
-    model = create_model(cfg, load_pretrained=False)
-    load_model_weights(model, cfg.checkpoint_path)
-    model.set_train(False)
+    model = build_trained_model(cfg, "export.py")
     out_dir = os.path.dirname(os.path.abspath(cfg.export.file_name))
     os.makedirs(out_dir, exist_ok=True)
     path = export_model(model, cfg.export.file_name, cfg.export.file_format, cfg.export.batch_size,

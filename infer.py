@@ -37,13 +37,10 @@ def main(argv=None) -> int:
     import numpy as np
     from mindspore import Tensor
 
-    from src.config import ConfigError, load_config
     from src.data.refer import read_image_rgb
     from src.data.transforms import preprocess_image
-    from src.engine.checkpoint import load_model_weights
-    from src.engine.trainer import build_tokenizer
+    from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
     from src.metrics import resize_logits_to
-    from src.models import create_model
     from src.utils.runtime import setup_context
     from src.utils.visualize import overlay, write_png
 
@@ -52,15 +49,11 @@ def main(argv=None) -> int:
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
         raise ValueError(f"--text number {empty[0] + 1} is empty: give the sentence that describes the object")
-    cfg = load_config("default_config.yaml", rest)
-    if not cfg.checkpoint_path:
-        raise ConfigError("infer.py needs --checkpoint_path=<a train.py checkpoint>")
+    cfg = load_inference_config(rest)
     image = read_image_rgb(args.image)  # (H, W, 3) uint8, clear error if unreadable
     setup_context(cfg)
-    tokenizer = build_tokenizer(cfg)
-    model = create_model(cfg, load_pretrained=False)
-    load_model_weights(model, cfg.checkpoint_path)
-    model.set_train(False)
+    tokenizer = build_trained_tokenizer(cfg, "infer.py")
+    model = build_trained_model(cfg, "infer.py")
 
     pixels = Tensor(preprocess_image(image, cfg.model.image_size)[None])  # (1, 3, S, S)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

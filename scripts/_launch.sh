@@ -27,3 +27,52 @@ config_value() {
 require_file() {  # require_file WHAT PATH
   [ -f "$2" ] || { echo "$1 not found: $2" >&2; exit 2; }
 }
+
+# msrun_launch ENTRY DEVICE_NUM CONFIG_PATH [--key=value ...]: ENTRY (train.py, eval.py) on DEVICE_NUM
+# workers of this machine with --distribute=true; several machines with NODE_NUM, NODE_RANK and
+# MASTER_ADDR (same command on every node). LOG_DIR defaults to a new <output_dir>/msrun_logs/<date-time>
+# per launch, so the failure summary below never reads an older run's logs.
+msrun_launch() {
+  local entry="$1" device_num="$2" config_path="$3"; shift 3
+  local node_num="${NODE_NUM:-1}" node_rank="${NODE_RANK:-0}" pair
+  for pair in "DEVICE_NUM:$device_num" "NODE_NUM:$node_num" "NODE_RANK:$node_rank"; do
+    case "${pair#*:}" in ''|*[!0-9]*) echo "${pair%%:*} must be a non-negative integer, got '${pair#*:}'" >&2; exit 2;; esac
+  done
+  [ "$device_num" -ge 1 ] && [ "$node_num" -ge 1 ] || { echo "DEVICE_NUM and NODE_NUM must be >= 1" >&2; exit 2; }
+  [ "$node_rank" -lt "$node_num" ] || { echo "NODE_RANK=$node_rank must be below NODE_NUM=$node_num" >&2; exit 2; }
+  if [ "$node_num" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
+    echo "NODE_NUM=$node_num: set MASTER_ADDR to the address of node 0 (the same on every node)" >&2; exit 2
+  fi
+  require_file "config file" "$config_path"
+  local output_dir log_dir msrun status log rank
+  output_dir="$(config_value output_dir "$config_path" "$@")"
+  case "$output_dir" in /*) ;; *) output_dir="$REPO_ROOT/$output_dir" ;; esac
+  log_dir="$(abs_path "${LOG_DIR:-$output_dir/msrun_logs/$(date +%Y%m%d-%H%M%S)-${entry%.py}-node$node_rank}")"
+  mkdir -p "$log_dir"
+  msrun="${MSRUN:-$(dirname "$PYTHON_BIN")/msrun}"; [ -x "$msrun" ] || msrun=msrun
+  # msrun starts each worker with the `python` found on PATH: make it the project's interpreter.
+  export PATH="$(dirname "$PYTHON_BIN"):$PATH"
+  cd "$REPO_ROOT"
+  echo "msrun $entry: $((device_num * node_num)) workers ($device_num on node $node_rank of $node_num); logs in $log_dir"
+  set +e
+  "$msrun" --worker_num="$((device_num * node_num))" --local_worker_num="$device_num" \
+    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-8118}" --node_rank="$node_rank" \
+    --log_dir="$log_dir" --join=True \
+    "$entry" --config_path "$config_path" --distribute=true "$@"
+  status=$?
+  set -e
+  if [ "$status" -ne 0 ]; then
+    echo "distributed $entry failed (msrun exit $status); per-rank status:" >&2
+    for log in "$log_dir"/worker_*.log; do
+      [ -f "$log" ] || continue
+      rank="${log##*worker_}"; rank="${rank%.log}"
+      if grep -qE "Traceback|^error:|Error:" "$log"; then
+        echo "  rank $rank FAILED: $(grep -E "^error:|Error" "$log" | tail -n 1)" >&2
+      else
+        echo "  rank $rank: no error in its log (stopped because another rank failed)" >&2
+      fi
+    done
+    echo "full logs: $log_dir/worker_<rank>.log" >&2
+  fi
+  return "$status"
+}

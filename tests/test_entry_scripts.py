@@ -192,9 +192,13 @@ def test_310_flow_reproduces_eval_metrics(trained, tmp_path):
     pre, res = str(tmp_path / "pre"), str(tmp_path / "res")
     run("preprocess.py", "--config_path", trained["config"], "--split", "val", "--output_path", pre)
     meta = json.load(open(os.path.join(pre, "samples.json")))
-    first = meta["samples"][0]["name"]
-    assert os.path.getsize(os.path.join(pre, "00_image", first + ".bin")) == 4 * 3 * IMAGE * IMAGE
-    assert os.path.getsize(os.path.join(pre, "01_input_ids", first + ".bin")) == 4 * 12
+    first = meta["samples"][0]
+    assert os.path.getsize(os.path.join(pre, "00_image", first["image"] + ".bin")) == 4 * 3 * IMAGE * IMAGE
+    assert os.path.getsize(os.path.join(pre, "01_input_ids", first["name"] + ".bin")) == 4 * 12
+    # one image file per image, shared by all its samples
+    images = {entry["image"] for entry in meta["samples"]}
+    assert sorted(os.listdir(os.path.join(pre, "00_image"))) == sorted(f"{image}.bin" for image in images)
+    assert len(images) < len(meta["samples"])
     run("tools/run_mindir_bins.py", "--mindir_path", name + ".mindir", "--input_dir", pre, "--output_dir", res)
     run("postprocess.py", "--config_path", trained["config"], "--preprocess_path", pre, "--result_path", res,
         "--output_dir", str(tmp_path / "post"))
@@ -262,3 +266,52 @@ def test_infer_on_a_10000_by_10000_image(trained, tmp_path):
     peak_gb = int(proc.stdout.split("PEAK_KB")[1].split()[0]) / 2**20
     print(f"infer.py peak RSS on a {side}x{side} image: {peak_gb:.2f} GB")
     assert peak_gb < 4.0, f"infer.py peaked at {peak_gb:.1f} GB on a 10000x10000 image"
+
+
+def test_run_eval_all_from_inside_scripts_tabulates_every_split(trained, tmp_path):
+    """scripts/run_eval_all.sh run from scripts/ with relative paths: one eval.py per split of refcoco (unc), each
+    with its metrics.json, and results.md / results.json whose numbers are those files'."""
+    scripts = os.path.join(ROOT, "scripts")
+    rel = lambda path: os.path.relpath(path, scripts)  # noqa: E731
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    out = tmp_path / "all"
+    env = dict(os.environ, GLOG_v="3", PYTHON_BIN=sys.executable)
+    env.pop("COUPALIGN_ARGS_CWD", None)
+    proc = subprocess.run(["bash", "run_eval_all.sh", rel(trained["config"]), rel(ckpt), rel(out),
+                           f"--data_root={rel(trained['data'])}", "--eval.batch_size=2"],
+                          cwd=scripts, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    splits = ("val", "testA", "testB")
+    metrics = {s: json.load(open(out / s / "metrics.json")) for s in splits}
+    assert [metrics[s]["split"] for s in splits] == list(splits)
+    results = json.load(open(out / "results.json"))
+    assert results["splits"] == list(splits) and results["missing_splits"] == []
+    assert results["paper"]["label"] == "paper (RefCOCO)"
+    columns = (("P@0.5", "precision@0.5"), ("P@0.6", "precision@0.6"), ("P@0.7", "precision@0.7"),
+               ("P@0.8", "precision@0.8"), ("P@0.9", "precision@0.9"), ("oIoU", "overall_iou"), ("mIoU", "mean_iou"))
+    lines = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(header, (c.strip() for c in line.strip("|").split("|")))) for line in lines[1:]]
+    assert len(rows) == 2 * len(splits)
+    for row in rows:
+        resolution = f"{row['resolution']}_resolution"
+        reference = metrics[row["split"]]
+        assert row["N"] == str(reference["num_samples"])
+        for title, key in columns:
+            assert results["metrics"][row["split"]][resolution][key] == reference[resolution][key]
+            assert row[title] == f"{reference[resolution][key]:.2f}", (row["split"], resolution, title)
+    assert rows[0]["CoupAlign oIoU, paper (RefCOCO)"] == "74.70"
+    assert "oIoU" in proc.stdout and str(out / "results.md") in proc.stdout
+
+
+def test_run_eval_from_inside_scripts_with_relative_paths(trained, tmp_path):
+    scripts = os.path.join(ROOT, "scripts")
+    rel = lambda path: os.path.relpath(path, scripts)  # noqa: E731
+    ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
+    env = dict(os.environ, GLOG_v="3", PYTHON_BIN=sys.executable)
+    env.pop("COUPALIGN_ARGS_CWD", None)
+    proc = subprocess.run(["bash", "run_eval.sh", rel(trained["config"]), rel(ckpt), "--split=testB",
+                           f"--output_dir={rel(tmp_path / 'one')}", f"--data_root={rel(trained['data'])}"],
+                          cwd=scripts, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert json.load(open(tmp_path / "one" / "metrics.json"))["split"] == "testB"

@@ -1,22 +1,29 @@
 /**
  * CoupAlign referring-segmentation inference on the MindSpore Lite C++ runtime.
  *
- * Loads an exported MINDIR (static batch) on Ascend 310, GPU or CPU, feeds it the raw tensors that the
- * Python preprocessing wrote (image float32 Bx3xHxW, input ids int32 BxT, attention mask int32 BxT, one .bin
- * per sample and input), writes every output tensor back as raw bytes and reports per-sample latency.
+ * Loads an exported MINDIR (static batch B) on Ascend 310, GPU or CPU and feeds it the raw tensors that the
+ * Python preprocessing wrote: samples.txt lists the samples in order, each with the image it runs on; an image
+ * is stored once (00_image/<image>.bin, float32 1x3xHxW) however many sentences refer to it, the sentence
+ * inputs once per sample (01_input_ids/<sample>.bin, 02_attention_mask/<sample>.bin, int32 1xT). B samples are
+ * stacked per Predict (the last batch padded with copies of its last sample, whose outputs are dropped); every
+ * output tensor is split back per sample and written as raw bytes, and the Predict latency is reported.
  * Image decoding and resizing deliberately stay in Python so this program needs nothing but the Lite API.
  */
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "include/api/context.h"
@@ -30,19 +37,22 @@ namespace {
 
 namespace fs = std::filesystem;
 
-/// One model input: the sub-folder of --input_dir holding its .bin files and the element type it must have.
+/// One model input: the sub-folder of --input_dir holding its .bin files, the element type it must have, and
+/// whether a file holds one image (named by samples.txt, shared by that image's samples) or one sample.
 struct InputSpec {
   const char *subdir;
   mindspore::DataType dtype;
+  bool per_image;
 };
 
 /// Model inputs in the positional order of the exported network's construct(image, input_ids, attention_mask).
 constexpr std::array<InputSpec, 3> kInputSpecs = {{
-    {"00_image", mindspore::DataType::kNumberTypeFloat32},
-    {"01_input_ids", mindspore::DataType::kNumberTypeInt32},
-    {"02_attention_mask", mindspore::DataType::kNumberTypeInt32},
+    {"00_image", mindspore::DataType::kNumberTypeFloat32, true},
+    {"01_input_ids", mindspore::DataType::kNumberTypeInt32, false},
+    {"02_attention_mask", mindspore::DataType::kNumberTypeInt32, false},
 }};
 
+constexpr const char *kIndexFileName = "samples.txt";
 constexpr const char *kLatencyFileName = "latency.txt";
 
 std::string DataTypeName(mindspore::DataType dtype) {
@@ -125,9 +135,15 @@ std::shared_ptr<mindspore::Context> MakeContext(const Options &options) {
 }
 
 /// Checks input count and element types, then that every sample file has exactly the byte size of its input,
-/// before anything runs, so a bad dataset fails fast with the offending file named.
-void ValidateInputs(const std::vector<mindspore::MSTensor> &model_inputs, const fs::path &input_dir,
-                    const std::vector<std::string> &sample_names) {
+
+/// The .bin file that feeds model input `k` for `entry`.
+fs::path InputFile(const fs::path &input_dir, std::size_t k, const SampleEntry &entry) {
+  const std::string &stem = kInputSpecs[k].per_image ? entry.image : entry.name;
+  return input_dir / kInputSpecs[k].subdir / (stem + ".bin");
+}
+
+/// Checks the input count and element types against what preprocess.py writes.
+void ValidateInputTypes(const std::vector<mindspore::MSTensor> &model_inputs) {
   if (model_inputs.size() != kInputSpecs.size()) {
     std::string found;
     for (const auto &tensor : model_inputs) {
@@ -142,29 +158,91 @@ void ValidateInputs(const std::vector<mindspore::MSTensor> &model_inputs, const 
                        kInputSpecs[k].subdir + "/ must be " + DataTypeName(kInputSpecs[k].dtype));
     }
   }
-  for (const auto &name : sample_names) {
+}
+
+/// The static batch size B of the model: the leading dimension, which every input must share.
+int64_t BatchSize(const std::vector<mindspore::MSTensor> &model_inputs) {
+  int64_t batch = 0;
+  for (std::size_t k = 0; k < model_inputs.size(); ++k) {
+    const std::vector<int64_t> shape = model_inputs[k].Shape();
+    const std::string what = "model input " + std::to_string(k) + " " + DescribeTensor(model_inputs[k]);
+    if (shape.empty()) {
+      throw InferError(what + " has no batch dimension; expected the (B, ...) inputs export.py writes");
+    }
+    for (const int64_t dim : shape) {
+      if (dim <= 0) {
+        throw InferError(what + " has a dynamic dimension; export a static shape (export.py --batch_size B)");
+      }
+    }
+    if (k == 0) {
+      batch = shape.front();
+    } else if (shape.front() != batch) {
+      throw InferError(what + " has batch " + std::to_string(shape.front()) + " but model input 0 " +
+                       DescribeTensor(model_inputs[0]) + " has batch " + std::to_string(batch) +
+                       "; all inputs must share the leading batch dimension");
+    }
+  }
+  return batch;
+}
+
+/// Checks that every input file holds exactly one sample of its model input (1/B of the batched tensor) before
+/// anything runs, so a bad dataset fails fast with the offending file named. An image shared by several
+/// samples is checked once.
+void ValidateInputSizes(const std::vector<mindspore::MSTensor> &model_inputs, const fs::path &input_dir,
+                        const std::vector<SampleEntry> &entries, int64_t batch) {
+  std::set<std::string> checked;
+  for (const auto &entry : entries) {
     for (std::size_t k = 0; k < kInputSpecs.size(); ++k) {
-      const fs::path path = input_dir / kInputSpecs[k].subdir / name;
+      const fs::path path = InputFile(input_dir, k, entry);
+      if (!checked.insert(path.string()).second) {
+        continue;
+      }
       std::error_code ec;
       const auto actual = fs::file_size(path, ec);
       if (ec) {
         throw InferError("cannot stat " + path.string() + ": " + ec.message());
       }
-      const auto expected = model_inputs[k].DataSize();
+      const auto expected = model_inputs[k].DataSize() / static_cast<std::size_t>(batch);
       if (actual != expected) {
         throw InferError("size mismatch for " + path.string() + ": expected " + std::to_string(expected) +
-                         " bytes, got " + std::to_string(actual) + " bytes (model input " + std::to_string(k) +
-                         " " + DescribeTensor(model_inputs[k]) + ")");
+                         " bytes, got " + std::to_string(actual) + " bytes (one sample of model input " +
+                         std::to_string(k) + " " + DescribeTensor(model_inputs[k]) +
+                         "; were the inputs preprocessed with the config the MINDIR was exported with?)");
       }
     }
   }
 }
 
+/// Bytes of one sample's share of `output`. With B > 1 the output must carry the batch as its leading
+/// dimension, or there is no way to tell the samples' results apart.
+std::size_t SampleSliceBytes(const mindspore::MSTensor &output, std::size_t k, int64_t batch) {
+  if (batch == 1) {
+    return output.DataSize();
+  }
+  const std::vector<int64_t> shape = output.Shape();
+  if (shape.empty() || shape.front() != batch || output.DataSize() % static_cast<std::size_t>(batch) != 0) {
+    throw InferError("output " + std::to_string(k) + " " + DescribeTensor(output) + " has no leading batch " +
+                     "dimension of " + std::to_string(batch) + ": it cannot be split per sample");
+  }
+  return output.DataSize() / static_cast<std::size_t>(batch);
+}
+
+/// The samples one Predict ran: entries [first, first + count); the batch's other slots were padding.
+struct BatchRun {
+  std::size_t first = 0;
+  std::size_t count = 0;
+  double latency_ms = 0.0;
+};
+
 void WriteLatencyReport(const fs::path &path, const Options &options, int64_t batch_size,
-                        const std::vector<std::string> &sample_names, const std::vector<double> &latencies_ms) {
+                        const std::vector<SampleEntry> &entries, const std::vector<BatchRun> &batches) {
+  std::vector<double> latencies_ms;
+  for (const auto &run : batches) {
+    latencies_ms.push_back(run.latency_ms);
+  }
   const LatencyStats all = SummarizeLatencies(latencies_ms);
   const double seconds = all.total_ms / 1000.0;
-  const double samples_per_s = seconds > 0.0 ? static_cast<double>(all.count) / seconds : 0.0;
+  const double samples_per_s = seconds > 0.0 ? static_cast<double>(entries.size()) / seconds : 0.0;
 
   std::ofstream out(path);
   if (!out) {
@@ -174,8 +252,11 @@ void WriteLatencyReport(const fs::path &path, const Options &options, int64_t ba
   out << "device_type: " << options.device_type << '\n'
       << "device_id: " << options.device_id << '\n'
       << "mindir_path: " << options.mindir_path << '\n'
-      << "samples: " << all.count << '\n'
+      << "samples: " << entries.size() << '\n'
       << "batch_size: " << batch_size << '\n'
+      << "batches: " << batches.size() << '\n'
+      << "padded_samples: " << batches.size() * static_cast<std::size_t>(batch_size) - entries.size() << '\n'
+      << "# Predict latency per batch (ms)\n"
       << "total_ms: " << all.total_ms << '\n'
       << "mean_ms: " << all.mean_ms << '\n'
       << "min_ms: " << all.min_ms << '\n'
@@ -188,13 +269,49 @@ void WriteLatencyReport(const fs::path &path, const Options &options, int64_t ba
     out << "mean_ms_without_first: " << warm.mean_ms << '\n';
   }
   out << "throughput_samples_per_s: " << samples_per_s << '\n'
-      << "throughput_images_per_s: " << samples_per_s * static_cast<double>(batch_size) << '\n'
-      << "# per-sample Predict latency (ms)\n";
-  for (std::size_t i = 0; i < latencies_ms.size(); ++i) {
-    out << sample_names[i] << ' ' << latencies_ms[i] << '\n';
+      << "# per batch, the Predict latency (ms) and the samples it ran (padding not listed)\n";
+  for (const auto &run : batches) {
+    out << run.latency_ms;
+    for (std::size_t i = run.first; i < run.first + run.count; ++i) {
+      out << ' ' << entries[i].name;
+    }
+    out << '\n';
   }
   if (!out) {
     throw InferError("failed to write " + path.string());
+  }
+}
+
+/// Fills the batched host buffer of every model input with the samples entries[first .. first + B); slots past
+/// the last sample repeat it (real data keeps padded rows numerically ordinary, e.g. no all-zero attention mask).
+/// `image_cache` keeps the last file read per per-image input: consecutive samples usually share their image.
+void FillBatch(std::vector<mindspore::MSTensor> *inputs, const fs::path &input_dir,
+               const std::vector<SampleEntry> &entries, std::size_t first, std::size_t batch,
+               std::vector<std::pair<std::string, std::vector<char>>> *image_cache) {
+  const std::size_t last = entries.size() - 1;
+  for (std::size_t k = 0; k < inputs->size(); ++k) {
+    mindspore::MSTensor &tensor = (*inputs)[k];
+    char *buffer = static_cast<char *>(tensor.MutableData());
+    if (buffer == nullptr) {
+      throw InferError("cannot get a host buffer for model input " + DescribeTensor(tensor));
+    }
+    const std::size_t slot_bytes = tensor.DataSize() / batch;
+    for (std::size_t slot = 0; slot < batch; ++slot) {
+      const SampleEntry &entry = entries[std::min(first + slot, last)];
+      char *dst = buffer + slot * slot_bytes;
+      const fs::path path = InputFile(input_dir, k, entry);
+      if (!kInputSpecs[k].per_image) {
+        ReadBinaryInto(path, dst, slot_bytes);
+        continue;
+      }
+      auto &[cached_name, cached_bytes] = (*image_cache)[k];
+      if (cached_name != entry.image || cached_bytes.size() != slot_bytes) {
+        cached_bytes.resize(slot_bytes);
+        ReadBinaryInto(path, cached_bytes.data(), slot_bytes);
+        cached_name = entry.image;
+      }
+      std::memcpy(dst, cached_bytes.data(), slot_bytes);
+    }
   }
 }
 
@@ -207,11 +324,18 @@ int Run(const Options &options) {
   if (!fs::is_regular_file(mindir_path, ec)) {
     throw InferError("MINDIR file does not exist: " + mindir_path.string());
   }
-  std::vector<std::string> subdirs;
+  const fs::path index_path = input_dir / kIndexFileName;
+  const std::vector<SampleEntry> entries = ReadSampleIndex(index_path);
+  std::vector<std::string> sample_subdirs;
+  std::string image_subdir;
   for (const auto &spec : kInputSpecs) {
-    subdirs.emplace_back(spec.subdir);
+    if (spec.per_image) {
+      image_subdir = spec.subdir;
+    } else {
+      sample_subdirs.emplace_back(spec.subdir);
+    }
   }
-  const std::vector<std::string> sample_names = MatchSampleNames(input_dir, subdirs);
+  CheckSampleFiles(input_dir, index_path, entries, sample_subdirs, image_subdir);
   fs::create_directories(output_dir, ec);
   if (ec) {
     throw InferError("cannot create output folder " + output_dir.string() + ": " + ec.message());
@@ -222,57 +346,70 @@ int Run(const Options &options) {
                "failed to build " + mindir_path.string() + " for device " + options.device_type);
 
   std::vector<mindspore::MSTensor> inputs = model.GetInputs();
-  ValidateInputs(inputs, input_dir, sample_names);
-  const int64_t batch_size = inputs.front().Shape().empty() ? 1 : inputs.front().Shape().front();
+  ValidateInputTypes(inputs);
+  const int64_t batch_size = BatchSize(inputs);
+  const auto batch = static_cast<std::size_t>(batch_size);
+  ValidateInputSizes(inputs, input_dir, entries, batch_size);
+  const std::size_t num_batches = (entries.size() + batch - 1) / batch;
   std::cout << "Model " << mindir_path.string() << " on " << options.device_type << " " << options.device_id
-            << ", " << sample_names.size() << " samples\n";
+            << ", " << entries.size() << " samples in " << num_batches << " batches of " << batch_size << '\n';
   for (std::size_t k = 0; k < inputs.size(); ++k) {
     std::cout << "  input " << k << ": " << DescribeTensor(inputs[k]) << " <- " << kInputSpecs[k].subdir << "/\n";
   }
 
-  std::vector<double> latencies_ms;
-  latencies_ms.reserve(sample_names.size());
-  for (std::size_t i = 0; i < sample_names.size(); ++i) {
-    const std::string &name = sample_names[i];
-    for (std::size_t k = 0; k < inputs.size(); ++k) {
-      void *buffer = inputs[k].MutableData();
-      if (buffer == nullptr) {
-        throw InferError("cannot get a host buffer for model input " + DescribeTensor(inputs[k]));
-      }
-      ReadBinaryInto(input_dir / kInputSpecs[k].subdir / name, buffer, inputs[k].DataSize());
-    }
+  std::vector<std::pair<std::string, std::vector<char>>> image_cache(inputs.size());
+  std::vector<BatchRun> batches;
+  batches.reserve(num_batches);
+  for (std::size_t b = 0; b < num_batches; ++b) {
+    BatchRun run;
+    run.first = b * batch;
+    run.count = std::min(batch, entries.size() - run.first);
+    const std::string what = run.count == 1 ? "sample " + entries[run.first].name
+                                            : "the batch of samples " + entries[run.first].name + " .. " +
+                                                  entries[run.first + run.count - 1].name;
+    FillBatch(&inputs, input_dir, entries, run.first, batch, &image_cache);
 
     std::vector<mindspore::MSTensor> outputs;
     const auto start = std::chrono::steady_clock::now();
     const mindspore::Status status = model.Predict(inputs, &outputs);
     const auto stop = std::chrono::steady_clock::now();
-    ThrowIfError(status, "Predict failed for sample " + name);
-    latencies_ms.push_back(std::chrono::duration<double, std::milli>(stop - start).count());
+    ThrowIfError(status, "Predict failed for " + what);
+    run.latency_ms = std::chrono::duration<double, std::milli>(stop - start).count();
     if (outputs.empty()) {
-      throw InferError("Predict returned no outputs for sample " + name);
+      throw InferError("Predict returned no outputs for " + what);
     }
-    if (i == 0) {
+    if (b == 0) {
       for (std::size_t k = 0; k < outputs.size(); ++k) {
         std::cout << "  output " << k << ": " << DescribeTensor(outputs[k]) << '\n';
       }
     }
 
-    const std::string stem = StripBinSuffix(name);
     for (std::size_t k = 0; k < outputs.size(); ++k) {
+      const std::size_t slice_bytes = SampleSliceBytes(outputs[k], k, batch_size);
       const std::shared_ptr<const void> data = outputs[k].Data();
       if (data == nullptr) {
-        throw InferError("output " + std::to_string(k) + " of sample " + name + " has no data");
+        throw InferError("output " + std::to_string(k) + " of " + what + " has no data");
       }
-      WriteBinary(output_dir / (stem + "_" + std::to_string(k) + ".bin"), data.get(), outputs[k].DataSize());
+      const char *bytes = static_cast<const char *>(data.get());
+      for (std::size_t slot = 0; slot < run.count; ++slot) {  // padded slots are dropped here
+        const std::string &name = entries[run.first + slot].name;
+        WriteBinary(output_dir / (name + "_" + std::to_string(k) + ".bin"), bytes + slot * slice_bytes, slice_bytes);
+      }
     }
+    batches.push_back(run);
   }
 
-  WriteLatencyReport(output_dir / kLatencyFileName, options, batch_size, sample_names, latencies_ms);
+  WriteLatencyReport(output_dir / kLatencyFileName, options, batch_size, entries, batches);
+  std::vector<double> latencies_ms;
+  for (const auto &run : batches) {
+    latencies_ms.push_back(run.latency_ms);
+  }
   const LatencyStats stats = SummarizeLatencies(latencies_ms);
-  const double samples_per_s = stats.total_ms > 0.0 ? 1000.0 * static_cast<double>(stats.count) / stats.total_ms : 0.0;
-  std::cout << std::fixed << std::setprecision(3) << "Mean latency: " << stats.mean_ms << " ms over " << stats.count
-            << " samples (batch " << batch_size << "); throughput: " << samples_per_s << " samples/s, "
-            << samples_per_s * static_cast<double>(batch_size) << " images/s\n"
+  const double samples_per_s =
+      stats.total_ms > 0.0 ? 1000.0 * static_cast<double>(entries.size()) / stats.total_ms : 0.0;
+  std::cout << std::fixed << std::setprecision(3) << "Mean latency: " << stats.mean_ms << " ms per batch of "
+            << batch_size << " over " << stats.count << " batches (" << entries.size()
+            << " samples); throughput: " << samples_per_s << " samples/s\n"
             << "Wrote outputs and " << kLatencyFileName << " to " << output_dir.string() << '\n';
   return 0;
 }

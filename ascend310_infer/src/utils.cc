@@ -27,6 +27,12 @@ bool HasBinSuffix(std::string_view name) {
   return name.size() > kBinSuffix.size() && name.substr(name.size() - kBinSuffix.size()) == kBinSuffix;
 }
 
+/// A name from the index must be a plain file stem: no folder part, so an index cannot point outside input_dir.
+bool IsPlainName(const std::string &name) {
+  return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\\') == std::string::npos;
+}
+
 /// Parses a whole string as a non-negative integer no larger than `max_value`.
 uint64_t ParseNonNegative(const std::string &flag, const std::string &text, uint64_t max_value) {
   uint64_t value = 0;
@@ -74,11 +80,11 @@ std::string UsageText(const std::string &program) {
       << "Usage: " << program << " --mindir_path=FILE --input_dir=DIR --output_dir=DIR [options]\n"
       << "\n"
       << "Required:\n"
-      << "  --mindir_path PATH   exported MINDIR model (static batch)\n"
-      << "  --input_dir DIR      folder with 00_image/, 01_input_ids/, 02_attention_mask/; each holds one\n"
-      << "                       raw .bin per sample with the same file name in all three folders:\n"
-      << "                       image float32 Bx3xHxW, input ids int32 BxT, attention mask int32 BxT\n"
-      << "  --output_dir DIR     receives <name>_<k>.bin (raw output k, float32 logits for k=0) per sample\n"
+      << "  --mindir_path PATH   exported MINDIR model (static batch B)\n"
+      << "  --input_dir DIR      preprocess.py's output: samples.txt (one '<sample> <image>' line per sample,\n"
+      << "                       in the order run), 00_image/<image>.bin (float32 1x3xHxW, one per image),\n"
+      << "                       01_input_ids/<sample>.bin and 02_attention_mask/<sample>.bin (int32 1xT)\n"
+      << "  --output_dir DIR     receives <sample>_<k>.bin (raw output k, float32 logits for k=0) per sample\n"
       << "                       and latency.txt; created if missing\n"
       << "Options:\n"
       << "  --device_type TYPE   Ascend | GPU | CPU (default Ascend)\n"
@@ -86,6 +92,8 @@ std::string UsageText(const std::string &program) {
       << "  --cpu_threads N      runtime thread count, 0 keeps the runtime default (default 0)\n"
       << "  -h, --help           print this help and exit\n"
       << "\n"
+      << "A MINDIR exported with batch B > 1 runs B samples per Predict; the last batch is padded with\n"
+      << "copies of its last sample, whose outputs are not written.\n"
       << "Exit status: 0 on success, 1 on a runtime or data error, 2 on a usage error.\n"
       << "The runtime logs through glog; GLOG_v=3 keeps only its errors.\n";
   return out.str();
@@ -162,34 +170,92 @@ std::vector<std::string> ListBinFiles(const fs::path &dir) {
   return names;
 }
 
-std::vector<std::string> MatchSampleNames(const fs::path &input_dir, const std::vector<std::string> &subdirs) {
-  if (subdirs.empty()) {
-    throw InferError("no input folders configured");
+std::vector<SampleEntry> ReadSampleIndex(const fs::path &path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) {
+    throw InferError("sample index not found: " + path.string() +
+                     " (preprocess.py writes it: one '<sample name> <image name>' per line)");
   }
-  std::vector<std::vector<std::string>> listings;
-  listings.reserve(subdirs.size());
-  for (const auto &subdir : subdirs) {
-    listings.push_back(ListBinFiles(input_dir / subdir));
+  std::ifstream in(path);
+  if (!in) {
+    throw InferError("cannot open " + path.string());
   }
-  // Every name present anywhere must be present everywhere; report the first that is not.
-  std::set<std::string> all_names;
-  for (const auto &listing : listings) {
-    all_names.insert(listing.begin(), listing.end());
+  std::vector<SampleEntry> entries;
+  std::set<std::string> seen;
+  std::string text;
+  std::size_t line_number = 0;
+  while (std::getline(in, text)) {
+    ++line_number;
+    if (!text.empty() && text.back() == '\r') {  // an index edited on Windows
+      text.pop_back();
+    }
+    std::istringstream fields(text);
+    std::string name;
+    std::string image;
+    std::string extra;
+    if (!(fields >> name) || name.front() == '#') {
+      continue;  // blank or comment
+    }
+    const std::string where = path.string() + " line " + std::to_string(line_number);
+    if (!(fields >> image) || (fields >> extra)) {
+      throw InferError(where + ": expected '<sample name> <image name>', got '" + text + "'");
+    }
+    for (const std::string *value : {&name, &image}) {
+      if (!IsPlainName(*value) || HasBinSuffix(*value)) {
+        throw InferError(where + ": '" + *value + "' is not a plain file name without folder or .bin suffix");
+      }
+    }
+    if (!seen.insert(name).second) {
+      throw InferError(where + ": sample '" + name + "' is listed twice");
+    }
+    entries.push_back(SampleEntry{name, image, line_number});
   }
-  if (all_names.empty()) {
-    throw InferError("no .bin files found in " + (input_dir / subdirs.front()).string());
+  if (in.bad()) {
+    throw InferError("failed to read " + path.string());
   }
-  for (const auto &name : all_names) {
-    for (std::size_t k = 0; k < subdirs.size(); ++k) {
-      if (!std::binary_search(listings[k].begin(), listings[k].end(), name)) {
-        throw InferError("input file missing: " + (input_dir / subdirs[k] / name).string() + " (all " +
-                         std::to_string(subdirs.size()) + " input folders must hold the same file names; " +
-                         subdirs[k] + " has " + std::to_string(listings[k].size()) + " of the " +
-                         std::to_string(all_names.size()) + " names seen)");
+  if (entries.empty()) {
+    throw InferError("sample index " + path.string() + " lists no samples");
+  }
+  return entries;
+}
+
+void CheckSampleFiles(const fs::path &input_dir, const fs::path &index_path, const std::vector<SampleEntry> &entries,
+                      const std::vector<std::string> &sample_subdirs, const std::string &image_subdir) {
+  std::set<std::string> listed;
+  for (const auto &entry : entries) {
+    listed.insert(entry.name + std::string(kBinSuffix));
+  }
+  for (const auto &subdir : sample_subdirs) {
+    const std::vector<std::string> present = ListBinFiles(input_dir / subdir);
+    for (const auto &entry : entries) {
+      const std::string file_name = entry.name + std::string(kBinSuffix);
+      if (!std::binary_search(present.begin(), present.end(), file_name)) {
+        throw InferError("input file missing: " + (input_dir / subdir / file_name).string() + " (sample '" +
+                         entry.name + "', " + index_path.string() + " line " + std::to_string(entry.line) + "; " +
+                         subdir + " has " + std::to_string(present.size()) + " of the " +
+                         std::to_string(entries.size()) + " samples listed)");
+      }
+    }
+    for (const auto &file_name : present) {
+      if (listed.count(file_name) == 0) {
+        throw InferError((input_dir / subdir / file_name).string() + " is not listed in " + index_path.string() +
+                         ": the folder holds files of another preprocessing run; re-run preprocess.py into an "
+                         "empty folder");
       }
     }
   }
-  return listings.front();
+  std::set<std::string> checked_images;
+  for (const auto &entry : entries) {
+    if (!checked_images.insert(entry.image).second) {
+      continue;
+    }
+    const fs::path image_path = input_dir / image_subdir / (entry.image + std::string(kBinSuffix));
+    std::error_code ec;
+    if (!fs::is_regular_file(image_path, ec)) {
+      throw InferError("input file missing: " + image_path.string() + " (image of sample '" + entry.name + "', " +
+                       index_path.string() + " line " + std::to_string(entry.line) + ")");
+    }
+  }
 }
 
 void ReadBinaryInto(const fs::path &path, void *dst, std::size_t num_bytes) {

@@ -1,6 +1,6 @@
 /**
  * Helpers of the CoupAlign C++ inference program that do not depend on the
- * MindSpore Lite API: command-line parsing, sample discovery, raw binary I/O
+ * MindSpore Lite API: command-line parsing, the sample index, raw binary I/O
  * and latency statistics. Keeping them free of Lite types lets them be read
  * (and reasoned about) without the SDK.
  */
@@ -49,10 +49,27 @@ Options ParseArgs(int argc, const char *const argv[]);
 /// Sorted names (not paths) of the regular `*.bin` files in `dir`. Throws InferError if `dir` is not a directory.
 std::vector<std::string> ListBinFiles(const std::filesystem::path &dir);
 
-/// Checks that every `input_dir/<subdir>` holds exactly the same `*.bin` names and returns them sorted.
-/// Throws InferError naming the first file missing from one of the folders, or if the folders are empty.
-std::vector<std::string> MatchSampleNames(const std::filesystem::path &input_dir,
-                                          const std::vector<std::string> &subdirs);
+/// One sample of the index file written by preprocess.py: the name of its sentence inputs
+/// (`01_input_ids/<name>.bin`, `02_attention_mask/<name>.bin`) and of the image it is run on
+/// (`00_image/<image>.bin`, shared by every sample of that image). Names carry no `.bin` suffix.
+struct SampleEntry {
+  std::string name;
+  std::string image;
+  std::size_t line = 0;  // 1-based line in the index file, for error messages
+};
+
+/// Reads the index file: one `<sample name> <image name>` per line, in the order to run them; blank lines and
+/// lines starting with '#' are skipped. Throws InferError naming the file (and line) if it is missing, empty,
+/// has a line that is not exactly two names, a name that is not a plain file name, or a sample listed twice.
+std::vector<SampleEntry> ReadSampleIndex(const std::filesystem::path &path);
+
+/// Checks that the files of every indexed sample exist: `input_dir/<subdir>/<name>.bin` for each of
+/// `sample_subdirs` and `input_dir/<image_subdir>/<image>.bin`. Throws InferError naming the first missing file
+/// and the index line that asks for it, or a `.bin` in a sample folder that the index does not list (leftovers
+/// of another preprocessing run would otherwise be silently ignored).
+void CheckSampleFiles(const std::filesystem::path &input_dir, const std::filesystem::path &index_path,
+                      const std::vector<SampleEntry> &entries, const std::vector<std::string> &sample_subdirs,
+                      const std::string &image_subdir);
 
 /// Reads exactly `num_bytes` bytes of `path` into `dst`; throws InferError if the file size differs or reading fails.
 void ReadBinaryInto(const std::filesystem::path &path, void *dst, std::size_t num_bytes);

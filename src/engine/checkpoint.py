@@ -1,8 +1,10 @@
 """Training checkpoints: written atomically, the last K kept, the latest found again on resume.
 
-A checkpoint holds every Parameter of the train step (model, optimizer moments and step counters,
+A step checkpoint holds every Parameter of the train step (model, optimizer moments and step counters,
 accumulation buffers, loss scale) plus metadata: the global step, the epoch, the number of batches
-of that epoch already consumed, the seed, the best validation score so far and the config.
+of that epoch already consumed, the seed, the best validation score so far, the config, and the text
+encoder's architecture and vocabulary. `best.ckpt` holds the model's weights and the same metadata
+only (a third of the size: no AdamW moments), which is all eval, infer and export need.
 It is written into `<dir>/.incomplete/` and renamed into place, so a kill or a full disk never leaves a
 half-written file under a checkpoint's name and the previous checkpoint stays intact.
 """
@@ -18,7 +20,10 @@ from typing import Dict, List, Optional
 logger = logging.getLogger(__name__)
 
 CKPT_PATTERN = re.compile(r"^step_(\d+)\.ckpt$")
-META_KEYS = ("step", "epoch", "batch_in_epoch", "seed", "best_score", "bad_samples", "config_yaml")
+# What a checkpoint needs to rebuild the model on a machine with no pretrained/ (src/engine/inference.py):
+# the run's config, the text encoder's architecture (BertConfig JSON) and its WordPiece vocabulary.
+ARTIFACT_KEYS = ("config_yaml", "bert_config_json", "vocab_txt")
+META_KEYS = ("step", "epoch", "batch_in_epoch", "seed", "best_score", "bad_samples") + ARTIFACT_KEYS
 
 
 class CheckpointError(RuntimeError):
@@ -79,9 +84,10 @@ class CheckpointManager:
     """Saves `cell`'s parameters under `directory` as step_<N>.ckpt, keeping the last `keep_last`,
     and `best.ckpt` separately."""
 
-    def __init__(self, directory: str, keep_last: int = 3):
+    def __init__(self, directory: str, keep_last: int = 3, artifacts: Optional[Dict[str, str]] = None):
         self.directory = directory
         self.keep_last = max(1, int(keep_last))
+        self.artifacts = dict(artifacts or {})  # bert_config_json, vocab_txt: stored in every checkpoint
         os.makedirs(directory, exist_ok=True)
         _clear_staging(os.path.join(directory, STAGING_DIR))  # left by a process killed while writing
 
@@ -102,16 +108,16 @@ class CheckpointManager:
             os.remove(old)
         return path
 
-    def save_best(self, cell, state: TrainState, seed: int, config_yaml: str) -> str:
+    def save_best(self, model, state: TrainState, seed: int, config_yaml: str) -> str:
+        """`model`: the network alone (not the train step), so no optimizer state is written."""
         path = os.path.join(self.directory, "best.ckpt")
-        _write_atomic(cell, path, self._meta(state, seed, config_yaml))
+        _write_atomic(model, path, self._meta(state, seed, config_yaml))
         return path
 
-    @staticmethod
-    def _meta(state: TrainState, seed: int, config_yaml: str) -> Dict:
+    def _meta(self, state: TrainState, seed: int, config_yaml: str) -> Dict:
         return {"step": int(state.step), "epoch": int(state.epoch), "batch_in_epoch": int(state.batch_in_epoch),
                 "seed": int(seed), "best_score": float(state.best_score), "bad_samples": int(state.bad_samples),
-                "config_yaml": config_yaml}
+                **self.artifacts, "config_yaml": config_yaml}
 
 
 def read_checkpoint(path: str) -> Dict:
@@ -125,6 +131,21 @@ def read_checkpoint(path: str) -> Dict:
     except Exception as e:  # MindSpore raises ValueError/RuntimeError with internal detail
         raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def read_artifacts(path: str) -> Dict[str, str]:
+    """The ARTIFACT_KEYS a checkpoint holds (possibly none: older checkpoints and bare weights), read
+    without loading the weights."""
+    import mindspore as ms
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        entries = ms.load_checkpoint(path, choice_func=lambda name: name in ARTIFACT_KEYS)
+    except Exception as e:  # MindSpore raises ValueError/RuntimeError with internal detail
+        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return {k: v for k, v in entries.items() if isinstance(v, str)}
 
 
 def split_meta(entries: Dict):

@@ -31,6 +31,8 @@ class SampleResult:
     iou_original: float
     intersection_input: int = 0  # pixels, at input resolution: subsets' oIoU = sum I / sum U
     union_input: int = 0
+    intersection_original: int = 0  # pixels, at the image's own size
+    union_original: int = 0
 
 
 @dataclass
@@ -51,6 +53,37 @@ class EvalResult:
     @property
     def num_samples(self) -> int:
         return len(self.samples)
+
+    @classmethod
+    def from_samples(cls, samples: List[SampleResult], skipped: List[SkippedSample] = ()) -> "EvalResult":
+        """Metrics recomputed from per-sample intersections and unions, in sample-index order, so a
+        split scored in shards gives exactly the numbers of one pass over it."""
+        samples = sorted(samples, key=lambda s: s.index)
+        indices = [s.index for s in samples]
+        if len(set(indices)) != len(indices):
+            raise RuntimeError(f"evaluation counted {len(indices) - len(set(indices))} samples twice (shards overlap)")
+        at_input, at_original = RefSegMetrics(), RefSegMetrics()
+        for s in samples:
+            at_input.add(s.intersection_input, s.union_input)
+            at_original.add(s.intersection_original, s.union_original)
+        return cls(at_input.compute(), at_original.compute(), samples, sorted(skipped, key=lambda k: k.index))
+
+
+def merge_shards(shards: List[EvalResult]) -> EvalResult:
+    """One result from the per-rank results of a sharded evaluation (see `evaluate`)."""
+    if len(shards) == 1:
+        return shards[0]
+    return EvalResult.from_samples([s for r in shards for s in r.samples], [k for r in shards for k in r.skipped])
+
+
+def gather_shards(result: EvalResult, ctx) -> EvalResult:
+    """The whole split's result on every rank from each rank's shard (`ctx`: a runtime.RunContext)."""
+    from src.utils.runtime import all_gather_object
+
+    shards = all_gather_object(result, ctx)
+    if len(shards) > 1:
+        logger.info("evaluation shards: %s samples per rank", [s.num_samples for s in shards])
+    return merge_shards(shards)
 
 
 class Scorer:
@@ -77,12 +110,13 @@ class Scorer:
         original_logits = resize_logits_to(logits, gt.shape)
         iou_orig = self.original_metrics.update(logits_to_mask(original_logits), gt > 0)
         self.samples.append(SampleResult(index, sample.ref_id, sample.sent_id, sample.text, iou_in, iou_orig,
-                                         self.input_metrics.intersections[-1], self.input_metrics.unions[-1]))
+                                         self.input_metrics.intersections[-1], self.input_metrics.unions[-1],
+                                         self.original_metrics.intersections[-1], self.original_metrics.unions[-1]))
         if self.on_prediction is not None:
             self.on_prediction(sample, original_logits, len(self.samples) - 1)
 
     def result(self) -> EvalResult:
-        return EvalResult(self.input_metrics.compute(), self.original_metrics.compute(), self.samples)
+        return EvalResult.from_samples(self.samples)
 
 
 def _load_error(refer, index: int) -> str:
@@ -103,6 +137,9 @@ def evaluate(predict: Callable, refer, dataset, max_batches: Optional[int] = Non
     """Runs `predict(image, input_ids, attention_mask) -> logits (B, 1, S, S) numpy` over `dataset`
     (an evaluation pipeline from `create_refer_dataset(train=False)`, which carries an `index` column
     into `refer.samples()`; rows with index -1 are padding and skipped).
+
+    With a sharded pipeline (`create_refer_dataset(num_shards=..., shard_id=...)`) the result covers this
+    rank's shard; `gather_shards(result, ctx)` gives the split's result on every rank.
 
     A sample whose image or mask cannot be loaded raises a ValueError naming the file and field, or,
     with `skip_bad_samples`, is left out of the metrics and listed in `EvalResult.skipped`.

@@ -19,7 +19,7 @@ from src.data.refer import ReferDataset
 from src.data.tokenizer import BertTokenizer
 from src.engine import diagnostics
 from src.engine.checkpoint import CheckpointManager, TrainState, list_checkpoints, read_checkpoint, split_meta
-from src.engine.evaluator import evaluate, format_table
+from src.engine.evaluator import evaluate, format_table, gather_shards
 from src.engine.optimizer import AdamW, PolyLR, param_groups
 from src.engine.train_step import TrainStep
 from src.models import create_model
@@ -122,10 +122,14 @@ class Trainer:
                                                max_other_objects=num_other_objects(cfg),
                                                **shard)
         self.val_refer = self.val_data = self.probe = None
-        if tc.validate and ctx.is_main:
+        if tc.validate:
+            # Every rank scores its shard of the split and rank 0 merges them: a RefCOCO val pass at batch 1
+            # on rank 0 alone (~10,800 samples) outlasted HCCL's timeout while the others waited.
             self.val_refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.data.val_split)
             self.val_data = create_refer_dataset(self.val_refer, self.tokenizer, cfg.model.image_size,
-                                                 cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers)
+                                                 cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,
+                                                 **shard)
+        if tc.validate and ctx.is_main:
             if tc.diagnostics_pairs:
                 try:
                     self.probe = diagnostics.ProbeSet.from_refer(self.val_refer, self.tokenizer, cfg.model.image_size,
@@ -140,6 +144,7 @@ class Trainer:
                               f"batches of an epoch")
         self.total_updates = tc.max_steps or tc.epochs * updates_per_epoch
         self.model = create_model(cfg)
+        artifacts = self._artifacts()  # before AMP may wrap the network
         if tc.amp_level != "O0":
             # Mixed precision for Ascend/GPU (fp16 compute); pair it with train.loss_scale > 1.
             # Not measurable on the CPU this project is tested on.
@@ -158,11 +163,18 @@ class Trainer:
                                    distributed=ctx.group_size > 1)
         self.main_ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
         ckpt_dir = self.main_ckpt_dir if ctx.is_main else os.path.join(self.main_ckpt_dir, f"rank_{ctx.rank}")
-        self.ckpt = CheckpointManager(ckpt_dir, tc.keep_last)
+        self.ckpt = CheckpointManager(ckpt_dir, tc.keep_last, artifacts=artifacts)
         self.log = JsonLog(os.path.join(cfg.output_dir, "train_log.jsonl") if ctx.is_main else None)
         self.state = TrainState()
         if tc.resume:
             self._resume()
+
+    def _artifacts(self) -> Dict[str, str]:
+        """What eval/infer/export need besides the weights (src/engine/inference.py): the text
+        encoder's architecture and vocabulary, so that no pretrained/ file is needed after training."""
+        with open(self.tokenizer.vocab_path, "r", encoding="utf-8") as f:
+            vocab = f.read()
+        return {"bert_config_json": self.model.bert.config.to_json_string(), "vocab_txt": vocab}
 
     # ------------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -196,8 +208,11 @@ class Trainer:
             return self.model(Tensor(image), Tensor(input_ids), Tensor(attention_mask)).asnumpy()
 
         # A bad validation file must not end a long run at an epoch boundary: skip it, with a warning.
-        result = evaluate(predict, self.val_refer, self.val_data, skip_bad_samples=True)
+        shard_result = evaluate(predict, self.val_refer, self.val_data, skip_bad_samples=True)
+        result = gather_shards(shard_result, self.ctx)
         self.model.set_train(True)
+        if not self.ctx.is_main:
+            return None
         logger.info("validation after epoch %d:\n%s", self.state.epoch, format_table(self.cfg.data.val_split, result))
         metrics = result.input_resolution
         self.log.write({"type": "val", "step": self.state.step, "epoch": self.state.epoch, **metrics})
@@ -207,7 +222,7 @@ class Trainer:
             logger.info("training health after epoch %d:\n%s", self.state.epoch, diagnostics.format_report(health))
         if metrics["overall_iou"] > self.state.best_score:
             self.state.best_score = metrics["overall_iou"]
-            path = self.ckpt.save_best(self.step_cell, self.state, self.cfg.seed, self.cfg.to_yaml())
+            path = self.ckpt.save_best(self.model, self.state, self.cfg.seed, self.cfg.to_yaml())
             logger.info("new best val oIoU %.2f -> %s", metrics["overall_iou"], path)
         return metrics
 
@@ -294,7 +309,7 @@ class Trainer:
             if finished_epoch:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-            if self.ctx.is_main and tc.validate:
+            if tc.validate:
                 last_metrics = self._validate()
             self._save()
             if self.state.step >= self.total_updates:

@@ -22,11 +22,13 @@ def list_models() -> List[str]:
     return sorted(_MODELS)
 
 
-def create_model(cfg, name: str = "coupalign", load_pretrained: bool = True):
-    """Builds the registered model `name` from `cfg` (a src.config.Config)."""
+def create_model(cfg, name: str = "coupalign", load_pretrained: bool = True, bert_config=None):
+    """Builds the registered model `name` from `cfg` (a src.config.Config). `bert_config` (a BertConfig,
+    e.g. stored in a trained checkpoint) fixes the text encoder's architecture without reading
+    model.bert.pretrained; it implies load_pretrained=False for the text encoder."""
     if name not in _MODELS:
         raise ValueError(f"unknown model '{name}'; registered: {', '.join(list_models())}")
-    return _MODELS[name](cfg, load_pretrained=load_pretrained)
+    return _MODELS[name](cfg, load_pretrained=load_pretrained, bert_config=bert_config)
 
 
 def load_into(cell, params: Dict[str, object], source: str, strict: bool = False) -> Tuple[List[str], List[str]]:
@@ -58,12 +60,16 @@ def load_into(cell, params: Dict[str, object], source: str, strict: bool = False
 
 
 @register_model("coupalign")
-def _build_coupalign(cfg, load_pretrained: bool = True):
+def _build_coupalign(cfg, load_pretrained: bool = True, bert_config=None):
     import mindspore as ms
 
     from src.models.bert import load_converted_bert
     from src.models.coupalign import CoupAlign, bert_config_from
 
+    if bert_config is not None:  # a trained checkpoint's own architecture: nothing pretrained to read
+        if load_pretrained:
+            raise ValueError("create_model: bert_config is for rebuilding a trained model (load_pretrained=False)")
+        return CoupAlign(cfg.model, bert_config)
     bert_section = cfg.model.bert
     if bert_section.pretrained and not os.path.isfile(bert_section.pretrained):
         raise FileNotFoundError(f"model.bert.pretrained: checkpoint not found: {bert_section.pretrained} "

@@ -128,6 +128,10 @@ class BertConfig:
         with open(path, "r", encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
+    @classmethod
+    def from_json_string(cls, text: str) -> "BertConfig":
+        return cls.from_dict(json.loads(text))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

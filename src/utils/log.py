@@ -1,5 +1,5 @@
 """Logging set-up for entry scripts: rank 0 logs to the console and `<output_dir>/<name>.log`;
-other ranks log to `<output_dir>/logs/rank_<r>.log` only, so a cluster run prints one stream."""
+other ranks log to `<output_dir>/logs/<name>_rank_<r>.log` only, so a cluster run prints one stream."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +15,7 @@ def setup_logging(output_dir: str, name: str, rank: int = 0, level: int = loggin
         path = os.path.join(output_dir, f"{name}.log")
     else:
         os.makedirs(os.path.join(output_dir, "logs"), exist_ok=True)
-        path = os.path.join(output_dir, "logs", f"rank_{rank}.log")
+        path = os.path.join(output_dir, "logs", f"{name}_rank_{rank}.log")
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):

@@ -90,3 +90,16 @@ def setup_context(cfg) -> RunContext:
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     return ctx
+
+
+def all_gather_object(obj, ctx: RunContext) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank (pickled through the job's communicator);
+    [obj] when the run is not distributed."""
+    if ctx.group_size == 1:
+        return [obj]
+    from mindspore.mint.distributed import all_gather_object as gather
+
+    gathered = [None] * ctx.group_size
+    gather(gathered, obj)
+    return gathered
+

@@ -1,0 +1,131 @@
+"""A trained checkpoint is enough to use the model: eval.py, infer.py and export.py run from it alone,
+in a directory with no pretrained/ and no config file, after the files the training config named are
+gone; best.ckpt carries no optimizer state; tools/strip_checkpoint.py releases the weights alone."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+import mindspore as ms
+
+from test_entry_scripts import ROOT, _vocab_path, tiny_config
+
+
+def _run(args, cwd, expect=0):
+    proc = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, GLOG_v="3"))
+    assert proc.returncode == expect, f"{args[0]} exited {proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Trained with its vocabulary in <base>/pretrained/, evaluated once with the config; then
+    pretrained/ is deleted and every later call has only the checkpoint."""
+    from src.data.synthetic import generate_synthetic_refer
+
+    base = tmp_path_factory.mktemp("self_contained")
+    data = str(base / "data")
+    generate_synthetic_refer(data, num_images=16, seed=3)
+    os.makedirs(base / "pretrained")
+    vocab = str(base / "pretrained" / "vocab.txt")
+    shutil.copyfile(_vocab_path(), vocab)
+    cfg = tiny_config(data, str(base / "run"))
+    cfg["model"]["bert"]["vocab_path"] = vocab
+    cfg["train"].update(max_steps=4, keep_last=1)
+    cfg_path = str(base / "train.yaml")
+    yaml.safe_dump(cfg, open(cfg_path, "w"))
+    _run(["train.py", "--config_path", cfg_path], ROOT)
+    ckpt = str(base / "run" / "checkpoints" / "best.ckpt")
+    _run(["eval.py", "--config_path", cfg_path, f"--checkpoint_path={ckpt}", f"--eval.output_dir={base / 'ref'}"], ROOT)
+    shutil.rmtree(base / "pretrained")
+    os.remove(cfg_path)
+    empty = base / "elsewhere"
+    empty.mkdir()
+    return {"base": base, "data": data, "ckpt": ckpt, "cwd": str(empty),
+            "ref": json.load(open(base / "ref" / "metrics.json"))}
+
+
+def _script(name):
+    return os.path.join(ROOT, name)
+
+
+def _metrics(path):
+    return {k: v for k, v in json.load(open(path)).items() if k in ("input_resolution", "original_resolution")}
+
+
+def test_best_checkpoint_holds_no_optimizer_state(run):
+    names = ms.load_checkpoint(run["ckpt"]).keys()
+    assert not [n for n in names if n.startswith(("adam_", "accum_grad"))]
+    assert {"config_yaml", "bert_config_json", "vocab_txt"} <= set(names)
+    step = [f for f in os.listdir(os.path.dirname(run["ckpt"])) if f.startswith("step_")][0]
+    # the step checkpoint carries AdamW's two moments per weight: about 3x the model
+    assert os.path.getsize(run["ckpt"]) < 0.5 * os.path.getsize(os.path.join(os.path.dirname(run["ckpt"]), step))
+
+
+def test_eval_from_the_checkpoint_alone(run):
+    out = run["base"] / "alone"
+    _run([_script("eval.py"), f"--ckpt_file={run['ckpt']}", f"--data_root={run['data']}", f"--eval.output_dir={out}"],
+         run["cwd"])
+    assert _metrics(out / "metrics.json") == {k: run["ref"][k] for k in ("input_resolution", "original_resolution")}
+    assert not os.path.exists(os.path.join(run["cwd"], "pretrained"))
+
+
+def test_infer_and_export_from_the_checkpoint_alone(run):
+    image = sorted(os.listdir(os.path.join(run["data"], "images", "train2014")))[0]
+    mask = run["base"] / "infer" / "mask.png"
+    _run([_script("infer.py"), f"--checkpoint_path={run['ckpt']}", "--image",
+          os.path.join(run["data"], "images", "train2014", image), "--text", "the red circle", "--output", str(mask)],
+         run["cwd"])
+    assert mask.is_file()
+    name = str(run["base"] / "export" / "model")
+    _run([_script("export.py"), f"--checkpoint_path={run['ckpt']}", f"--file_name={name}"], run["cwd"])
+    assert os.path.getsize(name + ".mindir") > 0
+
+
+def test_preprocess_from_the_checkpoint_alone(run):
+    out = run["base"] / "pre"
+    _run([_script("preprocess.py"), f"--checkpoint_path={run['ckpt']}", f"--data_root={run['data']}",
+          "--output_path", str(out)], run["cwd"])
+    meta = json.load(open(out / "samples.json"))
+    assert meta["num_images"] > 0 and len(meta["samples"]) == run["ref"]["num_samples"]
+
+
+def test_without_the_stored_config_the_old_rules_apply(run):
+    """An explicit --config_path still decides the model; naming files that are gone fails clearly."""
+    cfg = tiny_config(run["data"], str(run["base"] / "x"))
+    cfg["model"]["mask_generator"]["conv_dim"] = 64
+    path = str(run["base"] / "other.yaml")
+    yaml.safe_dump(cfg, open(path, "w"))
+    proc = _run([_script("eval.py"), "--config_path", path, f"--checkpoint_path={run['ckpt']}",
+                 f"--eval.output_dir={run['base'] / 'o'}"], run["cwd"], expect=2)
+    assert "shapes do not match" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_strip_checkpoint(run, fp16):
+    dst = run["base"] / f"release_{fp16}.ckpt"
+    step_dir = os.path.dirname(run["ckpt"])
+    step = os.path.join(step_dir, [f for f in os.listdir(step_dir) if f.startswith("step_")][0])
+    proc = _run([_script("tools/strip_checkpoint.py"), "--src", step, "--dst", str(dst), *(["--fp16"] if fp16 else [])],
+                run["cwd"])
+    assert "optimizer/step entries dropped" in proc.stdout
+    entries = ms.load_checkpoint(str(dst))
+    assert not [n for n in entries if n.startswith(("adam_", "accum_grad"))]
+    weights = [v for v in entries.values() if hasattr(v, "dtype") and len(v.shape) > 1]
+    assert weights and all(v.dtype == (ms.float16 if fp16 else ms.float32) for v in weights)
+    # AdamW's moments are 2/3 of a step checkpoint; fp16 halves the rest (the vocabulary, ~0.2 MB, stays)
+    assert os.path.getsize(dst) < (0.25 if fp16 else 0.4) * os.path.getsize(step)
+    out = run["base"] / f"strip_eval_{fp16}"
+    _run([_script("eval.py"), f"--checkpoint_path={dst}", f"--data_root={run['data']}", f"--eval.output_dir={out}"],
+         run["cwd"])
+    got = _metrics(out / "metrics.json")
+    if not fp16:  # step checkpoint == best.ckpt here (validation after the last step): identical numbers
+        assert got == {k: run["ref"][k] for k in ("input_resolution", "original_resolution")}
+    else:
+        assert got["input_resolution"]["overall_iou"] == pytest.approx(run["ref"]["input_resolution"]["overall_iou"],
+                                                                        abs=1.0)
