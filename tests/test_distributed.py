@@ -27,9 +27,9 @@ def _free_port():
 def _deterministic(cfg):
     """No randomness inside the step (dropout, drop path, aux sampling), a plain-mean CE and no proposal
     matching, so that the mean of two half-batch gradients equals the full-batch gradient. (Matching is
-    an argmin: where two proposals fit about equally, as at initialisation, the fp32 rounding of an
-    allreduce can flip the match; and with all_objects the mask term is divided by the matched objects of
-    the device's batch, which two half batches count differently.)"""
+    an argmin: where two proposals fit about equally, as at initialisation, fp32 rounding in another
+    batch composition can flip the match. The matched loss itself is a per-sample mean, exact under data
+    parallelism: tests/test_proposal_losses.py.)"""
     cfg["model"]["bert"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg["model"]["swin"]["drop_path_rate"] = 0.0
     cfg["loss"].update(aux_enabled=False, ce_weight_bg=1.0, ce_weight_fg=1.0, proposal_loss="none")

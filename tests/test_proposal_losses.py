@@ -169,3 +169,31 @@ def test_proposal_losses_break_the_symmetry_of_identical_proposals(proposal_loss
         assert spread > 1e-3
         if proposal_loss == "matched":
             assert np.abs(grad_s.asnumpy()).max() > 1e-3  # the SMA scores are pulled toward one proposal
+
+
+@pytest.mark.parametrize("proposal_loss", ["weighted", "matched"])
+def test_proposal_loss_of_a_batch_is_the_mean_of_its_halves(proposal_loss):
+    """Data parallelism averages per-device losses: that is the global batch's loss only if the loss is a
+    mean over samples. Here the two halves hold different numbers of objects (1 + 2 and 1 + 0): the old
+    normalisation by the batch's total of matched objects gave (a + b) / 4 for the whole and a / 3, b / 1
+    for the halves."""
+    rng = np.random.default_rng(5)
+    s, b, n, d, h, w, size = 1, 2, 4, 8, 8, 8, 32
+    mask_embeds = rng.standard_normal((s, b, n, d)).astype(np.float32)
+    scores = rng.standard_normal((s, b, n)).astype(np.float32)
+    pixel_embed = rng.standard_normal((b, d, h, w)).astype(np.float32)
+    target = np.zeros((b, size, size), np.float32)
+    target[0, 4:16, 4:20] = 1
+    target[1, 10:30, 12:28] = 1
+    others = np.zeros((b, 2, size, size), np.float32)
+    others[0, 0, 20:30, 20:30] = 1
+    others[0, 1, 0:8, 24:32] = 1  # sample 0: two other objects; sample 1: none
+    crit = CoupAlignCriterion(aux_num_fg=8, aux_num_bg=16, proposal_loss=proposal_loss, proposal_targets="all_objects")
+
+    def loss(rows):
+        return crit.proposal_losses(Tensor(mask_embeds[:, rows]), Tensor(scores[:, rows]), Tensor(pixel_embed[rows]),
+                                    Tensor(target[rows]), Tensor(others[rows])).asnumpy()
+
+    whole, first, second = loss([0, 1]), loss([0]), loss([1])
+    np.testing.assert_allclose(whole, (first + second) / 2, rtol=1e-5)
+    assert abs(first - second) > 1e-2  # the halves really differ, so the equality says something

@@ -436,7 +436,7 @@ class CoupAlignCriterion(nn.Cell):
             if self.proposal_loss == "weighted":
                 own = pairwise_mask_losses(logits, soft[:, :1]).squeeze(2)  # (B, N) vs the referent
                 weights = ops.softmax(sma_scores[s], axis=-1)  # (B, N)
-                total = total + (weights * own).sum(axis=1).mean()
+                total = total + self.proposal_weight * (weights * own).sum(axis=1).mean()
                 continue
             pair = pairwise_mask_losses(logits, soft)  # (B, N, K')
             log_prob = ops.log_softmax(sma_scores[s], axis=-1)  # (B, N)
@@ -445,11 +445,13 @@ class CoupAlignCriterion(nn.Cell):
                 referent_cost = pair[:, :, :1] - self.match_score_weight * log_prob.expand_dims(2)  # (B, N, 1)
                 cost = ops.concat((referent_cost, pair[:, :, 1:]), axis=2)
             assign = greedy_match(cost, valid)  # (B, N, K')
-            mask_term = (assign * pair).sum() / ops.maximum(assign.sum(), 1.0)
-            chosen = assign[:, :, 0]  # (B, N) one-hot: the proposal matched to the referent
-            has_referent = chosen.sum(axis=1)  # (B,)
-            ce = -(chosen * log_prob).sum() / ops.maximum(has_referent.sum(), 1.0)
-            total = total + self.proposal_weight * mask_term + self.sma_ce_weight * ce
+            # Per sample (the mean over its matched objects), then the batch mean: a mean of equal-size
+            # device batches is then exactly the global batch's loss under data parallelism. (Dividing
+            # by the batch's total of matched objects was not: two half batches count them differently.)
+            per_sample = (assign * pair).sum(axis=(1, 2)) / ops.maximum(assign.sum(axis=(1, 2)), 1.0)  # (B,)
+            chosen = assign[:, :, 0]  # (B, N) one-hot: the proposal matched to the referent (none if empty)
+            ce = -(chosen * log_prob).sum(axis=1)  # (B,)
+            total = total + self.proposal_weight * per_sample.mean() + self.sma_ce_weight * ce.mean()
         return total
 
     def construct(self, logits_per_layer, target, pixel_embed, target_embed, fg_keys=None, bg_keys=None,
@@ -465,9 +467,8 @@ class CoupAlignCriterion(nn.Cell):
         if self.proposal_loss != "none":
             if not self.deep_supervision:
                 mask_embeds, sma_scores = mask_embeds[-1:], sma_scores[-1:]
-            proposal = self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others)
-            weight = self.proposal_weight if self.proposal_loss == "weighted" else 1.0  # matched: weighted inside
-            total = total + weight * proposal
+            proposal = self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others)  # weighted inside
+            total = total + proposal
         else:
             proposal = ops.zeros((), ms.float32)
         return total, seg, aux, proposal
