@@ -4,7 +4,9 @@
         --split val --output_dir OUT [--save_masks true] [--visualize 16] [--skip_bad_samples true]
     bash scripts/run_distribute_eval.sh DEVICE_NUM C CK [--key=value ...]    (every device scores a shard)
 
-Writes OUT/metrics.json, OUT/per_sample.csv, OUT/masks/<ref_id>_<sent_id>.png (--save_masks) and
+--config_path is optional with a checkpoint written by train.py (its config, text-encoder architecture
+and vocabulary are stored in it; command-line keys override them); --ckpt_file is the same as
+--checkpoint_path. Writes OUT/metrics.json, OUT/per_sample.csv, OUT/masks/<ref_id>_<sent_id>.png (--save_masks) and
 OUT/visualize/*.png (--visualize K), and prints the paper's table. A sample whose image or mask cannot
 be loaded stops the evaluation with the file and field named; with --skip_bad_samples true it is left
 out of the metrics and listed (with the reason) in metrics.json.

@@ -2,6 +2,7 @@
 
     python export.py --config_path C --checkpoint_path CK --file_name NAME --file_format MINDIR [--batch_size 1]
 
+--config_path is optional with a checkpoint written by train.py (its config is stored in it).
 Inputs of the exported graph, in this order: image float32 (B, 3, S, S) (S = model.image_size,
 ImageNet-normalised RGB), input_ids int32 (B, T), attention_mask int32 (B, T) (T = model.max_tokens).
 Output: logits float32 (B, 1, S, S); mask = logits > 0. The batch is static (a dynamic-batch graph

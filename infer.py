@@ -3,7 +3,8 @@
     python infer.py --config_path C --checkpoint_path CK --image IMG --text "the red car on the left" \
         [--text "another sentence" ...] --output OUT.png
 
-For each sentence writes the mask (0/255 PNG at the image's size) and an overlay with the sentence
+--config_path is optional with a checkpoint written by train.py: its config and vocabulary are
+stored in it (src/engine/inference.py). For each sentence writes the mask (0/255 PNG at the image's size) and an overlay with the sentence
 written on it: OUT.png and OUT_overlay.png for one sentence, OUT_<k>.png / OUT_<k>_overlay.png for several.
 Any image size and mode (RGB, grayscale, RGBA, palette, 16-bit; JPEG or PNG).
 """
