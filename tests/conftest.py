@@ -14,3 +14,27 @@ import mindspore as ms  # noqa: E402
 
 ms.set_device("CPU")
 ms.set_context(mode=ms.GRAPH_MODE)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A tiny model trained once by train.py (6 steps on 16 synthetic images) for every test that needs a
+    real checkpoint: tests/test_entry_scripts.py and tests/test_self_contained.py."""
+    import yaml
+
+    from src.data.synthetic import generate_synthetic_refer
+    from test_entry_scripts import run, tiny_config
+
+    base = tmp_path_factory.mktemp("e2e")
+    data_root = str(base / "data")
+    generate_synthetic_refer(data_root, num_images=16, seed=3)
+    out = str(base / "run")
+    config_path = str(base / "tiny.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(tiny_config(data_root, out), f)
+    run("train.py", "--config_path", config_path)
+    return {"config": config_path, "data": data_root, "out": out}
+

@@ -1,9 +1,9 @@
-"""A trained checkpoint is enough to use the model: eval.py, infer.py and export.py run from it alone,
-in a directory with no pretrained/ and no config file, after the files the training config named are
-gone; best.ckpt carries no optimizer state; tools/strip_checkpoint.py releases the weights alone."""
+"""A trained checkpoint is enough to use the model: eval.py, infer.py, export.py and preprocess.py run
+from it alone, in a directory with no pretrained/ and no config file, when the files its training config
+names are on another machine; best.ckpt carries no optimizer state; tools/strip_checkpoint.py releases
+the weights alone."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -13,7 +13,7 @@ import yaml
 
 import mindspore as ms
 
-from test_entry_scripts import ROOT, _vocab_path, tiny_config
+from test_entry_scripts import ROOT
 
 
 def _run(args, cwd, expect=0):
@@ -23,32 +23,36 @@ def _run(args, cwd, expect=0):
     return proc
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Trained with its vocabulary in <base>/pretrained/, evaluated once with the config; then
-    pretrained/ is deleted and every later call has only the checkpoint."""
-    from src.data.synthetic import generate_synthetic_refer
+def _as_if_trained_elsewhere(src, dst):
+    """A copy of checkpoint `src` whose stored config names the files of another machine (vocabulary,
+    pretrained BERT, data): what a user gets with a checkpoint trained on a cluster."""
+    entries = ms.load_checkpoint(src)
+    cfg = yaml.safe_load(entries.pop("config_yaml"))
+    cfg["model"]["bert"].update(vocab_path="/cluster/pretrained/vocab.txt", pretrained="/cluster/pretrained/bert.ckpt")
+    cfg["data"]["data_root"] = "/cluster/data/refer"
+    meta = {k: entries.pop(k) for k in list(entries) if isinstance(entries[k], str)}
+    meta["config_yaml"] = yaml.safe_dump(cfg)
+    params = [{"name": k, "data": v} for k, v in entries.items()]
+    ms.save_checkpoint(params, dst, append_dict=meta)
+    return dst
 
+
+@pytest.fixture(scope="module")
+def run(trained, tmp_path_factory):
+    """The shared tiny model (tests/conftest.py), evaluated once with its config; then moved "elsewhere":
+    every later call has only the checkpoint, in a directory with no pretrained/ and no config."""
     base = tmp_path_factory.mktemp("self_contained")
-    data = str(base / "data")
-    generate_synthetic_refer(data, num_images=16, seed=3)
-    os.makedirs(base / "pretrained")
-    vocab = str(base / "pretrained" / "vocab.txt")
-    shutil.copyfile(_vocab_path(), vocab)
-    cfg = tiny_config(data, str(base / "run"))
-    cfg["model"]["bert"]["vocab_path"] = vocab
-    cfg["train"].update(max_steps=4, keep_last=1)
-    cfg_path = str(base / "train.yaml")
-    yaml.safe_dump(cfg, open(cfg_path, "w"))
-    _run(["train.py", "--config_path", cfg_path], ROOT)
-    ckpt = str(base / "run" / "checkpoints" / "best.ckpt")
-    _run(["eval.py", "--config_path", cfg_path, f"--checkpoint_path={ckpt}", f"--eval.output_dir={base / 'ref'}"], ROOT)
-    shutil.rmtree(base / "pretrained")
-    os.remove(cfg_path)
+    ckpt_dir = os.path.join(trained["out"], "checkpoints")
+    best = os.path.join(ckpt_dir, "best.ckpt")
+    step = os.path.join(ckpt_dir, sorted(f for f in os.listdir(ckpt_dir) if f.startswith("step_"))[-1])
+    _run(["eval.py", "--config_path", trained["config"], f"--checkpoint_path={best}",
+          f"--eval.output_dir={base / 'ref'}"], ROOT)
     empty = base / "elsewhere"
     empty.mkdir()
-    return {"base": base, "data": data, "ckpt": ckpt, "cwd": str(empty),
-            "ref": json.load(open(base / "ref" / "metrics.json"))}
+    return {"base": base, "data": trained["data"], "cwd": str(empty),
+            "ckpt": _as_if_trained_elsewhere(best, str(base / "best.ckpt")),
+            "step": _as_if_trained_elsewhere(step, str(base / "step.ckpt")),
+            "original_step": step, "ref": json.load(open(base / "ref" / "metrics.json"))}
 
 
 def _script(name):
@@ -63,9 +67,8 @@ def test_best_checkpoint_holds_no_optimizer_state(run):
     names = ms.load_checkpoint(run["ckpt"]).keys()
     assert not [n for n in names if n.startswith(("adam_", "accum_grad"))]
     assert {"config_yaml", "bert_config_json", "vocab_txt"} <= set(names)
-    step = [f for f in os.listdir(os.path.dirname(run["ckpt"])) if f.startswith("step_")][0]
     # the step checkpoint carries AdamW's two moments per weight: about 3x the model
-    assert os.path.getsize(run["ckpt"]) < 0.5 * os.path.getsize(os.path.join(os.path.dirname(run["ckpt"]), step))
+    assert os.path.getsize(run["ckpt"]) < 0.5 * os.path.getsize(run["original_step"])
 
 
 def test_eval_from_the_checkpoint_alone(run):
@@ -99,8 +102,7 @@ def test_preprocess_from_the_checkpoint_alone(run):
 def test_strip_checkpoint(run):
     """Both variants strip the same step checkpoint: fp32 evaluates to exactly best.ckpt's numbers (the
     last step is the validated one here), fp16 holds the same weights rounded to half precision."""
-    step_dir = os.path.dirname(run["ckpt"])
-    step = os.path.join(step_dir, [f for f in os.listdir(step_dir) if f.startswith("step_")][0])
+    step = run["step"]
     released = {}
     for fp16 in (False, True):
         dst = run["base"] / f"release_{fp16}.ckpt"

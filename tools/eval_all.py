@@ -5,7 +5,8 @@
 
 The splits follow data.dataset and data.split_by (refcoco / refcoco+ unc: val testA testB; refcocog umd:
 val test; refcocog / refcoco google: val); those the refs file does not hold are reported and skipped.
-Each split runs eval.py in its own process, with its output in OUT/<split>/ (metrics.json,
+The model is built and loaded once and scores every split in this process (eval.py's own code,
+src/engine/evaluator.py: evaluate_split), with each split's output in OUT/<split>/ (metrics.json,
 per_sample.csv, eval.log); then OUT/results.json and OUT/results.md hold every split's metrics in the
 paper's layout, with the paper's oIoU beside ours for RefCOCO, RefCOCO+ and G-Ref umd. The other
 --key=value options go to every eval.py run (e.g. --data_root=..., --eval.batch_size=4); --split and
@@ -13,11 +14,14 @@ paper's layout, with the paper's oIoU beside ours for RefCOCO, RefCOCO+ and G-Re
 """
 import argparse
 import os
-import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from src.utils.runtime import apply_cpu_env_defaults  # noqa: E402
+
+apply_cpu_env_defaults()  # before MindSpore is imported
 
 # eval.py's own short names, so that the options it accepts are read the same way here.
 EVAL_ALIASES = {"batch_size": "eval.batch_size"}
@@ -27,8 +31,14 @@ OWN_KEYS = ("eval.split", "eval.output_dir")
 def main(argv=None) -> int:
     import json
 
-    from src.config import ARGS_CWD_ENV, ConfigError, load_config, parse_overrides
+    from dataclasses import replace
+
+    from src.config import ARGS_CWD_ENV, ConfigError, parse_overrides
+    from src.engine.evaluator import evaluate_split, format_table
+    from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
     from src.engine.report import build_results, plan_splits, render_markdown
+    from src.utils.log import setup_logging
+    from src.utils.runtime import setup_context
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config_path", required=True)
@@ -53,7 +63,8 @@ def main(argv=None) -> int:
         raise ConfigError(f"{', '.join('--' + k for k in clash)}: chosen by eval_all per split "
                           f"(OUT/<split>/); leave them out")
     os.chdir(ROOT)  # config-file paths (data_root: data/refer, pretrained/...) are relative to the repository
-    cfg = load_config(config_path, overrides, aliases=EVAL_ALIASES)
+    cfg = load_inference_config(["--config_path", config_path, f"--checkpoint_path={checkpoint_path}", *overrides],
+                                aliases=EVAL_ALIASES)
     dataset, split_by, data_root = cfg.data.dataset, cfg.data.split_by, os.path.abspath(cfg.data.data_root)
     refs_path = os.path.join(data_root, dataset, f"refs({split_by}).p")
     splits, missing = plan_splits(dataset, split_by, refs_path)
@@ -63,19 +74,17 @@ def main(argv=None) -> int:
     if not splits:
         raise ValueError(f"{refs_path} holds none of the evaluation splits of {dataset}({split_by})")
 
+    ctx = setup_context(cfg)
+    tokenizer = build_trained_tokenizer(cfg, "eval_all.py")
+    model = build_trained_model(cfg, "eval_all.py")
     metrics_by_split, metrics_paths = {}, {}
     for position, split in enumerate(splits, 1):
         split_dir = os.path.join(out, split)
         print(f"eval_all: [{position}/{len(splits)}] {dataset}({split_by}) {split} -> {split_dir}", flush=True)
-        command = [sys.executable, os.path.join(ROOT, "eval.py"), "--config_path", config_path,
-                   "--checkpoint_path", checkpoint_path, *overrides,
-                   f"--eval.split={split}", f"--eval.output_dir={split_dir}"]
-        code = subprocess.run(command, cwd=ROOT).returncode
-        if code != 0:  # eval.py has printed its own error above
-            print(f"eval_all: error: eval.py failed on split {split} (exit status {code}); its log: "
-                  f"{os.path.join(split_dir, 'eval.log')}", file=sys.stderr)
-            return 1
-        path = os.path.join(split_dir, "metrics.json")
+        setup_logging(split_dir, "eval", ctx.rank)
+        split_cfg = replace(cfg, eval=replace(cfg.eval, split=split, output_dir=split_dir))
+        result, path = evaluate_split(split_cfg, ctx, model, tokenizer, split_dir)
+        print(format_table(split, result))
         with open(path, encoding="utf-8") as f:
             metrics_by_split[split] = json.load(f)
         metrics_paths[split] = path

@@ -217,3 +217,50 @@ def format_table(split: str, result: EvalResult) -> str:
     if result.skipped:
         lines.append(f"({len(result.skipped)} unreadable samples skipped and left out of these numbers)")
     return "\n".join(lines)
+
+
+def evaluate_split(cfg, ctx, model, tokenizer, out_dir: str):
+    """eval.py's work for one split (cfg.eval.split), shared by eval.py and tools/eval_all.py: score it (this
+    rank's shard when distributed), write OUT/metrics.json and per_sample.csv (rank 0), masks and overlays
+    when asked. Returns (EvalResult of the whole split, metrics.json path or None on other ranks)."""
+    import os
+
+    from mindspore import Tensor
+
+    from src.data.dataset import create_refer_dataset
+    from src.data.refer import ReferDataset
+    from src.utils.visualize import overlay, write_png
+
+    refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.eval.split)
+    if cfg.eval.swap_sentences:
+        refer = refer.with_swapped_sentences(seed=cfg.seed)
+    shard = dict(num_shards=ctx.group_size, shard_id=ctx.rank) if ctx.group_size > 1 else {}
+    dataset = create_refer_dataset(refer, tokenizer, cfg.model.image_size, cfg.eval.batch_size, train=False,
+                                   num_workers=cfg.data.num_workers, **shard)
+
+    def predict(image, input_ids, attention_mask):
+        return model(Tensor(image), Tensor(input_ids), Tensor(attention_mask)).asnumpy()
+
+    if cfg.eval.save_masks:
+        os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
+    if cfg.eval.visualize:
+        os.makedirs(os.path.join(out_dir, "visualize"), exist_ok=True)
+
+    def on_prediction(sample, original_logits, position):
+        mask = original_logits > 0
+        if cfg.eval.save_masks:
+            write_png(os.path.join(out_dir, "masks", f"{sample.ref_id}_{sample.sent_id}.png"), mask.astype("uint8") * 255)
+        if ctx.is_main and position < cfg.eval.visualize:
+            picture = overlay(refer.load_image(sample.image_id), mask, sample.text)
+            write_png(os.path.join(out_dir, "visualize", f"{position:04d}_{sample.ref_id}_{sample.sent_id}.png"), picture)
+
+    shard_result = evaluate(predict, refer, dataset, on_prediction=on_prediction, progress=ctx.is_main,
+                            skip_bad_samples=cfg.eval.skip_bad_samples)
+    result = gather_shards(shard_result, ctx)
+    if not ctx.is_main:
+        return result, None
+    path = write_reports(result, out_dir, {"dataset": cfg.data.dataset, "split_by": cfg.data.split_by,
+                                           "split": cfg.eval.split, "checkpoint": cfg.checkpoint_path,
+                                           "swap_sentences": cfg.eval.swap_sentences})
+    return result, path
+
