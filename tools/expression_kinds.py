@@ -55,6 +55,8 @@ def expression_kind(sentence: str) -> str:
 
 
 def breakdown(path: str) -> Dict[str, Dict[str, float]]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"per-sample file not found: {path} (eval.py writes <output_dir>/per_sample.csv)")
     groups: Dict[str, List[dict]] = {k: [] for k in KINDS}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -85,4 +87,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.utils.cli import run_main
+
+    run_main(main)
