@@ -43,7 +43,7 @@ def load_inference_config(argv: Sequence[str], aliases: Optional[Dict[str, str]]
     if not stored:
         return config_from_dict(read_yaml(default_path), overrides, default_path)
     data = yaml.safe_load(stored)
-    data.update({k: v for k, v in LAUNCH_KEYS.items()})
+    data.update(LAUNCH_KEYS)
     data["checkpoint_path"] = checkpoint
     return config_from_dict(data, overrides, f"{checkpoint} (the config stored in it)")
 
