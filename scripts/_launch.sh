@@ -12,10 +12,10 @@ PYTHON_BIN="${PYTHON_BIN:-$REPO_ROOT/.venv/bin/python}"
 [ -x "$PYTHON_BIN" ] || PYTHON_BIN="$(command -v python3)"
 export COUPALIGN_ARGS_CWD="${COUPALIGN_ARGS_CWD:-$PWD}"
 
-abs_path() {
+abs_path() {  # normalised (no "..": messages and logs name the real place), the path need not exist yet
   case "$1" in
-    /*) printf '%s\n' "$1" ;;
-    *) printf '%s\n' "$COUPALIGN_ARGS_CWD/$1" ;;
+    /*) realpath -m -- "$1" ;;
+    *) realpath -m -- "$COUPALIGN_ARGS_CWD/$1" ;;
   esac
 }
 
