@@ -5,5 +5,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" requirements.txt requirements-dev.txt
 cd "$REPO_ROOT"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 GLOG_v=3
-if [ "$#" -eq 0 ]; then set -- tests; fi
+# The whole suite: test files spread over PYTEST_WORKERS processes (pytest-xdist; a file's tests stay in one
+# process, in order, so module fixtures are built once). PYTEST_WORKERS=0 runs it in this process.
+if [ "$#" -eq 0 ]; then set -- tests -n "${PYTEST_WORKERS:-2}" --dist loadfile; fi
 "$PYTHON_BIN" -m pytest -q -ra --durations=15 "$@"
