@@ -19,6 +19,11 @@ ms.set_context(mode=ms.GRAPH_MODE)
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: tool smoke tests left out of the default run (scripts/run_tests.sh); "
+                                       "run them with `bash scripts/run_tests.sh tests -m slow`")
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory):
     """A tiny model trained once by train.py (6 steps on 16 synthetic images) for every test that needs a

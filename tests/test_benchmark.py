@@ -207,6 +207,7 @@ def _numbers(tree, path=()):
         yield path, tree
 
 
+@pytest.mark.slow
 def test_command_line_smoke(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, os.path.join(ROOT, "tools", "benchmark.py"), "--config",
@@ -233,6 +234,7 @@ def test_command_line_smoke(tmp_path):
     assert result["host_overhead"]["overhead_fraction"] < 1
 
 
+@pytest.mark.slow
 def test_optimizer_memory_smoke(tmp_path):
     """tools/optimizer_memory.py (the optimizer-memory measurement of docs/performance.md) still runs."""
     cmd = [sys.executable, os.path.join(ROOT, "tools", "optimizer_memory.py"), "--config",
