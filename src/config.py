@@ -90,6 +90,10 @@ class MaskGeneratorSection:
     decoder_layers: int = 9
     decoder_heads: int = 8
     decoder_ffn_dim: int = 2048
+    # Object categories the proposals are classified into (Mask2Former's class head on the mask
+    # embeddings, trained on the categories of instances.json; one more class = "no object").
+    # 0 = no category head (the proposals are class-agnostic). Needs loss.proposal_loss=matched.
+    num_classes: int = 0
 
 
 @dataclass
@@ -99,6 +103,14 @@ class SMASection:
     weighting: str = "softmax"  # softmax | sigmoid
     sentence_pool: str = "cls"  # cls | mean
     deep_supervision: bool = True
+    # true: each proposal's score also sees where its mask lies and how large it is (centroid x, y and
+    # area of sigmoid(Q_n . P), no gradient through them), so that "left", "top", "big" can choose among
+    # proposals (README, Design decisions). false: the paper's scores Q_n . g only.
+    mask_geometry: bool = False
+    # > 0: the proposals read the words (cross-attention) and each other (self-attention) in this many
+    # layers before they are scored, so that a score can depend on the other objects a sentence names
+    # ("left of the blue square"). 0: the paper's scores Q_n . g (src/models/sma.py, ProposalReasoning).
+    reasoning_layers: int = 0
 
 
 @dataclass
@@ -136,6 +148,11 @@ class LossSection:
     sma_ce_weight: float = 1.0
     # matched only: weight of -log(SMA weight) in the referent's matching cost (DETR's class cost).
     match_score_weight: float = 0.0
+    # model.mask_generator.num_classes > 0 only: weight of the proposals' category cross-entropy (each
+    # matched proposal toward its object's category, the others toward "no object" with weight
+    # no_object_weight), and of the class cost -p(category) in the matching (Mask2Former: 2.0 and 0.1).
+    class_weight: float = 2.0
+    no_object_weight: float = 0.1
 
 
 @dataclass
@@ -451,9 +468,17 @@ def _check_choices(cfg: Config) -> None:
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected a positive integer")
     for key in ("data.max_bad_samples", "data.num_workers", "train.warmup_steps", "train.max_steps",
+                "model.sma.reasoning_layers",
                 "train.diagnostics_pairs"):
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected an integer >= 0")
+    if flat["model.mask_generator.num_classes"] < 0:
+        raise ConfigError(f"config key 'model.mask_generator.num_classes' = {flat['model.mask_generator.num_classes']}; "
+                          "expected an integer >= 0 (0 = no category head)")
+    if flat["model.mask_generator.num_classes"] and not (flat["model.sma.enabled"] and
+                                                         flat["loss.proposal_loss"] == "matched"):
+        raise ConfigError("config key 'model.mask_generator.num_classes' > 0 classifies the matched proposals: it needs "
+                          "model.sma.enabled=true and loss.proposal_loss='matched' (or set num_classes=0)")
     if flat["model.mask_generator.recompute_sampling"] and flat["model.mask_generator.pixel_decoder"] != "msdeform":
         raise ConfigError("config key 'model.mask_generator.recompute_sampling' = True needs pixel_decoder "
                           f"'msdeform' (the deformable attention it recomputes), got "
@@ -538,6 +563,14 @@ def num_other_objects(cfg: Config) -> int:
     if cfg.model.sma.enabled and cfg.loss.proposal_loss == "matched" and cfg.loss.proposal_targets == "all_objects":
         others = cfg.data.max_other_objects
         return min(cfg.model.mask_generator.num_queries - 1, 15) if others is None else others
+    return 0
+
+
+def num_proposal_classes(cfg: Config) -> int:
+    """How many object categories the training batches label (column ``categories``): the category head's
+    classes when the proposals are matched and classified, else 0."""
+    if cfg.model.sma.enabled and cfg.loss.proposal_loss == "matched":
+        return cfg.model.mask_generator.num_classes
     return 0
 
 

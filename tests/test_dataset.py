@@ -253,3 +253,34 @@ def test_other_objects_column_holds_the_images_other_annotations(refer, tokenize
     assert checked_multi  # some images have several other objects, so the order was checked
     row = next(dataset.create_tuple_iterator(output_numpy=True))
     assert row[5].shape == (4, limit, S, S)
+
+
+def test_categories_column_labels_the_referent_and_the_others_in_order(refer, tokenizer):
+    """model.mask_generator.num_classes: the `categories` column gives the class (instances.json categories in
+    id order) of the referent, then of each mask of `others`, in the same order, "no object" (C) in empty
+    slots; a category head smaller than the file's categories is refused naming both."""
+    limit, classes = 6, 8
+    dataset = create_refer_dataset(refer, tokenizer, S, batch_size=4, train=True, num_workers=1, seed=0,
+                                   max_other_objects=limit, num_classes=classes)
+    assert dataset.get_col_names() == ["image", "input_ids", "attention_mask", "mask", "bad", "others", "categories"]
+    source = ReferSource(refer, tokenizer, S, train=True, max_other_objects=limit, num_classes=classes)
+    index = {cid: k for k, cid in enumerate(sorted(refer.categories))}
+    seen = set()
+    for i in range(0, len(refer.samples()), 5):
+        sample = refer.sample(i)
+        row = source[i]
+        others, labels = row[5], row[6]
+        assert labels.shape == (1 + limit,) and labels.dtype == np.int32
+        assert labels[0] == index[refer.annotations[sample.ann_id]["category_id"]]
+        kept = [a for a in refer.image_annotations(sample.image_id) if a != sample.ann_id]
+        masks = {a: resize_mask(refer.load_mask(a), S).astype(np.uint8) for a in kept}
+        for k in range(limit):
+            if not others[k].any():
+                assert labels[1 + k] == classes
+                continue
+            owners = [a for a, m in masks.items() if np.array_equal(m, others[k])]
+            assert labels[1 + k] in {index[refer.annotations[a]["category_id"]] for a in owners}
+        seen.update(labels[labels < classes].tolist())
+    assert len(seen) >= 3  # several categories really occur
+    with pytest.raises(ValueError, match=r"instances.json has 6 categories but model.mask_generator.num_classes=4"):
+        ReferSource(refer, tokenizer, S, train=True, max_other_objects=limit, num_classes=4)

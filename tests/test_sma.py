@@ -106,3 +106,75 @@ def test_pool_sentence_mean_ignores_padding_and_cls_takes_first():
     changed[0, 3:] = 100.0
     np.testing.assert_allclose(mean_pool(Tensor(changed), Tensor(mask)).asnumpy(), ref, rtol=RTOL, atol=ATOL)
     np.testing.assert_array_equal(_Pool("cls")(Tensor(lang), Tensor(mask)).asnumpy(), lang[:, 0])
+
+
+def test_mask_geometry_scores_match_numpy(inputs):
+    """sma.mask_geometry: each proposal's score adds Linear(centroid x, centroid y, area of sigmoid(Q_n . P)) . g;
+    the target embedding stays sum_n w_n Q_n. Checked by loops over pixels; and a proposal far to the left
+    has a smaller centroid x than one far to the right (the axes are not swapped)."""
+    queries, pixels, sentence = inputs
+    cell = SentenceMaskAlignment(D_TEXT, D, geometry=True)
+    _randomise(cell, 2)
+    _, weights, target_embed = cell(*(Tensor(x) for x in inputs))
+    q64, p64 = queries.astype(np.float64), pixels.astype(np.float64)
+    geometry = np.zeros((B, N, 3))
+    for b in range(B):
+        for n in range(N):
+            soft = 1.0 / (1.0 + np.exp(-np.einsum("d,dhw->hw", q64[b, n], p64[b])))  # (H, W)
+            ys, xs = np.mgrid[0:H, 0:W]
+            geometry[b, n] = [(soft * (xs + 0.5) / W).sum() / soft.sum(), (soft * (ys + 0.5) / H).sum() / soft.sum(),
+                              soft.mean()]
+    proj_w = cell.geometry_proj.weight.asnumpy().astype(np.float64)
+    proj_b = cell.geometry_proj.bias.asnumpy().astype(np.float64)
+    keys = q64 + geometry @ proj_w.T + proj_b
+    g = sentence.astype(np.float64) @ cell.sentence_proj.weight.asnumpy().T + cell.sentence_proj.bias.asnumpy()
+    scores = np.einsum("bnd,bd->bn", keys, g) / math.sqrt(D)
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(weights.asnumpy(), e / e.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(target_embed.asnumpy(), np.einsum("bn,bnd->bd", weights.asnumpy(), q64), rtol=1e-4,
+                               atol=1e-5)
+
+    from src.models.sma import mask_geometry
+    side = np.zeros((1, 1, 4, 8), np.float32)
+    side[..., :2] = 1.0  # pixel feature 1 on the two left columns
+    left_right = np.array([[[20.0], [-20.0]]], np.float32)  # proposal 0: the left columns; 1: the rest
+    geo = mask_geometry(Tensor(left_right), Tensor(side * 2 - 1)).asnumpy()[0]
+    np.testing.assert_allclose(geo[:, 0], [1 / 8, 5 / 8], atol=1e-3)  # centroid x: columns 0-1 vs 2-7
+    np.testing.assert_allclose(geo[:, 1], [0.5, 0.5], atol=1e-3)
+    np.testing.assert_allclose(geo[:, 2], [0.25, 0.75], atol=1e-3)
+
+
+def test_reasoning_scores_read_the_words_and_the_other_proposals_but_not_padding(inputs):
+    """sma.reasoning_layers: a proposal's score depends on the individual words and on the other proposals
+    (what one pooled vector dotted with one proposal cannot do), never on padding tokens; the target
+    embedding is still sum_n w_n Q_n of the unchanged mask embeddings."""
+    queries, pixels, sentence = inputs
+    rng = np.random.default_rng(4)
+    words = rng.standard_normal((B, T, D_TEXT)).astype(np.float32)
+    word_mask = np.ones((B, T), np.int32)
+    word_mask[:, 4:] = 0
+    cell = SentenceMaskAlignment(D_TEXT, D, reasoning_layers=2, reasoning_heads=2)
+    _randomise(cell, 5)
+
+    def scores(q=queries, w=words):
+        _, weights, target_embed, raw = cell.forward_with_scores(Tensor(q), Tensor(pixels), Tensor(sentence),
+                                                                 Tensor(w), Tensor(word_mask))
+        np.testing.assert_allclose(target_embed.asnumpy(), np.einsum("bn,bnd->bd", weights.asnumpy(), q),
+                                   rtol=1e-4, atol=1e-5)
+        return raw.asnumpy()
+
+    base = scores()
+    padded = words.copy()
+    padded[:, 4:] = rng.standard_normal((B, T - 4, D_TEXT))
+    np.testing.assert_allclose(scores(w=padded), base, rtol=1e-5, atol=1e-5)  # padding is invisible
+    reworded = words.copy()
+    reworded[:, 2] = rng.standard_normal((B, D_TEXT))
+    assert np.abs(scores(w=reworded) - base).max() > 1e-3
+    others = queries.copy()
+    others[:, 1:] = rng.standard_normal((B, N - 1, D))  # proposal 0 unchanged, its neighbours changed
+    assert np.abs(scores(q=others)[:, 0] - base[:, 0]).max() > 1e-3
+    plain = SentenceMaskAlignment(D_TEXT, D)
+    _randomise(plain, 5)
+    _, _, _, plain_raw = plain.forward_with_scores(Tensor(others), Tensor(pixels), Tensor(sentence))
+    _, _, _, plain_base = plain.forward_with_scores(Tensor(queries), Tensor(pixels), Tensor(sentence))
+    np.testing.assert_allclose(plain_raw.asnumpy()[:, 0], plain_base.asnumpy()[:, 0], rtol=1e-5)  # the paper's: no

@@ -71,6 +71,10 @@ def _fmt(value) -> str:
 
 def _row_overrides(row: str, cfg) -> Dict[str, object]:
     overrides = dict(ROWS[row])
+    no_matching = (overrides.get("model.sma.enabled") is False or
+                   overrides.get("loss.proposal_loss", cfg.loss.proposal_loss) != "matched")
+    if no_matching and cfg.model.mask_generator.num_classes:  # no matched proposals to classify
+        overrides["model.mask_generator.num_classes"] = 0
     queries = overrides.get("model.mask_generator.num_queries")
     if queries is not None and cfg.data.max_other_objects is not None:  # room to match every object one-to-one
         overrides["data.max_other_objects"] = min(cfg.data.max_other_objects, int(queries) - 1)

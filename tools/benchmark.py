@@ -63,7 +63,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from src.config import Config, load_config, num_other_objects, swin_arch  # noqa: E402  (no MindSpore import)
+from src.config import Config, load_config, num_other_objects, num_proposal_classes, swin_arch  # noqa: E402  (no MindSpore import)
 from src.utils.runtime import available_cpus  # noqa: E402  (imports MindSpore lazily)
 
 NUM_STAGES = 4
@@ -529,10 +529,11 @@ def background_cpu_share(start: Tuple[float, float, float]) -> float:
 # ================================================================================================
 # Inputs and models
 # ================================================================================================
-def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed: int = 0, other_objects: int = 0):
+def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed: int = 0, other_objects: int = 0,
+                 num_classes: int = 0):
     """NumPy inputs of the model's signature: a normalised-looking image, token ids with the second
     half of the rows padded after 60% of the tokens, a rectangular target mask and, with `other_objects`
-    K > 0, (B, K, S, S) masks of other objects."""
+    K > 0, (B, K, S, S) masks of other objects; with `num_classes` C > 0, (B, 1 + K) object categories."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -544,11 +545,18 @@ def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed
     input_ids[attention_mask == 0] = 0
     target = np.zeros((batch, image_size, image_size), np.float32)
     target[:, image_size // 4: 3 * image_size // 4, image_size // 3: 2 * image_size // 3] = 1.0
-    if not other_objects:
-        return image, input_ids, attention_mask, target
-    others = np.zeros((batch, other_objects, image_size, image_size), np.uint8)  # one other object per sample
-    others[:, 0, : image_size // 4, : image_size // 4] = 1
-    return image, input_ids, attention_mask, target, others
+    batch_columns = (image, input_ids, attention_mask, target)
+    if other_objects:
+        others = np.zeros((batch, other_objects, image_size, image_size), np.uint8)  # one other object per sample
+        others[:, 0, : image_size // 4, : image_size // 4] = 1
+        batch_columns += (others,)
+    if num_classes:  # the referent is class 0, the other object class 1 (or 0 with one class), slots "no object"
+        categories = np.full((batch, 1 + other_objects), num_classes, np.int32)
+        categories[:, 0] = 0
+        if other_objects:
+            categories[:, 1] = min(1, num_classes - 1)
+        batch_columns += (categories,)
+    return batch_columns
 
 
 def without_missing_checkpoints(cfg: Config) -> List[str]:
@@ -593,7 +601,7 @@ def build_train_step(cfg: Config, model, optimizer: str = "adamw"):
     if tc.amp_level != "O0":
         model = ms.amp.auto_mixed_precision(model, tc.amp_level)
     net_with_loss = CoupAlignWithLoss(model, build_criterion(
-            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled))
+            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled, num_proposal_classes(cfg)))
     net_with_loss.set_train(True)
     groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
                           lr_scales={"bert.": tc.text_encoder_lr_scale})
@@ -651,7 +659,7 @@ def _ms_cells():
             mask_embed = None
             if self.model.use_sma:
                 mask_embed = self.model.transformer_decoder((m0, m1, m2), pixel_embed)[-1]
-            logits, _, _ = self.model.head(mask_embed, pixel_embed, sentence)
+            logits, _, _ = self.model.head(mask_embed, pixel_embed, sentence, words, attention_mask)
             return ops.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
                                    align_corners=False)
 
@@ -876,14 +884,14 @@ def make_train_dataset(cfg: Config, refer, tokenizer, image_size: int, batch: in
     from src.data.dataset import create_refer_dataset
 
     return create_refer_dataset(refer, tokenizer, image_size, batch, train=True, num_workers=workers, seed=cfg.seed,
-                                max_other_objects=num_other_objects(cfg))
+                                max_other_objects=num_other_objects(cfg), num_classes=num_proposal_classes(cfg))
 
 
 def model_columns(dataset) -> List[int]:
     """Positions of the train step's inputs among the dataset's columns (the pipeline may carry more,
     e.g. a bad-sample flag)."""
     names = dataset.get_col_names()
-    return [names.index(name) for name in ("image", "input_ids", "attention_mask", "mask", "others") if name in names]
+    return [names.index(name) for name in ("image", "input_ids", "attention_mask", "mask", "others", "categories") if name in names]
 
 
 def epochs_for(dataset, batches: int) -> int:
@@ -1203,7 +1211,7 @@ def run_benchmark(args, cfg: Config, bert_config, threads: int, notes: List[str]
         model.set_train(True)
         step_cell = build_train_step(cfg, model)
         train_inputs = random_batch(batch, size, tokens, bert_config.vocab_size, seed=cfg.seed,
-                                    other_objects=num_other_objects(cfg))
+                                    other_objects=num_other_objects(cfg), num_classes=num_proposal_classes(cfg))
         train = measure_train(step_cell, train_inputs, args.steps, args.train_warmup)
         train["images_per_s"] = batch / train["median_s"]
         result["train"] = train

@@ -20,7 +20,7 @@ apply_cpu_env_defaults()  # before MindSpore is imported
 
 
 def main(argv=None) -> int:
-    from src.config import ConfigError, load_config
+    from src.config import ConfigError, load_config, num_proposal_classes
     from src.data.refer import ReferDataset
     from src.engine import diagnostics
     from src.engine.checkpoint import load_model_weights
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     model = create_model(cfg, load_pretrained=False)
     load_model_weights(model, cfg.checkpoint_path)
     metrics = diagnostics.collect(model, probe, build_criterion(
-            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled))
+            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled, num_proposal_classes(cfg)))
     print(f"diagnostics of {cfg.checkpoint_path} on {len(probe) // 2} same-image pairs of {refer!r}")
     print(diagnostics.format_report(metrics))
     if options["output"]:

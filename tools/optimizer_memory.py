@@ -65,7 +65,7 @@ def main() -> int:
     args, overrides = parser.parse_known_args()  # the rest: config overrides (--model.x=..)
 
     start_rss_guard(args.rss_limit_gb)
-    from src.config import load_config, num_other_objects
+    from src.config import load_config, num_other_objects, num_proposal_classes
     from src.utils.runtime import apply_cpu_env_defaults
 
     apply_cpu_env_defaults()  # before MindSpore loads
@@ -91,7 +91,8 @@ def main() -> int:
     n_params = sum(int(p.size) for p in net_with_loss.trainable_params())
     inputs = [Tensor(x) for x in random_batch(args.batch_size, args.image_size, cfg.model.max_tokens,
                                               bert_config_from(cfg.model.bert).vocab_size, seed=cfg.seed,
-                                              other_objects=num_other_objects(cfg))]
+                                              other_objects=num_other_objects(cfg),
+                                              num_classes=num_proposal_classes(cfg))]
     print(f"{args.optimizer}: {n_params:,} parameters, image {args.image_size}, batch {args.batch_size}; "
           + "; ".join(notes), flush=True)
     timing = time_calls(lambda: step_cell(*inputs, update=True)[0].asnumpy(), args.steps, warmup=0)

@@ -185,7 +185,7 @@ def _collect_batch(model, probe, start, stop, criterion, parts) -> None:
         add(f"wpa_lang_spread_{stage}", _lang_spread(model, stage, vis, stage_words, mask))
     add("sentence", pool_sentence(words, mask, model.sentence_pool).asnumpy())
     last = None if mask_embeds is None else mask_embeds[-1]
-    _, weights, target_embed, _ = model.head.forward_with_scores(last, pixel_embed, sentence)
+    _, weights, target_embed, _ = model.head.forward_with_scores(last, pixel_embed, sentence, words, mask)
     add("target_embed", target_embed.asnumpy())
     if mask_embeds is not None:
         add("weights", weights.asnumpy())

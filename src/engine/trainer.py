@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import mindspore as ms
 from mindspore import Tensor
 
-from src.config import Config, ConfigError, num_other_objects
+from src.config import Config, ConfigError, num_other_objects, num_proposal_classes
 from src.data.dataset import ReferSource, create_refer_dataset
 from src.data.refer import ReferDataset
 from src.data.tokenizer import BertTokenizer
@@ -120,6 +120,7 @@ class Trainer:
         self.train_data = create_refer_dataset(self.train_refer, self.tokenizer, cfg.model.image_size, tc.batch_size,
                                                train=True, num_workers=cfg.data.num_workers, seed=cfg.seed,
                                                max_other_objects=num_other_objects(cfg),
+                                               num_classes=num_proposal_classes(cfg),
                                                **shard)
         self.val_refer = self.val_data = self.probe = None
         if tc.validate:
@@ -150,7 +151,7 @@ class Trainer:
             # Not measurable on the CPU this project is tested on.
             self.model = ms.amp.auto_mixed_precision(self.model, tc.amp_level)
         self.net_with_loss = CoupAlignWithLoss(self.model, build_criterion(
-            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled))
+            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled, num_proposal_classes(cfg)))
         self.net_with_loss.set_train(True)
         self.loss_names = self.net_with_loss.loss_names
         self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)

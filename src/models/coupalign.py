@@ -85,11 +85,18 @@ class CoupAlign(nn.Cell):
             self.transformer_decoder = MaskedTransformerDecoder(
                 in_channels=mg.conv_dim, hidden_dim=mg.conv_dim, num_queries=mg.num_queries, nheads=mg.decoder_heads,
                 dim_feedforward=mg.decoder_ffn_dim, dec_layers=mg.decoder_layers, mask_dim=mg.mask_dim)
-            self.head = SentenceMaskAlignment(text_dim, mg.mask_dim, weighting=cfg.sma.weighting)
+            self.head = SentenceMaskAlignment(text_dim, mg.mask_dim, weighting=cfg.sma.weighting,
+                                              geometry=cfg.sma.mask_geometry, reasoning_layers=cfg.sma.reasoning_layers,
+                                              reasoning_heads=mg.decoder_heads)
+            # Category of each proposal, read off its mask embedding (the vector SMA scores against the
+            # sentence), so that what a proposal is (a star, a person) is written into that vector. Used by
+            # the training loss only (config model.mask_generator.num_classes; Mask2Former's class_embed).
+            self.class_embed = nn.Dense(mg.mask_dim, mg.num_classes + 1) if mg.num_classes else None
         else:
             # "No SMA" ablation: no proposals, the sentence meets the pixels directly.
             self.transformer_decoder = None
             self.head = SentencePixelHead(text_dim, mg.mask_dim)
+            self.class_embed = None
 
     # ------------------------------------------------------------------------------------------
     def encode(self, image, input_ids, attention_mask, trace=False):
@@ -158,7 +165,8 @@ class CoupAlign(nn.Cell):
         stage_scores = ()
         target_embed = None
         for s in range(mask_embeds.shape[0]):
-            logits, _, target_embed, scores = self.head.forward_with_scores(mask_embeds[s], pixel_embed, sentence)
+            logits, _, target_embed, scores = self.head.forward_with_scores(mask_embeds[s], pixel_embed, sentence,
+                                                                            words, attention_mask)
             stage_logits = stage_logits + (logits,)
             stage_scores = stage_scores + (scores,)
         return ops.stack(stage_logits), pixel_embed, target_embed, mask_embeds, ops.stack(stage_scores)
@@ -167,34 +175,48 @@ class CoupAlign(nn.Cell):
         features, words = self.encode(image, input_ids, attention_mask)
         sentence, pixel_embed, mask_embeds = self.decode(features, words, attention_mask)
         mask_embed = None if mask_embeds is None else mask_embeds[-1]  # final stage only
-        logits, _, _ = self.head(mask_embed, pixel_embed, sentence)  # (B, 1, H/4, W/4)
+        logits, _, _ = self.head(mask_embed, pixel_embed, sentence, words, attention_mask)  # (B, 1, H/4, W/4)
         return ops.interpolate(logits, size=(image.shape[2], image.shape[3]), mode="bilinear", align_corners=False)
 
 
 class CoupAlignWithLoss(nn.Cell):
-    """(image, input_ids, attention_mask, target (B, H, W)[, others (B, K, H, W)]) -> the criterion's losses
-    (a tuple named by ``loss_names``, the total first) for the train step."""
+    """(image, input_ids, attention_mask, target (B, H, W)[, others (B, K, H, W)][, categories (B, 1 + K)]) -> the
+    criterion's losses (a tuple named by ``loss_names``, the total first) for the train step. ``categories`` is
+    given exactly when the criterion classifies the proposals (``criterion.num_classes`` > 0)."""
 
     def __init__(self, model: CoupAlign, criterion: CoupAlignCriterion):
         super().__init__(auto_prefix=False)
+        if criterion.num_classes and model.class_embed is None:
+            raise ValueError("the criterion classifies the proposals but the model has no category head "
+                             "(model.mask_generator.num_classes = 0)")
         self.model = model
         self.criterion = criterion
         self.loss_names = criterion.loss_names
+        self.classify = bool(criterion.num_classes)
 
-    def construct(self, image, input_ids, attention_mask, target, *others):
+    def construct(self, image, input_ids, attention_mask, target, *extra):
         stage_logits, pixel_embed, target_embed, mask_embeds, scores = self.model.forward_heads(
             image, input_ids, attention_mask)
-        other_masks = others[0] if others else None
+        if self.classify:
+            other_masks = extra[0] if len(extra) > 1 else None
+            class_logits = self.model.class_embed(mask_embeds)  # (S, B, N, C + 1)
+            return self.criterion(stage_logits, target, pixel_embed, target_embed, None, None, mask_embeds, scores,
+                                  other_masks, class_logits, extra[-1])
+        other_masks = extra[0] if extra else None
         return self.criterion(stage_logits, target, pixel_embed, target_embed, None, None, mask_embeds, scores,
                               other_masks)
 
 
-def build_criterion(loss: LossSection, deep_supervision: bool = True, use_sma: bool = True) -> CoupAlignCriterion:
-    """The criterion of `loss`; without SMA (the "no SMA" ablation) there are no proposals to supervise."""
+def build_criterion(loss: LossSection, deep_supervision: bool = True, use_sma: bool = True,
+                    num_classes: int = 0) -> CoupAlignCriterion:
+    """The criterion of `loss`; without SMA (the "no SMA" ablation) there are no proposals to supervise.
+    `num_classes` > 0 (model.mask_generator.num_classes) adds the proposals' category loss."""
     return CoupAlignCriterion(ce_weights=(loss.ce_weight_bg, loss.ce_weight_fg), dice_weight=loss.dice_weight,
                               aux_weight=loss.aux_weight, aux_temperature=loss.aux_temperature,
                               aux_num_fg=loss.aux_num_fg, aux_num_bg=loss.aux_num_bg,
                               aux_hard_ratio=loss.aux_hard_ratio, deep_supervision=deep_supervision,
                               use_aux=loss.aux_enabled, proposal_loss=loss.proposal_loss if use_sma else "none",
                               proposal_targets=loss.proposal_targets, proposal_weight=loss.proposal_weight,
-                              sma_ce_weight=loss.sma_ce_weight, match_score_weight=loss.match_score_weight)
+                              sma_ce_weight=loss.sma_ce_weight, match_score_weight=loss.match_score_weight,
+                              num_classes=num_classes if use_sma else 0, class_weight=loss.class_weight,
+                              no_object_weight=loss.no_object_weight)

@@ -323,6 +323,10 @@ class CoupAlignCriterion(nn.Cell):
         match_score_weight: ``matched`` only: the referent's matching cost adds this times
             ``-log softmax(SMA scores)`` (DETR's class cost), so the referent goes to a proposal SMA already
             prefers when masks fit about equally; 0 = masks alone decide.
+        num_classes: C > 0 classifies the proposals into C object categories + "no object" (Mask2Former): each
+            matched proposal gets a cross-entropy toward its object's category, every other one toward "no
+            object" weighted by ``no_object_weight``, per sample averaged by those weights; the total adds
+            ``class_weight`` times it, and the matching cost adds ``class_weight * -p(category)``.
 
     Inputs:
         logits_per_layer: ``(S, B, 1, h, w)`` SMA logits at stride 4, one per supervised decoder stage
@@ -336,13 +340,16 @@ class CoupAlignCriterion(nn.Cell):
         mask_embeds: ``(S, B, N, D)`` mask embeddings per supervised stage (proposal losses only).
         sma_scores: ``(S, B, N)`` SMA scores before the softmax (proposal losses only).
         others: ``(B, K, H, W)`` masks of the image's other objects, zero-padded (``all_objects`` only).
+        class_logits: ``(S, B, N, C + 1)`` category logits of the proposals (``num_classes`` > 0 only).
+        categories: ``(B, 1 + K)`` int class of the referent, then of each of ``others`` (C in empty slots).
 
     Returns:
-        a tuple of float32 scalars named by ``loss_names``: ``(loss, seg_loss, aux_loss, proposal_loss)``;
-        ``loss`` is the weighted total, the parts are unweighted.
+        a tuple of float32 scalars named by ``loss_names``: ``(loss, seg_loss, aux_loss, proposal_loss)``, and
+        ``class_loss`` last when ``num_classes`` > 0; ``loss`` is the weighted total. ``seg_loss`` and
+        ``aux_loss`` are unweighted, ``proposal_loss`` is its contribution to the total, ``class_loss`` is
+        unweighted.
     """
 
-    loss_names = ("loss", "seg_loss", "aux_loss", "proposal_loss")
 
     def __init__(
         self,
@@ -361,8 +368,17 @@ class CoupAlignCriterion(nn.Cell):
         proposal_weight=1.0,
         sma_ce_weight=1.0,
         match_score_weight=0.0,
+        num_classes=0,
+        class_weight=2.0,
+        no_object_weight=0.1,
     ):
         super().__init__()
+        if num_classes and proposal_loss != "matched":
+            raise ValueError("classifying the proposals (num_classes > 0) needs proposal_loss='matched'")
+        self.num_classes = int(num_classes)
+        self.class_weight = float(class_weight)
+        self.no_object_weight = float(no_object_weight)
+        self.loss_names = ("loss", "seg_loss", "aux_loss", "proposal_loss") + (("class_loss",) if num_classes else ())
         if proposal_loss not in PROPOSAL_LOSSES:
             raise ValueError(f"unknown proposal_loss {proposal_loss!r}; expected one of {PROPOSAL_LOSSES}")
         if proposal_targets not in PROPOSAL_TARGETS:
@@ -415,11 +431,15 @@ class CoupAlignCriterion(nn.Cell):
         fg_idx, fg_valid, bg_idx, bg_valid = self.sampler(similarity, fg_mask, fg_keys, bg_keys)
         return aux_contrastive_loss(similarity, fg_idx, fg_valid, bg_idx, bg_valid, self.aux_temperature)
 
-    def proposal_losses(self, mask_embeds, sma_scores, pixel_embed, target, others=None):
-        """The proposals' own loss summed over stages (see the module docstring); a scalar.
+    def proposal_losses(self, mask_embeds, sma_scores, pixel_embed, target, others=None, class_logits=None,
+                        categories=None):
+        """The proposals' own loss summed over stages (see the module docstring): a scalar, or with
+        ``num_classes`` > 0 the pair (mask and SMA terms as weighted into the total, the unweighted category
+        cross-entropy summed over stages).
 
         ``mask_embeds (S, B, N, D)``, ``sma_scores (S, B, N)``, ``pixel_embed (B, D, h, w)``,
-        ``target (B, H, W)``, ``others (B, K, H, W)`` or None.
+        ``target (B, H, W)``, ``others (B, K, H, W)`` or None, ``class_logits (S, B, N, C + 1)`` and
+        ``categories (B, K')`` int (K' = 1 + K, or 1 without others) when ``num_classes`` > 0.
         """
         batch, _, height, width = pixel_embed.shape
         objects = target.expand_dims(1)  # (B, 1, H, W): the referent is object 0
@@ -431,6 +451,11 @@ class CoupAlignCriterion(nn.Cell):
         soft = area_downsample(objects, height, width)  # (B, K', h, w) in [0, 1]
         valid = (soft.sum(axis=(2, 3)) > 0.0).astype(ms.float32)  # (B, K'): empty padding slots are absent
         total = ops.zeros((), ms.float32)
+        class_total = ops.zeros((), ms.float32)
+        labels = None
+        if self.num_classes:
+            labels = ops.one_hot(categories[:, :soft.shape[1]].astype(ms.int32), self.num_classes + 1,
+                                 Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))  # (B, K', C + 1)
         for s in range(mask_embeds.shape[0]):
             logits = proposal_logits(mask_embeds[s], pixel_embed)  # (B, N, h, w)
             if self.proposal_loss == "weighted":
@@ -444,6 +469,9 @@ class CoupAlignCriterion(nn.Cell):
             if self.match_score_weight != 0.0:  # DETR's class cost: the referent prefers the proposal SMA likes
                 referent_cost = pair[:, :, :1] - self.match_score_weight * log_prob.expand_dims(2)  # (B, N, 1)
                 cost = ops.concat((referent_cost, pair[:, :, 1:]), axis=2)
+            if self.num_classes:  # Mask2Former's class cost: -p(the object's category)
+                class_prob = ops.softmax(class_logits[s], axis=-1)  # (B, N, C + 1)
+                cost = cost - self.class_weight * ops.bmm(class_prob, labels.transpose(0, 2, 1))  # (B, N, K')
             assign = greedy_match(cost, valid)  # (B, N, K')
             # Per sample (the mean over its matched objects), then the batch mean: a mean of equal-size
             # device batches is then exactly the global batch's loss under data parallelism. (Dividing
@@ -452,10 +480,27 @@ class CoupAlignCriterion(nn.Cell):
             chosen = assign[:, :, 0]  # (B, N) one-hot: the proposal matched to the referent (none if empty)
             ce = -(chosen * log_prob).sum(axis=1)  # (B,)
             total = total + self.proposal_weight * per_sample.mean() + self.sma_ce_weight * ce.mean()
+            if self.num_classes:
+                class_total = class_total + self._class_loss(class_logits[s], assign, labels)
+        if self.num_classes:
+            return total, class_total
         return total
 
+    def _class_loss(self, class_logits, assign, labels):
+        """Category cross-entropy of one stage: ``class_logits (B, N, C + 1)``, ``assign (B, N, K')`` from the
+        matching, ``labels (B, K', C + 1)`` one-hot; unmatched proposals aim at "no object" (class C).
+        Per sample the mean weighted by (1 matched, no_object_weight unmatched), then the batch mean."""
+        matched = assign.sum(axis=2)  # (B, N) 1 where a proposal has an object
+        goal = ops.bmm(assign, labels)  # (B, N, C + 1): the matched object's category, zeros if unmatched
+        no_object = ops.concat((ops.zeros_like(goal[:, :, :self.num_classes]), (1.0 - matched).expand_dims(2)),
+                               axis=2)  # (B, N, C + 1): class C where unmatched
+        goal = goal + no_object
+        nll = -(goal * ops.log_softmax(class_logits, axis=-1)).sum(axis=2)  # (B, N)
+        weight = matched + self.no_object_weight * (1.0 - matched)  # (B, N)
+        return ((weight * nll).sum(axis=1) / weight.sum(axis=1)).mean()
+
     def construct(self, logits_per_layer, target, pixel_embed, target_embed, fg_keys=None, bg_keys=None,
-                  mask_embeds=None, sma_scores=None, others=None):
+                  mask_embeds=None, sma_scores=None, others=None, class_logits=None, categories=None):
         target = target.astype(ms.float32)
         seg = self.seg_loss(logits_per_layer, target)
         total = seg
@@ -467,6 +512,13 @@ class CoupAlignCriterion(nn.Cell):
         if self.proposal_loss != "none":
             if not self.deep_supervision:
                 mask_embeds, sma_scores = mask_embeds[-1:], sma_scores[-1:]
+            if self.num_classes:
+                if not self.deep_supervision:
+                    class_logits = class_logits[-1:]
+                proposal, classes = self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others,
+                                                         class_logits, categories)
+                total = total + proposal + self.class_weight * classes
+                return total, seg, aux, proposal, classes
             proposal = self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others)  # weighted inside
             total = total + proposal
         else:

@@ -18,7 +18,9 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["SentenceMaskAlignment", "SentencePixelHead", "pool_sentence"]
+from .transformer_decoder import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
+
+__all__ = ["ProposalReasoning", "SentenceMaskAlignment", "SentencePixelHead", "mask_geometry", "pool_sentence"]
 
 
 def pool_sentence(lang, lang_mask, mode="cls"):
@@ -50,6 +52,56 @@ def _project_to_pixels(embed, pixel_embed):
     return logits.reshape(batch, 1, height, width)
 
 
+def mask_geometry(mask_embed, pixel_embed):
+    """Where each proposal lies and how large it is: ``(B, N, 3)`` = centroid x, centroid y (in [0, 1], pixel
+    centres) and area (share of the image) of the soft mask ``sigmoid(Q_n . P)``. A read-out: no gradient."""
+    batch, dim, height, width = pixel_embed.shape
+    logits = ops.bmm(mask_embed, pixel_embed.reshape(batch, dim, height * width))  # (B, N, hw)
+    soft = ops.stop_gradient(ops.sigmoid(logits))  # (B, N, hw)
+    xs = ((ops.arange(width).astype(ms.float32) + 0.5) / width).reshape(1, width)
+    ys = ((ops.arange(height).astype(ms.float32) + 0.5) / height).reshape(height, 1)
+    grid_x = ops.broadcast_to(xs, (height, width)).reshape(height * width, 1)  # (hw, 1)
+    grid_y = ops.broadcast_to(ys, (height, width)).reshape(height * width, 1)
+    mass = soft.sum(axis=2, keepdims=True)  # (B, N, 1)
+    centre_x = ops.matmul(soft, grid_x) / ops.maximum(mass, 1e-6)  # (B, N, 1)
+    centre_y = ops.matmul(soft, grid_y) / ops.maximum(mass, 1e-6)
+    area = mass / (height * width)
+    return ops.concat((centre_x, centre_y, area), axis=2)  # (B, N, 3)
+
+
+class ProposalReasoning(nn.Cell):
+    """Reads the sentence word by word before the proposals are scored (config ``sma.reasoning_layers``).
+
+    Each layer: the proposals attend to the words (cross-attention, padding masked), then to each other
+    (self-attention), then an FFN, each with a residual and a LayerNorm (the layers of the mask generator,
+    with words instead of pixels as memory). The self-attention lets a proposal's score depend on the others
+    the sentence names ("the star left of the blue square": is there a blue square to my right?), which a
+    dot product of one pooled sentence vector with one proposal cannot express. The output only scores the
+    proposals; the masks still come from the unchanged mask embeddings.
+
+    Inputs: keys ``(B, N, D)``, words ``(B, T, D_text)``, word_mask ``(B, T)`` 1 = real token. Output ``(B, N, D)``.
+    """
+
+    def __init__(self, text_dim, dim, num_layers, num_heads=4, ffn_dim=None):
+        super().__init__()
+        self.word_proj = nn.Dense(text_dim, dim)
+        self.cross = nn.CellList([CrossAttentionLayer(dim, num_heads) for _ in range(num_layers)])
+        self.self_attn = nn.CellList([SelfAttentionLayer(dim, num_heads) for _ in range(num_layers)])
+        self.ffn = nn.CellList([FFNLayer(dim, ffn_dim or 2 * dim) for _ in range(num_layers)])
+
+    def construct(self, keys, words, word_mask):
+        memory = self.word_proj(words)  # (B, T, D)
+        batch, num, _ = keys.shape
+        hidden = ops.broadcast_to((word_mask < 1).expand_dims(1), (batch, num, word_mask.shape[1]))  # (B, N, T)
+        no_pos_words = ops.zeros_like(memory)
+        no_pos_keys = ops.zeros_like(keys)
+        for i in range(len(self.cross)):
+            keys = self.cross[i](keys, memory, hidden, no_pos_words, no_pos_keys)
+            keys = self.self_attn[i](keys, no_pos_keys)
+            keys = self.ffn[i](keys)
+        return keys
+
+
 class SentenceMaskAlignment(nn.Cell):
     """Weights the ``N`` mask proposals by their agreement with the sentence.
 
@@ -57,6 +109,10 @@ class SentenceMaskAlignment(nn.Cell):
         text_dim: width of the sentence feature ``L_g``.
         mask_dim: width ``D`` of mask embeddings ``Q`` and pixel embeddings ``P``.
         weighting: ``"softmax"`` over proposals (weights sum to 1) or ``"sigmoid"`` (independent).
+        geometry: add ``Linear(mask_geometry(Q, P))`` to each ``Q_n`` in the scores (not in ``a``): the
+            sentence can then prefer the leftmost, topmost or largest proposal (config ``sma.mask_geometry``).
+        reasoning_layers: > 0 passes the score keys through `ProposalReasoning` with the words first
+            (config ``sma.reasoning_layers``); needs ``words`` and ``word_mask`` in the call.
 
     Inputs:
         mask_embed ``Q (B, N, D)``, pixel_embed ``P (B, D, h, w)``, sentence ``L_g (B, D_text)``.
@@ -65,8 +121,11 @@ class SentenceMaskAlignment(nn.Cell):
         ``(logits M (B, 1, h, w), weights w (B, N), target_embed a (B, D))``.
     """
 
-    def __init__(self, text_dim, mask_dim, weighting="softmax"):
+    def __init__(self, text_dim, mask_dim, weighting="softmax", geometry=False, reasoning_layers=0, reasoning_heads=4):
         super().__init__()
+        self.geometry_proj = nn.Dense(3, mask_dim) if geometry else None
+        self.reasoning = (ProposalReasoning(text_dim, mask_dim, reasoning_layers, reasoning_heads)
+                          if reasoning_layers else None)
         if weighting not in ("softmax", "sigmoid"):
             raise ValueError(f"unknown SMA weighting {weighting!r}; expected 'softmax' or 'sigmoid'")
         self.use_softmax = weighting == "softmax"
@@ -75,12 +134,18 @@ class SentenceMaskAlignment(nn.Cell):
         self.softmax = nn.Softmax(axis=-1)
         self.sigmoid = nn.Sigmoid()
 
-    def forward_with_scores(self, mask_embed, pixel_embed, sentence):
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
         """``construct``'s outputs plus the pre-normalisation scores ``Q g / sqrt(D)`` ``(B, N)``, which the
-        proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal)."""
+        proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal).
+        ``words (B, T, D_text)`` and ``word_mask (B, T)`` are used by the reasoning layers only."""
         # mask_embed: (B, N, D); pixel_embed: (B, D, h, w); sentence: (B, D_text)
         query = self.sentence_proj(sentence)  # (B, D), g
-        scores = ops.bmm(mask_embed, query.expand_dims(-1)).squeeze(-1) * self.scale  # (B, N)
+        keys = mask_embed
+        if self.geometry_proj is not None:
+            keys = mask_embed + self.geometry_proj(mask_geometry(mask_embed, pixel_embed))  # (B, N, D)
+        if self.reasoning is not None:
+            keys = self.reasoning(keys, words, word_mask)  # (B, N, D)
+        scores = ops.bmm(keys, query.expand_dims(-1)).squeeze(-1) * self.scale  # (B, N)
         if self.use_softmax:
             weights = self.softmax(scores)
         else:
@@ -89,8 +154,9 @@ class SentenceMaskAlignment(nn.Cell):
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w), M
         return logits, weights, target_embed, scores
 
-    def construct(self, mask_embed, pixel_embed, sentence):
-        logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence)
+    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
+        logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
+                                                                    word_mask)
         return logits, weights, target_embed
 
 
@@ -105,14 +171,14 @@ class SentencePixelHead(nn.Cell):
         super().__init__()
         self.sentence_proj = nn.Dense(text_dim, mask_dim)
 
-    def forward_with_scores(self, mask_embed, pixel_embed, sentence):
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
         """The same interface as SMA's; the one "proposal" is the target embedding, its score 0."""
-        # mask_embed is accepted for interface parity and ignored.
+        # mask_embed, words and word_mask are accepted for interface parity and ignored.
         target_embed = self.sentence_proj(sentence)  # (B, D)
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w)
         weights = ops.zeros((sentence.shape[0], 1), ms.float32)  # placeholder
         return logits, weights, target_embed, weights
 
-    def construct(self, mask_embed, pixel_embed, sentence):
+    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
         logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence)
         return logits, weights, target_embed
