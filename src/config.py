@@ -43,6 +43,9 @@ class SwinSection:
     qkv_bias: bool = True
     drop_path_rate: float = 0.3
     patch_norm: bool = True
+    # Swin's absolute position embedding (`ape`), learned, one per patch of model.image_size: off in the
+    # released Swin-B (the paper configuration); the quickstart's from-scratch Swin measures it.
+    ape: bool = False
     # A checkpoint written by tools/convert_swin.py; empty = random initialisation.
     pretrained: str = ""
 

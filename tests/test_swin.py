@@ -528,3 +528,23 @@ def test_padded_backward_is_deterministic():
         for ref, g in zip(reference, grad_fn(x)[1]):
             np.testing.assert_array_equal(g.asnumpy(), ref)
     assert all(np.isfinite(r).all() for r in reference)
+
+
+def test_absolute_position_embedding_is_added_per_patch_and_checked():
+    """model.swin.ape: the learned table is added to the patch tokens position by position (so two identical
+    patches at different places get different tokens), has its official name, and a grid of another size is
+    refused with both sizes named."""
+    kwargs = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=2, drop_path_rate=0.0)
+    plain = SwinTransformer(**kwargs)
+    with_ape = SwinTransformer(**kwargs, ape_grid=(4, 4))
+    ms.load_param_into_net(with_ape, {p.name: p for p in plain.get_parameters()})
+    assert with_ape.absolute_pos_embed.name == "absolute_pos_embed"
+    table = np.random.default_rng(0).standard_normal((1, 16, 8)).astype(np.float32)
+    with_ape.absolute_pos_embed.set_data(Tensor(table))
+    image = Tensor(np.ones((1, 3, 16, 16), np.float32))  # every patch identical
+    base, _, _ = plain.embed(image)
+    tokens, h, w = with_ape.embed(image)
+    assert (h, w) == (4, 4)
+    np.testing.assert_allclose(tokens.asnumpy() - base.asnumpy(), table, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(4, 4\) patch grid, got \(8, 8\)"):
+        with_ape.embed(Tensor(np.ones((1, 3, 32, 32), np.float32)))

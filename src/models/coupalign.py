@@ -57,7 +57,8 @@ class CoupAlign(nn.Cell):
         self.deep_supervision = cfg.sma.deep_supervision
         self.sentence_pool = cfg.sma.sentence_pool
 
-        self.swin = SwinTransformer(**swin_arch(cfg.swin))
+        grid = -(-cfg.image_size // cfg.swin.patch_size)  # patches per side (PatchEmbed pads up)
+        self.swin = SwinTransformer(**swin_arch(cfg.swin), ape_grid=(grid, grid) if cfg.swin.ape else None)
         bert_config = bert_config or bert_config_from(cfg.bert)
         if cfg.max_tokens > bert_config.max_position_embeddings:
             raise ConfigError(f"model.max_tokens = {cfg.max_tokens} exceeds BERT's max_position_embeddings "

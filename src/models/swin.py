@@ -32,11 +32,11 @@ index and the attention masks are constant tensors, not Parameters, and never ap
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from src.models.layers import GELU, LayerNorm
@@ -469,7 +469,8 @@ class SwinTransformer(nn.Cell):
     def __init__(self, embed_dim: int = 128, depths: Sequence[int] = (2, 2, 18, 2),
                  num_heads: Sequence[int] = (4, 8, 16, 32), window_size: int = 12, patch_size: int = 4,
                  in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
-                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.3, patch_norm: bool = True):
+                 attn_drop_rate: float = 0.0, drop_path_rate: float = 0.3, patch_norm: bool = True,
+                 ape_grid: Optional[Tuple[int, int]] = None):
         super().__init__()
         depths = tuple(int(d) for d in depths)
         num_heads = tuple(int(h) for h in num_heads)
@@ -484,6 +485,15 @@ class SwinTransformer(nn.Cell):
         self.num_features = [int(embed_dim * 2 ** i) for i in range(self.num_layers)]
 
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
+        # Swin's `ape` option: a learned absolute position embedding added to the patch tokens, one per cell of
+        # the (static) ape_grid = (H/patch, W/patch). Off in the released Swin-B; without it no layer knows
+        # where in the image a token lies (relative bias within windows only).
+        self.ape_grid = None if ape_grid is None else (int(ape_grid[0]), int(ape_grid[1]))
+        self.absolute_pos_embed = None
+        if self.ape_grid is not None:
+            self.absolute_pos_embed = Parameter(initializer(TruncatedNormal(sigma=0.02),
+                                                            (1, self.ape_grid[0] * self.ape_grid[1], embed_dim),
+                                                            ms.float32), name="absolute_pos_embed")
         self.pos_drop = nn.Dropout(p=drop_rate)
 
         # Stochastic depth rate grows linearly over all blocks of all stages.
@@ -506,6 +516,10 @@ class SwinTransformer(nn.Cell):
     def embed(self, x):
         """Image (B, in_chans, H, W) -> (tokens (B, Wh*Ww, C0), Wh, Ww) with Wh, Ww Python ints."""
         tokens, H, W = self.patch_embed(x)
+        if self.absolute_pos_embed is not None:
+            if (H, W) != self.ape_grid:
+                raise ValueError(f"absolute position embedding for a {self.ape_grid} patch grid, got ({H}, {W})")
+            tokens = tokens + self.absolute_pos_embed  # (B, H*W, C0)
         return self.pos_drop(tokens), H, W
 
     def run_stage(self, i: int, tokens, H: int, W: int):
