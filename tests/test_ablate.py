@@ -42,3 +42,20 @@ def test_same_category_subset_and_its_metrics(tmp_path):
     assert got["num_samples"] == want["num_samples"] == len(keys)
     for name in ("overall_iou", "mean_iou", "precision@0.5", "precision@0.9"):
         assert abs(got[name] - want[name]) < 1e-9, name
+
+
+def test_every_row_is_a_valid_configuration_of_a_config_with_a_category_head():
+    """Rows without matched proposals (no SMA, or only the weighted sum supervised) must drop the category
+    head, or the config check refuses them; the other rows keep the config's choices."""
+    from src.config import config_from_dict, load_config
+
+    cfg = load_config(os.path.join(ablate.REPO, "configs", "quickstart_cpu.yaml"),
+                      ["--model.mask_generator.num_classes=6", "--model.sma.mask_geometry=true"])
+    for row in ablate.ROWS:
+        overrides = ablate._row_overrides(row, cfg)
+        built = config_from_dict(cfg.to_dict(), overrides)  # raises ConfigError on an invalid row
+        heads = built.model.mask_generator.num_classes
+        if row in ("lavt", "bidir", "sma_sum", "paper_sma"):
+            assert heads == 0, row
+        else:
+            assert heads == 6, row

@@ -20,6 +20,7 @@ Rows (each on the recipe of --config_path; `--set` adds overrides to all of them
 | sma_sum | + mask generator and SMA, only the weighted sum supervised (loss.proposal_loss=none) |
 | sma | + mask generator and SMA with the config's proposal loss, no auxiliary loss |
 | coupalign | + auxiliary contrast: the full model = the config as given |
+| paper_sma | the full model with the paper's SMA scores `Q_n . g` only: no category head, mask geometry or reasoning layers |
 | n4, n16, n64 | the full model with 4 / 16 / 64 proposals (the one equal to the config's N reuses coupalign) |
 
 "same-category" is the subset of validation samples whose image holds another annotated object of the
@@ -46,6 +47,8 @@ ROWS: Dict[str, Dict[str, object]] = {
     "sma_sum": {"loss.aux_enabled": False, "loss.proposal_loss": "none"},
     "sma": {"loss.aux_enabled": False},
     "coupalign": {},
+    "paper_sma": {"model.mask_generator.num_classes": 0, "model.sma.mask_geometry": False,
+                  "model.sma.reasoning_layers": 0},
     "n4": {"model.mask_generator.num_queries": 4},
     "n16": {"model.mask_generator.num_queries": 16},
     "n64": {"model.mask_generator.num_queries": 64},
@@ -57,6 +60,7 @@ LABELS = {
     "sma_sum": "3a. + mask generator + SMA, weighted sum only supervised",
     "sma": "3. + mask generator + SMA (proposal loss)",
     "coupalign": "4. + auxiliary contrast = CoupAlign",
+    "paper_sma": "4p. CoupAlign with the paper's SMA scores only (no category head, geometry, reasoning)",
     "n4": "5. CoupAlign, N = 4",
     "n16": "5. CoupAlign, N = 16",
     "n64": "5. CoupAlign, N = 64",
