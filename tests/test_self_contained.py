@@ -123,3 +123,13 @@ def test_strip_checkpoint(run):
     _run([_script("eval.py"), f"--checkpoint_path={released[False][0]}", f"--data_root={run['data']}",
           f"--eval.output_dir={out}"], run["cwd"])
     assert _metrics(out / "metrics.json") == {k: run["ref"][k] for k in ("input_resolution", "original_resolution")}
+
+
+def test_diagnose_from_the_checkpoint_alone(run):
+    """tools/diagnose.py takes the same path: it once read default_config.yaml (device Ascend) when no
+    --config_path was given and died inside MindSpore on a CPU machine."""
+    out = run["base"] / "diagnostics.json"
+    _run([_script(os.path.join("tools", "diagnose.py")), f"--checkpoint_path={run['ckpt']}",
+          f"--data_root={run['data']}", "--split", "train", "--pairs", "4", "--output", str(out)], run["cwd"])
+    metrics = json.load(open(out))["metrics"]
+    assert 0.0 <= metrics["sma_entropy"] <= 1.0 and "token_self_similarity_0" in metrics

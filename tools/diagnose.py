@@ -1,7 +1,10 @@
 """Training-health diagnostics of a checkpoint: is every alignment of CoupAlign doing its job?
 
-    python tools/diagnose.py --config_path C --checkpoint_path CK [--data_root D] [--split val]
+    python tools/diagnose.py [--config_path C] --checkpoint_path CK [--data_root D] [--split val]
         [--pairs 32] [--output diagnostics.json]
+
+--config_path is optional with a checkpoint written by train.py: its config, text-encoder architecture and
+vocabulary are stored in it (src/engine/inference.py, the path eval.py and infer.py take).
 
 Prints every diagnostic of src/engine/diagnostics.py (SMA weight entropy, proposal similarity, whether
 the chosen proposal follows the sentence, text-encoder token similarity per layer, WPA language-term
@@ -20,12 +23,10 @@ apply_cpu_env_defaults()  # before MindSpore is imported
 
 
 def main(argv=None) -> int:
-    from src.config import ConfigError, load_config, num_proposal_classes
+    from src.config import ConfigError, num_proposal_classes
     from src.data.refer import ReferDataset
     from src.engine import diagnostics
-    from src.engine.checkpoint import load_model_weights
-    from src.engine.trainer import build_tokenizer
-    from src.models import create_model
+    from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
     from src.models.coupalign import build_criterion
     from src.utils.runtime import setup_context
 
@@ -45,14 +46,14 @@ def main(argv=None) -> int:
         else:
             rest.append(args[i])
         i += 1
-    cfg = load_config("default_config.yaml", rest)
+    cfg = load_inference_config(rest)
     if not cfg.checkpoint_path:
         raise ConfigError("tools/diagnose.py needs --checkpoint_path=<a train.py checkpoint>")
     setup_context(cfg)
     refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, options["split"])
-    probe = diagnostics.ProbeSet.from_refer(refer, build_tokenizer(cfg), cfg.model.image_size, int(options["pairs"]))
-    model = create_model(cfg, load_pretrained=False)
-    load_model_weights(model, cfg.checkpoint_path)
+    tokenizer = build_trained_tokenizer(cfg, "tools/diagnose.py")
+    probe = diagnostics.ProbeSet.from_refer(refer, tokenizer, cfg.model.image_size, int(options["pairs"]))
+    model = build_trained_model(cfg, "tools/diagnose.py")
     metrics = diagnostics.collect(model, probe, build_criterion(
             cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled, num_proposal_classes(cfg)))
     print(f"diagnostics of {cfg.checkpoint_path} on {len(probe) // 2} same-image pairs of {refer!r}")
