@@ -133,6 +133,16 @@ def test_greedy_match_is_one_to_one_and_matches_numpy_and_hungarian_for_one_targ
         assert one[i, rows[0], 0] == 1
 
 
+def _two_samples(size):
+    """Referents of two samples at (size x size) and two slots of other objects, the first of sample 0 filled."""
+    target = np.zeros((2, size, size), np.float32)
+    target[0, 4:16, 4:20] = 1
+    target[1, 10:30, 12:28] = 1
+    others = np.zeros((2, 2, size, size), np.float32)
+    others[0, 0, 20:30, 20:30] = 1
+    return target, others
+
+
 @pytest.mark.parametrize("proposal_loss,targets", [("none", "referent"), ("weighted", "referent"),
                                                    ("matched", "referent"), ("matched", "all_objects")])
 def test_proposal_losses_break_the_symmetry_of_identical_proposals(proposal_loss, targets):
@@ -146,11 +156,7 @@ def test_proposal_losses_break_the_symmetry_of_identical_proposals(proposal_loss
     mask_embeds = np.repeat(one, n, axis=2).repeat(s, axis=0)  # identical queries
     scores = np.zeros((s, b, n), np.float32)  # uniform weights
     pixel_embed = rng.standard_normal((b, d, h, w)).astype(np.float32)
-    target = np.zeros((b, size, size), np.float32)
-    target[0, 4:16, 4:20] = 1
-    target[1, 10:30, 12:28] = 1
-    others = np.zeros((b, 2, size, size), np.float32)
-    others[0, 0, 20:30, 20:30] = 1
+    target, others = _two_samples(size)
     others[1, 0, 0:8, 0:8] = 1
     crit = CoupAlignCriterion(aux_num_fg=8, aux_num_bg=16, proposal_loss=proposal_loss, proposal_targets=targets)
 
@@ -182,11 +188,7 @@ def test_proposal_loss_of_a_batch_is_the_mean_of_its_halves(proposal_loss):
     mask_embeds = rng.standard_normal((s, b, n, d)).astype(np.float32)
     scores = rng.standard_normal((s, b, n)).astype(np.float32)
     pixel_embed = rng.standard_normal((b, d, h, w)).astype(np.float32)
-    target = np.zeros((b, size, size), np.float32)
-    target[0, 4:16, 4:20] = 1
-    target[1, 10:30, 12:28] = 1
-    others = np.zeros((b, 2, size, size), np.float32)
-    others[0, 0, 20:30, 20:30] = 1
+    target, others = _two_samples(size)
     others[0, 1, 0:8, 24:32] = 1  # sample 0: two other objects; sample 1: none
     crit = CoupAlignCriterion(aux_num_fg=8, aux_num_bg=16, proposal_loss=proposal_loss, proposal_targets="all_objects")
 
@@ -226,11 +228,7 @@ def test_category_loss_matches_numpy_and_follows_the_matching():
     scores = rng.standard_normal((s, b, n)).astype(np.float32)
     pixel_embed = rng.standard_normal((b, d, h, w)).astype(np.float32)
     class_logits = (3.0 * rng.standard_normal((s, b, n, classes + 1))).astype(np.float32)
-    target = np.zeros((b, size, size), np.float32)
-    target[0, 4:16, 4:20] = 1
-    target[1, 10:30, 12:28] = 1
-    others = np.zeros((b, 2, size, size), np.float32)
-    others[0, 0, 20:30, 20:30] = 1
+    target, others = _two_samples(size)
     others[1, 0, 0:8, 0:8] = 1
     others[1, 1, 0:6, 24:32] = 1
     categories = np.array([[2, 0, classes], [1, 1, 0]], np.int32)
