@@ -571,10 +571,8 @@ def num_other_objects(cfg: Config) -> int:
 
 def num_proposal_classes(cfg: Config) -> int:
     """How many object categories the training batches label (column ``categories``): the category head's
-    classes when the proposals are matched and classified, else 0."""
-    if cfg.model.sma.enabled and cfg.loss.proposal_loss == "matched":
-        return cfg.model.mask_generator.num_classes
-    return 0
+    classes (the config check allows num_classes > 0 only with SMA and matched proposals)."""
+    return cfg.model.mask_generator.num_classes
 
 
 def swin_arch(section: SwinSection) -> Dict[str, Any]:

@@ -196,13 +196,17 @@ class ReferSource:
         objects.sort(key=lambda o: -o[1])
         return objects
 
+    def _other_objects(self, sample):
+        """[(ann_id, area, mask)] of up to K other objects of the sample's image, largest first: the order of
+        both the `others` and the `categories` columns."""
+        objects = self._cached(self._objects, sample.image_id, lambda: self._image_objects(sample.image_id))
+        return [o for o in objects if o[0] != sample.ann_id and o[1] > 0][:self.max_other_objects]
+
     def _others(self, sample):
         """(K, S, S) uint8: the masks of up to K other objects of the sample's image, zero-padded."""
         size, limit = self.image_size, self.max_other_objects
         others = np.zeros((limit, size, size), np.uint8)
-        objects = self._cached(self._objects, sample.image_id, lambda: self._image_objects(sample.image_id))
-        kept = [o for o in objects if o[0] != sample.ann_id and o[1] > 0][:limit]
-        for k, (_, _, mask) in enumerate(kept):
+        for k, (_, _, mask) in enumerate(self._other_objects(sample)):
             others[k] = mask
         return others
 
@@ -211,9 +215,7 @@ class ReferSource:
         `num_classes` ("no object") in the padding slots."""
         labels = np.full((1 + self.max_other_objects,), self.num_classes, np.int32)
         labels[0] = self._class_of(sample.ann_id)
-        objects = self._cached(self._objects, sample.image_id, lambda: self._image_objects(sample.image_id))
-        kept = [o for o in objects if o[0] != sample.ann_id and o[1] > 0][:self.max_other_objects]
-        for k, (ann_id, _, _) in enumerate(kept):
+        for k, (ann_id, _, _) in enumerate(self._other_objects(sample)):
             labels[1 + k] = self._class_of(ann_id)
         return labels
 
