@@ -19,6 +19,8 @@ def export_model(model, file_name: str, file_format: str, batch_size: int, image
     import numpy as np
     import mindspore as ms
 
+    from src.errors import ConfigError
+
     inputs = (ms.Tensor(np.zeros((batch_size, 3, image_size, image_size), np.float32)),
               ms.Tensor(np.zeros((batch_size, max_tokens), np.int32)),
               ms.Tensor(np.ones((batch_size, max_tokens), np.int32)))
@@ -30,7 +32,8 @@ def export_model(model, file_name: str, file_format: str, batch_size: int, image
         # Measured with MindSpore 2.10: the ONNX exporter has no converter for Erf (the exact GELU of
         # Swin, BERT and WPA), the first operator it meets. MINDIR carries the whole graph.
         reason = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise ValueError(f"ONNX export is not possible with this MindSpore: {reason} Use --file_format MINDIR.") from None
+        raise ConfigError(f"--file_format ONNX: ONNX export is not possible with this MindSpore: {reason} "
+                          "Use --file_format MINDIR.") from None
     suffix = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}[file_format]
     return file_name if file_name.endswith(suffix) else file_name + suffix
 

@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     from src.data.refer import read_image_rgb
     from src.data.transforms import preprocess_image
     from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
+    from src.errors import ConfigError
     from src.metrics import resize_logits_to
     from src.utils.runtime import setup_context
     from src.utils.visualize import overlay, write_png
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     texts = [t.strip() for t in args.text]
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
-        raise ValueError(f"--text number {empty[0] + 1} is empty: give the sentence that describes the object")
+        raise ConfigError(f"--text number {empty[0] + 1} is empty: give the sentence that describes the object")
     cfg = load_inference_config(rest)
     image = read_image_rgb(args.image)  # (H, W, 3) uint8, clear error if unreadable
     setup_context(cfg)

@@ -142,12 +142,12 @@ def main(argv=None) -> int:
         if os.path.exists(os.path.join(out, STAMP_FILE)):
             print(f"redoing the preprocessing in {out}: {problem}")
 
-    from src.data.refer import ReferDataset
+    from src.data.base import build_dataset
     from src.data.transforms import preprocess_image
     from src.engine.inference import build_trained_tokenizer
     from src.engine.trainer import build_tokenizer
 
-    refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.eval.split)
+    refer = build_dataset(cfg, cfg.eval.split)
     if cfg.eval.swap_sentences:
         refer = refer.with_swapped_sentences(seed=cfg.seed)
     tokenizer = build_trained_tokenizer(cfg, "preprocess.py") if cfg.checkpoint_path else build_tokenizer(cfg)

@@ -17,13 +17,14 @@ import difflib
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
+from src.models.bert_config import BertConfig  # no MindSpore import: the schema derives model.bert from it
 
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the schema."""
+
+from src.errors import ConfigError  # noqa: E402,F401  (re-exported: callers import it from here)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,22 +52,20 @@ class SwinSection:
 
 
 @dataclass
-class BertSection:
-    # A checkpoint written by tools/convert_bert.py. It carries its own architecture and vocabulary;
-    # when set, the architecture fields below are ignored in favour of the checkpoint's.
+class BertSection(BertConfig):
+    """BERT's architecture (`BertConfig`'s fields and defaults, named as in HF config.json) plus where to load
+    it from. With `pretrained` set, the checkpoint carries its own architecture and vocabulary and the
+    architecture fields here are ignored in favour of the checkpoint's."""
+
+    where: ClassVar[str] = "model.bert"
+    # A checkpoint written by tools/convert_bert.py; empty = random initialisation.
     pretrained: str = ""
     # WordPiece vocabulary; empty = the one stored beside `pretrained`.
     vocab_path: str = ""
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
+
+    def architecture(self) -> BertConfig:
+        """The architecture fields as a BertConfig (ignoring `pretrained`; see `src.models.bert.bert_config_from`)."""
+        return BertConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BertConfig)})
 
 
 @dataclass
@@ -78,17 +77,28 @@ class WPASection:
 
 
 @dataclass
-class MaskGeneratorSection:
-    pixel_decoder: str = "msdeform"  # msdeform | fpn
-    conv_dim: int = 256
-    mask_dim: int = 256
+class MSDeformSection:
+    """The deformable-attention encoder of the "msdeform" pixel decoder (read only when it is chosen)."""
     encoder_layers: int = 6
     encoder_heads: int = 8
     encoder_points: int = 4
     encoder_ffn_dim: int = 1024
     # Recompute each deformable attention's sampling in the backward instead of keeping the gathered
-    # neighbours (msdeform only): less training memory, one more gather per layer (docs/performance.md).
+    # neighbours: less training memory, one more gather per layer (docs/performance.md).
     recompute_sampling: bool = False
+
+
+@dataclass
+class MaskGeneratorSection:
+    # A registered pixel decoder (src/models/pixel_decoder.py): msdeform | fpn. Its own options live in the
+    # sub-section of the same name (model.mask_generator.msdeform.*), read only when it is chosen.
+    pixel_decoder: str = "msdeform"
+    conv_dim: int = 256
+    mask_dim: int = 256
+    msdeform: MSDeformSection = field(default_factory=MSDeformSection)
+    # A registered transformer decoder that turns the multi-scale features into the N proposals' mask
+    # embeddings (src/models/transformer_decoder.py): masked_attention (Mask2Former's).
+    transformer_decoder: str = "masked_attention"
     num_queries: int = 100
     decoder_layers: int = 9
     decoder_heads: int = 8
@@ -120,6 +130,9 @@ class SMASection:
 class ModelSection:
     image_size: int = 480
     max_tokens: int = 20
+    # The registered fusion module run at every encoder stage (src/models/wpa.py): wpa (CoupAlign's
+    # word-pixel alignment, options in model.wpa).
+    fusion: str = "wpa"
     swin: SwinSection = field(default_factory=SwinSection)
     bert: BertSection = field(default_factory=BertSection)
     wpa: WPASection = field(default_factory=WPASection)
@@ -161,7 +174,7 @@ class LossSection:
 @dataclass
 class DataSection:
     data_root: str = "data"
-    dataset: str = "refcoco"  # refcoco | refcoco+ | refcocog
+    dataset: str = "refcoco"  # a registered dataset (src/data/base.py, DATASETS): refcoco | refcoco+ | refcocog
     split_by: str = "unc"  # unc | umd | google
     train_split: str = "train"
     val_split: str = "val"
@@ -250,17 +263,22 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-# Values that must come from a fixed set; checked after every override.
+# Keys that moved, old path -> new path. Configs stored in checkpoints written before the move (and users'
+# files) still load; an override may use either name.
+RENAMED_KEYS: Dict[str, str] = {
+    f"model.mask_generator.{name}": f"model.mask_generator.msdeform.{name}"
+    for name in ("encoder_layers", "encoder_heads", "encoder_points", "encoder_ffn_dim", "recompute_sampling")}
+
+# Values that must come from a fixed set; checked after every override. Names of registered parts (the
+# pixel decoder, the fusion module, the dataset) are checked against their registry when the part is built.
 CHOICES: Dict[str, Tuple[str, ...]] = {
     "device_target": ("Ascend", "GPU", "CPU"),
     "mode": ("graph", "pynative"),
     "model.swin.preset": ("tiny", "small", "base", "large", ""),
-    "model.mask_generator.pixel_decoder": ("msdeform", "fpn"),
     "model.sma.weighting": ("softmax", "sigmoid"),
     "model.sma.sentence_pool": ("cls", "mean"),
     "loss.proposal_loss": ("none", "weighted", "matched"),
     "loss.proposal_targets": ("referent", "all_objects"),
-    "data.dataset": ("refcoco", "refcoco+", "refcocog"),
     "data.split_by": ("unc", "umd", "google"),
     "train.amp_level": ("O0", "O1", "O2", "O3"),
     "export.file_format": ("MINDIR", "AIR", "ONNX"),
@@ -365,7 +383,10 @@ def _build(cls, data: Dict[str, Any], prefix: str, source: str):
                 kwargs[name] = _coerce(value, tp, path)
             except ConfigError as e:
                 raise ConfigError(f"{source}: {e}") from None
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # a section's own check (BertSection: heads must divide the width)
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def _set_path(tree: Dict[str, Any], path: str, value: Any) -> None:
@@ -379,8 +400,9 @@ def _set_path(tree: Dict[str, Any], path: str, value: Any) -> None:
 
 
 def resolve_key(key: str) -> str:
-    """Maps an override key (dotted path or unique leaf name) to its full dotted path."""
+    """Maps an override key (dotted path, a path that moved, or a unique leaf name) to its full dotted path."""
     keys = all_keys(Config)
+    key = RENAMED_KEYS.get(key, key)
     if key in keys:
         return key
     if "." not in key:
@@ -482,8 +504,10 @@ def _check_choices(cfg: Config) -> None:
                                                          flat["loss.proposal_loss"] == "matched"):
         raise ConfigError("config key 'model.mask_generator.num_classes' > 0 classifies the matched proposals: it needs "
                           "model.sma.enabled=true and loss.proposal_loss='matched' (or set num_classes=0)")
-    if flat["model.mask_generator.recompute_sampling"] and flat["model.mask_generator.pixel_decoder"] != "msdeform":
-        raise ConfigError("config key 'model.mask_generator.recompute_sampling' = True needs pixel_decoder "
+    # The msdeform section is read only when that decoder is chosen (a config can switch decoders without
+    # deleting it), except for an option that asks for something no other decoder does.
+    if flat["model.mask_generator.msdeform.recompute_sampling"] and flat["model.mask_generator.pixel_decoder"] != "msdeform":
+        raise ConfigError("config key 'model.mask_generator.msdeform.recompute_sampling' = True needs pixel_decoder "
                           f"'msdeform' (the deformable attention it recomputes), got "
                           f"{flat['model.mask_generator.pixel_decoder']!r}")
 
@@ -514,8 +538,28 @@ def _flatten(tree: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     return out
 
 
+def _move_renamed(tree: Dict[str, Any], source: str) -> None:
+    """Moves keys written under an old path (RENAMED_KEYS) to the new one, in place."""
+    for old, new in RENAMED_KEYS.items():
+        *parents, leaf = old.split(".")
+        node = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        target = tree
+        *new_parents, new_leaf = new.split(".")
+        for part in new_parents:
+            target = target.setdefault(part, {})
+        if new_leaf in target and target[new_leaf] != value:
+            raise ConfigError(f"{source}: '{old}' (the old name) and '{new}' are both set; keep '{new}'")
+        target[new_leaf] = value
+
+
 def config_from_dict(data: Dict[str, Any], overrides: Optional[Dict[str, Any]] = None, source: str = "<dict>") -> Config:
     tree = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy of plain data
+    _move_renamed(tree, source)
     for key, value in (overrides or {}).items():
         _set_path(tree, resolve_key(key), value)
     cfg = _build(Config, tree, "", source)
@@ -573,24 +617,6 @@ def num_proposal_classes(cfg: Config) -> int:
     """How many object categories the training batches label (column ``categories``): the category head's
     classes (the config check allows num_classes > 0 only with SMA and matched proposals)."""
     return cfg.model.mask_generator.num_classes
-
-
-def swin_arch(section: SwinSection) -> Dict[str, Any]:
-    """The Swin constructor arguments: preset values with explicit fields taking precedence."""
-    from src.models.swin import SWIN_PRESETS  # local import: config must not pull in MindSpore
-
-    arch: Dict[str, Any] = dict(SWIN_PRESETS[section.preset]) if section.preset else {}
-    for name in ("embed_dim", "depths", "num_heads"):
-        value = getattr(section, name)
-        if value is not None:
-            arch[name] = value
-        elif name not in arch:
-            raise ConfigError(f"model.swin.{name} must be set when model.swin.preset is empty")
-    if len(arch["depths"]) != 4 or len(arch["num_heads"]) != 4:
-        raise ConfigError("model.swin.depths and model.swin.num_heads must have 4 entries (one per stage)")
-    arch.update(window_size=section.window_size, patch_size=section.patch_size, mlp_ratio=section.mlp_ratio,
-                qkv_bias=section.qkv_bias, drop_path_rate=section.drop_path_rate, patch_norm=section.patch_norm)
-    return arch
 
 
 def main(argv: Sequence[str]) -> int:

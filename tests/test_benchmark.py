@@ -24,7 +24,8 @@ import transformers
 from timm.models.swin_transformer import SwinTransformer as TimmSwin
 from torch.utils.flop_counter import FlopCounterMode
 
-from src.config import config_from_dict, load_config, swin_arch
+from src.config import config_from_dict, load_config
+from src.models.swin_arch import swin_arch
 from src.models.bert import BertConfig
 from tools.benchmark import (SIGNED_FIELDS, activation_elements, bert_flops, coupalign_flops, parameter_count,
                              swin_flops, swin_stage_sizes, training_memory_estimate)
@@ -130,7 +131,7 @@ TINY_MODEL = {
 ])
 def test_parameter_count_matches_the_built_model(overrides):
     from src.models import create_model
-    from src.models.coupalign import bert_config_from
+    from src.models.bert import bert_config_from
 
     cfg = config_from_dict(TINY_MODEL, overrides)
     model = create_model(cfg, load_pretrained=False)

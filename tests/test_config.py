@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from src.config import Config, ConfigError, load_config, parse_value, resolve_key
+from src.config import Config, ConfigError, config_from_dict, load_config, parse_value, resolve_key
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = ["default_config.yaml"] + [os.path.join("configs", f) for f in sorted(os.listdir(os.path.join(ROOT, "configs")))]
@@ -88,7 +88,7 @@ def test_choices_and_ambiguous_leaf():
 
 def test_recompute_sampling_needs_the_deformable_decoder():
     cfg = load_config(None, ["--model.mask_generator.recompute_sampling=true"])
-    assert cfg.model.mask_generator.recompute_sampling is True
+    assert cfg.model.mask_generator.msdeform.recompute_sampling is True
     with pytest.raises(ConfigError, match="recompute_sampling.*msdeform"):
         load_config(None, ["--model.mask_generator.recompute_sampling=true",
                            "--model.mask_generator.pixel_decoder=fpn"])
@@ -121,3 +121,21 @@ def test_cpu_env_default_never_overrides_user_value():
     code2 = "import os; from src.utils.runtime import apply_cpu_env_defaults; apply_cpu_env_defaults(); print(os.environ['ONEDNN_MAX_CPU_ISA'])"
     out2 = subprocess.run([sys.executable, "-c", code2], cwd=ROOT, capture_output=True, text=True, env=env, timeout=60)
     assert out2.stdout.strip() == "AVX2"
+
+
+def test_moved_keys_load_under_their_old_names():
+    # Configs stored in checkpoints before the msdeform options moved into their own section still load.
+    old = config_from_dict({"model": {"mask_generator": {"encoder_layers": 2, "recompute_sampling": True}}})
+    assert old.model.mask_generator.msdeform.encoder_layers == 2
+    assert old.model.mask_generator.msdeform.recompute_sampling is True
+    by_override = load_config(None, ["--model.mask_generator.encoder_heads=4"])
+    assert by_override.model.mask_generator.msdeform.encoder_heads == 4
+    with pytest.raises(ConfigError, match="both set"):
+        config_from_dict({"model": {"mask_generator": {"encoder_layers": 2, "msdeform": {"encoder_layers": 3}}}})
+
+
+def test_bert_section_is_bert_config_with_its_checks_named_by_key():
+    cfg = config_from_dict({"model": {"bert": {"hidden_size": 64, "num_attention_heads": 4}}})
+    assert cfg.model.bert.architecture().hidden_size == 64
+    with pytest.raises(ConfigError, match="model.bert.hidden_size .*divisible"):
+        config_from_dict({"model": {"bert": {"hidden_size": 30, "num_attention_heads": 4}}})

@@ -233,11 +233,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     from src.config import load_config
-    from src.data.refer import ReferDataset
+    from src.data.base import build_dataset
 
     args = parse_args(argv)
     cfg = load_config(args.config_path, [f"--data_root={args.data_root}"] + [f"--{k}={v}" for k, v in args.set.items()])
-    refer = ReferDataset(args.data_root, cfg.data.dataset, cfg.data.split_by, cfg.data.val_split)
+    refer = build_dataset(cfg, cfg.data.val_split)  # cfg.data.data_root is --data_root, as the runs read it
     keys = same_category_indices(refer)
     os.makedirs(args.out, exist_ok=True)
     machine = _machine()

@@ -63,7 +63,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from src.config import Config, load_config, num_other_objects, num_proposal_classes, swin_arch  # noqa: E402  (no MindSpore import)
+from src.config import Config, load_config, num_other_objects, num_proposal_classes  # noqa: E402  (no MindSpore import)
+from src.models.swin_arch import swin_arch  # noqa: E402  (no MindSpore import)
 from src.utils.runtime import available_cpus  # noqa: E402  (imports MindSpore lazily)
 
 NUM_STAGES = 4
@@ -105,7 +106,7 @@ def swin_stage_sizes(height: int, width: int, patch_size: int = 4, num_stages: i
 
 def swin_flops(arch: Dict, height: int, width: int, batch: int = 1, in_chans: int = 3) -> Dict[str, int]:
     """FLOPs of the Swin encoder per stage ('patch_embed', 'stage0'..'stage3' with the merging after
-    the stage). `arch` is `src.config.swin_arch(...)` (embed_dim, depths, num_heads, window_size, ...).
+    the stage). `arch` is `src.models.swin_arch.swin_arch(...)` (embed_dim, depths, num_heads, window_size, ...).
 
     Window attention runs on the map padded to a multiple of the window, so the qkv and output
     projections and the attention itself are counted on the padded tokens; the MLP on the real ones.
@@ -173,14 +174,14 @@ def msdeform_pixel_decoder_flops(mg, in_channels: Sequence[int], sizes: Sequence
     levels = 3
     flops = sum(conv_flops(h, w, c, dim, 1) for (h, w), c in zip(sizes[1:], in_channels[1:]))  # input_proj
     tokens = sum(h * w for h, w in sizes[1:])
-    samples = mg.encoder_heads * levels * mg.encoder_points
+    samples = mg.msdeform.encoder_heads * levels * mg.msdeform.encoder_points
     layer = (dense_flops(tokens, dim, dim)                  # value_proj
              + dense_flops(tokens, dim, 2 * samples)        # sampling_offsets
              + dense_flops(tokens, dim, samples)            # attention_weights
-             + 2 * tokens * levels * mg.encoder_points * dim  # weighted sum of the sampled values
+             + 2 * tokens * levels * mg.msdeform.encoder_points * dim  # weighted sum of the sampled values
              + dense_flops(tokens, dim, dim)                # output_proj
-             + dense_flops(tokens, dim, mg.encoder_ffn_dim) + dense_flops(tokens, mg.encoder_ffn_dim, dim))
-    flops += mg.encoder_layers * layer
+             + dense_flops(tokens, dim, mg.msdeform.encoder_ffn_dim) + dense_flops(tokens, mg.msdeform.encoder_ffn_dim, dim))
+    flops += mg.msdeform.encoder_layers * layer
     h1, w1 = sizes[0]
     flops += conv_flops(h1, w1, in_channels[0], dim, 1)     # adapter_1
     flops += conv_flops(h1, w1, dim, dim, 3)                # layer_1
@@ -331,20 +332,20 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
     h1, w1 = sizes[0]
     n1 = h1 * w1
     if mg.pixel_decoder == "msdeform":
-        levels, points, enc_heads = 3, mg.encoder_points, mg.encoder_heads
+        levels, points, enc_heads = 3, mg.msdeform.encoder_points, mg.msdeform.encoder_heads
         lv = sum(h * w for h, w in sizes[1:])
         pixel = sum(h * w * c for (h, w), c in zip(sizes[1:], channels[1:])) + lv * dim  # input_proj conv, GN
         per_layer = (7 * lv * dim                    # query, value_proj in, value maps, out_proj in, norms, linear1 in
-                     + lv * mg.encoder_ffn_dim)      # ReLU output (linear2 input)
+                     + lv * mg.msdeform.encoder_ffn_dim)      # ReLU output (linear2 input)
         sampling = (4 * lv * dim * levels * points   # the 4 gathered bilinear neighbours of every sample
                     # corner weights (4), attention weights, bilinear fractions (x, y), in-map masks
                     + 8 * lv * enc_heads * levels * points)
-        if mg.recompute_sampling:  # recomputed in the backward, one layer at a time
+        if mg.msdeform.recompute_sampling:  # recomputed in the backward, one layer at a time
             layers.append(per_layer + sampling)
         else:
             per_layer += sampling
             layers.append(per_layer)
-        pixel += mg.encoder_layers * per_layer
+        pixel += mg.msdeform.encoder_layers * per_layer
         pixel += n1 * channels[0] + 5 * n1 * dim     # FPN step: adapter_1 in, GN, layer_1 in, GN, ReLU, mask_features in
     else:
         pixel = 0
@@ -428,11 +429,11 @@ def parameter_count(model_cfg, bert_config) -> int:
     mg = model_cfg.mask_generator
     dim = mg.conv_dim
     if mg.pixel_decoder == "msdeform":
-        samples = mg.encoder_heads * 3 * mg.encoder_points
+        samples = mg.msdeform.encoder_heads * 3 * mg.msdeform.encoder_points
         pixel = sum(c * dim + dim + 2 * dim for c in channels[1:])  # input_proj conv + GN
         layer = (dim * 2 * samples + 2 * samples + dim * samples + samples + 2 * (dim * dim + dim)
-                 + 2 * dim + dim * mg.encoder_ffn_dim + mg.encoder_ffn_dim + mg.encoder_ffn_dim * dim + dim + 2 * dim)
-        pixel += mg.encoder_layers * layer + 3 * dim          # + level_embed
+                 + 2 * dim + dim * mg.msdeform.encoder_ffn_dim + mg.msdeform.encoder_ffn_dim + mg.msdeform.encoder_ffn_dim * dim + dim + 2 * dim)
+        pixel += mg.msdeform.encoder_layers * layer + 3 * dim          # + level_embed
         pixel += dim * mg.mask_dim + mg.mask_dim              # mask_features (1x1)
         pixel += channels[0] * dim + 2 * dim + 9 * dim * dim + 2 * dim  # adapter_1, layer_1 (no bias, GN)
     else:
@@ -585,44 +586,19 @@ def count_parameters(model) -> "OrderedDict[str, int]":
 
 
 def build_train_step(cfg: Config, model, optimizer: str = "adamw"):
-    """The Trainer's compiled step (src/engine/trainer.py): CoupAlignWithLoss, AdamW with LAVT groups and
-    the text encoder's lr scale, poly schedule, TrainStep with the configured clipping / loss scale.
-
-    `optimizer="ms_adamweightdecay"` swaps in MindSpore's fused `nn.AdamWeightDecay` (no bias correction,
-    no lr_scale) on the same groups, as a memory and time reference (tools/optimizer_memory.py)."""
-    import mindspore as ms
-    from mindspore import nn
-
-    from src.engine.optimizer import AdamW, PolyLR, param_groups
-    from src.engine.train_step import TrainStep
-    from src.models.coupalign import CoupAlignWithLoss, build_criterion
+    """The Trainer's compiled step (src.engine.train_step.build_train_step) on a poly schedule long enough
+    that the lr never reaches zero while timing."""
+    from src.engine.optimizer import PolyLR
+    from src.engine.train_step import build_train_step as build
 
     tc = cfg.train
-    if tc.amp_level != "O0":
-        model = ms.amp.auto_mixed_precision(model, tc.amp_level)
-    net_with_loss = CoupAlignWithLoss(model, build_criterion(
-            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled, num_proposal_classes(cfg)))
-    net_with_loss.set_train(True)
-    groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
-                          lr_scales={"bert.": tc.text_encoder_lr_scale})
-    schedule = PolyLR(tc.lr, 10 ** 6, tc.lr_power, tc.warmup_steps)
-    if optimizer == "adamw":
-        update = AdamW(groups, learning_rate=schedule)
-    elif optimizer == "ms_adamweightdecay":
-        update = nn.AdamWeightDecay([{k: v for k, v in g.items() if k != "lr_scale"} for g in groups],
-                                    learning_rate=schedule)
-    else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected 'adamw' or 'ms_adamweightdecay'")
-    return TrainStep(net_with_loss, update, grad_clip_norm=tc.grad_clip_norm, loss_scale=tc.loss_scale,
-                     accumulate_steps=1, distributed=False)
+    return build(cfg, model, PolyLR(tc.lr, 10 ** 6, tc.lr_power, tc.warmup_steps), optimizer=optimizer)
 
 
 def _ms_cells():
     """Small graph-mode Cells used for timing (defined lazily: MindSpore loads after the env is set)."""
     import mindspore as ms
     from mindspore import nn, ops
-
-    from src.models.sma import pool_sentence
 
     class EncodePart(nn.Cell):
         """Swin + BERT with WPA at every stage -> (F1..F4, word features)."""
@@ -655,13 +631,10 @@ def _ms_cells():
             self.image_size = image_size
 
         def construct(self, pixel_embed, m0, m1, m2, words, attention_mask):
-            sentence = pool_sentence(words, attention_mask, self.model.sentence_pool)
-            mask_embed = None
-            if self.model.use_sma:
-                mask_embed = self.model.transformer_decoder((m0, m1, m2), pixel_embed)[-1]
-            logits, _, _ = self.model.head(mask_embed, pixel_embed, sentence, words, attention_mask)
-            return ops.interpolate(logits, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False)
+            sentence = self.model.sentence_feature(words, attention_mask)
+            mask_embeds = self.model.generate_masks((m0, m1, m2), pixel_embed)
+            return self.model.predict(sentence, pixel_embed, mask_embeds, words, attention_mask,
+                                      (self.image_size, self.image_size))
 
     class Encoders(nn.Cell):
         """Our Swin + our BERT as two separate encoders (no fusion): the counterpart of timm + HF."""
@@ -866,7 +839,9 @@ def resolve_vocab(cfg: Config, refer, workdir: str) -> str:
 def prepare_training_data(cfg: Config, data_root: Optional[str], images: int, workdir: str):
     """(refer, tokenizer, data_root): the configured split of `data_root`, or a synthetic dataset of
     `images` images written into `workdir` by tools/make_synthetic_refer.py."""
-    from src.data.refer import ReferDataset
+    import dataclasses
+
+    from src.data.base import build_dataset
     from src.data.tokenizer import BertTokenizer
 
     dataset, split_by = cfg.data.dataset, cfg.data.split_by
@@ -875,7 +850,9 @@ def prepare_training_data(cfg: Config, data_root: Optional[str], images: int, wo
         subprocess.run([sys.executable, os.path.join(ROOT, "tools", "make_synthetic_refer.py"), "--out", data_root,
                         "--images", str(images), "--seed", "0"], check=True, stdout=subprocess.DEVNULL)
         dataset, split_by = "refcoco", "unc"
-    refer = ReferDataset(data_root, dataset, split_by, cfg.data.train_split)
+    # The data keys chosen above (the synthetic tree is refcoco/unc whatever the config says) over the config's.
+    data = dataclasses.replace(cfg.data, data_root=data_root, dataset=dataset, split_by=split_by)
+    refer = build_dataset(dataclasses.replace(cfg, data=data), cfg.data.train_split)
     tokenizer = BertTokenizer(resolve_vocab(cfg, refer, workdir), max_tokens=cfg.model.max_tokens)
     return refer, tokenizer, data_root
 
@@ -1133,7 +1110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import numpy as np
     import mindspore as ms
 
-    from src.models.coupalign import bert_config_from
+    from src.models.bert import bert_config_from
 
     threads = args.threads or available_cpus()
     ms.set_device("CPU")

@@ -37,7 +37,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `src` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from src.engine.checkpoint import CheckpointMismatchError  # noqa: E402
+from src.errors import CheckpointError  # noqa: E402
 from src.models.bert import BertConfig, expected_param_shapes, save_converted_bert  # noqa: E402
+from src.utils.cli import USER_ERRORS, run_main  # noqa: E402
 
 ENCODER_ANCHOR = "embeddings.word_embeddings.weight"
 BUFFER_NAMES = ("embeddings.position_ids", "embeddings.token_type_ids")
@@ -60,11 +63,14 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
     with open(path, "rb") as f:
         prefix = f.read(8)
         if len(prefix) != 8:
-            raise ValueError(f"{path}: too short to be a safetensors file")
+            raise CheckpointError(f"{path}: too short to be a safetensors file")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > file_size - 8:
-            raise ValueError(f"{path}: header length {header_len} exceeds the file size {file_size}")
-        header = json.loads(f.read(header_len).decode("utf-8"))
+            raise CheckpointError(f"{path}: header length {header_len} exceeds the file size {file_size}")
+        try:
+            header = json.loads(f.read(header_len).decode("utf-8"))
+        except ValueError as exc:  # not UTF-8 or not JSON: a corrupted file
+            raise CheckpointError(f"{path}: unreadable safetensors header ({exc})") from exc
         data = f.read()
     out = {}
     for name, info in header.items():
@@ -73,21 +79,21 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
         dtype, shape = info["dtype"], tuple(int(s) for s in info["shape"])
         begin, end = (int(x) for x in info["data_offsets"])
         if not 0 <= begin <= end <= len(data):
-            raise ValueError(f"{path}: tensor {name!r} byte range [{begin}, {end}) outside the data block")
+            raise CheckpointError(f"{path}: tensor {name!r} byte range [{begin}, {end}) outside the data block")
         raw = data[begin:end]
         count = int(np.prod(shape, dtype=np.int64))
         if dtype == "BF16":
             if len(raw) != 2 * count:
-                raise ValueError(f"{path}: tensor {name!r} has {len(raw)} bytes for BF16 shape {shape}")
+                raise CheckpointError(f"{path}: tensor {name!r} has {len(raw)} bytes for BF16 shape {shape}")
             bits = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << 16
             array = bits.view(np.float32).reshape(shape)
         elif dtype in _SAFETENSORS_DTYPES:
             np_dtype = np.dtype(_SAFETENSORS_DTYPES[dtype])
             if len(raw) != np_dtype.itemsize * count:
-                raise ValueError(f"{path}: tensor {name!r} has {len(raw)} bytes for {dtype} shape {shape}")
+                raise CheckpointError(f"{path}: tensor {name!r} has {len(raw)} bytes for {dtype} shape {shape}")
             array = np.frombuffer(raw, dtype=np_dtype).reshape(shape).copy()
         else:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
         out[name] = array
     return out
 
@@ -96,7 +102,7 @@ def read_pytorch_bin(path: str) -> Dict[str, np.ndarray]:
     """Reads a ``pytorch_model.bin`` through the project's torch-free pickle reader."""
     from src.utils.pth_reader import flatten_state_dict, load_pth
 
-    return flatten_state_dict(load_pth(path))
+    return flatten_state_dict(load_pth(path), source=path)
 
 
 @dataclass
@@ -195,9 +201,9 @@ def _find_prefix(keys) -> str:
     hits = [k[: -len(ENCODER_ANCHOR)] for k in keys if k.endswith(ENCODER_ANCHOR)]
     hits = [p for p in hits if p == "" or p.endswith(".")]
     if not hits:
-        raise ValueError(f"no BERT encoder in the state dict: no key ends with {ENCODER_ANCHOR!r}")
+        raise CheckpointMismatchError(f"no BERT encoder in the state dict: no key ends with {ENCODER_ANCHOR!r}")
     if len(hits) > 1:
-        raise ValueError(f"several BERT encoders in the state dict (prefixes {hits}); cannot choose")
+        raise CheckpointMismatchError(f"several BERT encoders in the state dict (prefixes {hits}); cannot choose")
     return hits[0]
 
 
@@ -246,13 +252,17 @@ def convert_directory(src: str, dst: str, keep_pooler: bool = False
                       ) -> Tuple[BertConfig, ConversionReport, Optional[str]]:
     """Reads an HF directory, converts, and (if complete) writes ``dst`` and its vocab sidecar.
 
-    Returns (config, report, vocab path written or None). Raises ValueError on an incomplete conversion.
+    Returns (config, report, vocab path written or None). Raises CheckpointMismatchError (a ValueError) on
+    an incomplete conversion.
     """
     files = locate_source(src)
-    config = BertConfig.from_json(files.config)
+    try:
+        config = BertConfig.from_json(files.config)
+    except ValueError as exc:  # invalid JSON, or a field BertConfig refuses: its message does not name the file
+        raise CheckpointError(f"{files.config}: {exc}") from exc
     params, report = convert_bert_state_dict(read_weights(files.weights), config, keep_pooler=keep_pooler)
     if not report.ok:
-        raise ValueError(f"conversion of {files.directory} is incomplete:\n{report.summary()}")
+        raise CheckpointMismatchError(f"conversion of {files.directory} is incomplete:\n{report.summary()}")
     vocab_dst = save_converted_bert(params, config, dst, vocab_src=files.vocab)
     return config, report, vocab_dst
 
@@ -277,7 +287,7 @@ def main(argv=None) -> int:
         print(f"source: {files.directory}\n  config: {files.config}\n  weights: {files.weights}\n"
               f"  vocab: {files.vocab}")
         config, report, vocab = convert_directory(args.src, args.dst, keep_pooler=args.keep_pooler)
-    except (ValueError, FileNotFoundError) as err:
+    except USER_ERRORS as err:  # a bug (any other exception) keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(report.summary())
@@ -295,4 +305,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_main(main)

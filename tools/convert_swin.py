@@ -40,6 +40,8 @@ import numpy as np
 if __name__ == "__main__":  # allow `python tools/convert_swin.py` from the repository root
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from src.engine.checkpoint import CheckpointMismatchError  # noqa: E402  (no MindSpore import)
+
 __all__ = [
     "ConversionReport",
     "convert_swin_state_dict",
@@ -133,7 +135,8 @@ def bicubic_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
-def resize_relative_position_bias_table(table: np.ndarray, new_window_size: int) -> np.ndarray:
+def resize_relative_position_bias_table(table: np.ndarray, new_window_size: int,
+                                        name: str = "relative position table") -> np.ndarray:
     """Resize a ``((2W-1)^2, heads)`` table to ``((2W'-1)^2, heads)`` by bicubic interpolation per head.
 
     The table is a row-major (2W-1) x (2W-1) grid over (dy, dx) offsets for each head.
@@ -141,7 +144,7 @@ def resize_relative_position_bias_table(table: np.ndarray, new_window_size: int)
     rows, heads = table.shape
     side = int(round(math.sqrt(rows)))
     if side * side != rows or side % 2 != 1:
-        raise ValueError(f"relative position table with {rows} rows is not a (2W-1)^2 grid")
+        raise CheckpointMismatchError(f"{name} with {rows} rows is not a (2W-1)^2 grid")
     new_side = 2 * new_window_size - 1
     if new_side == side:
         return table.copy()
@@ -241,7 +244,7 @@ def convert_swin_state_dict(
             if match:
                 index = int(match.group(1))
                 if index == 0:
-                    raise ValueError(f"timm layout has no merging at the start of stage 0, found {key}")
+                    raise CheckpointMismatchError(f"timm layout has no merging at the start of stage 0, found {key}")
                 new_key = f"layers.{index - 1}.downsample.{match.group(2)}"
                 report.renamed.append((key, new_key))
                 key = new_key
@@ -275,7 +278,7 @@ def convert_swin_state_dict(
         for key in sorted(kept):
             if key.endswith("relative_position_bias_table") and kept[key].shape[0] != target_rows:
                 old_shape = kept[key].shape
-                kept[key] = resize_relative_position_bias_table(kept[key], window_size)
+                kept[key] = resize_relative_position_bias_table(kept[key], window_size, name=key)
                 report.resized.append((key, tuple(old_shape), tuple(kept[key].shape)))
 
     params = {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v) for k, v in kept.items()}
@@ -307,7 +310,7 @@ def _load_source(path: str) -> Dict[str, np.ndarray]:
         from safetensors.numpy import load_file  # optional dependency, only for this input type
         return dict(load_file(path))
     from src.utils.pth_reader import flatten_state_dict, load_pth
-    return flatten_state_dict(load_pth(path, unknown_globals="stub"))
+    return flatten_state_dict(load_pth(path, unknown_globals="stub"), source=path)
 
 
 def _tolerated_missing(missing: Sequence[str], num_layers: int) -> bool:

@@ -23,11 +23,11 @@ apply_cpu_env_defaults()  # before MindSpore is imported
 
 
 def main(argv=None) -> int:
-    from src.config import ConfigError, num_proposal_classes
-    from src.data.refer import ReferDataset
+    from src.config import ConfigError
+    from src.data.base import build_dataset
     from src.engine import diagnostics
     from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
-    from src.models.coupalign import build_criterion
+    from src.models.criterion import CoupAlignCriterion
     from src.utils.runtime import setup_context
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -50,12 +50,11 @@ def main(argv=None) -> int:
     if not cfg.checkpoint_path:
         raise ConfigError("tools/diagnose.py needs --checkpoint_path=<a train.py checkpoint>")
     setup_context(cfg)
-    refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, options["split"])
+    refer = build_dataset(cfg, options["split"])
     tokenizer = build_trained_tokenizer(cfg, "tools/diagnose.py")
     probe = diagnostics.ProbeSet.from_refer(refer, tokenizer, cfg.model.image_size, int(options["pairs"]))
     model = build_trained_model(cfg, "tools/diagnose.py")
-    metrics = diagnostics.collect(model, probe, build_criterion(
-            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled, num_proposal_classes(cfg)))
+    metrics = diagnostics.collect(model, probe, CoupAlignCriterion.from_config(cfg))
     print(f"diagnostics of {cfg.checkpoint_path} on {len(probe) // 2} same-image pairs of {refer!r}")
     print(diagnostics.format_report(metrics))
     if options["output"]:

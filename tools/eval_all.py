@@ -37,6 +37,7 @@ def main(argv=None) -> int:
     from src.engine.evaluator import evaluate_split, format_table
     from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
     from src.engine.report import build_results, plan_splits, render_markdown
+    from src.errors import DataError
     from src.utils.log import setup_logging
     from src.utils.runtime import setup_context
 
@@ -72,7 +73,8 @@ def main(argv=None) -> int:
         print(f"eval_all: WARNING: {refs_path} holds no refs of split(s) {', '.join(missing)}; evaluating only "
               f"{', '.join(splits) or 'nothing'}", file=sys.stderr)
     if not splits:
-        raise ValueError(f"{refs_path} holds none of the evaluation splits of {dataset}({split_by})")
+        raise DataError(f"{refs_path} holds none of the evaluation splits of {dataset}({split_by}): "
+                        f"expected one or more of {', '.join(missing)}")
 
     ctx = setup_context(cfg)
     tokenizer = build_trained_tokenizer(cfg, "eval_all.py")

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from src.data.synthetic import (COLOUR_WORDS, GENERIC_NOUNS, NOUNS, POSITION_ADJECTIVES,  # noqa: E402
                                 POSITION_PHRASES, RELATION_PHRASES, SIZE_ADJECTIVES)
+from src.errors import DataError  # noqa: E402
 
 KINDS = ("relation", "position", "size", "colour", "category", "colour only")
 
@@ -34,7 +35,8 @@ def _has_phrase(text: str, phrases) -> bool:
     return any(re.search(rf"\b{re.escape(p)}\b", text) for p in phrases)
 
 
-def expression_kind(sentence: str) -> str:
+def expression_kind(sentence: str, source: str = "") -> str:
+    """The kind of a synthetic expression; a DataError (naming `source`, the file) for any other sentence."""
     text = " " + re.sub(r"[^a-z ]", " ", sentence.lower()) + " "
     if _has_phrase(text, [p for ps in RELATION_PHRASES.values() for p in ps]):
         return "relation"
@@ -51,7 +53,9 @@ def expression_kind(sentence: str) -> str:
         return "category"
     if has_colour and _has_phrase(text, GENERIC_NOUNS):
         return "colour only"
-    raise ValueError(f"sentence {sentence!r} is not one the synthetic generator writes")
+    where = f"{source}: " if source else ""
+    raise DataError(f"{where}sentence {sentence!r} is not one the synthetic generator writes (this breakdown is "
+                    "for evaluations on the synthetic dataset)")
 
 
 def breakdown(path: str) -> Dict[str, Dict[str, float]]:
@@ -60,7 +64,7 @@ def breakdown(path: str) -> Dict[str, Dict[str, float]]:
     groups: Dict[str, List[dict]] = {k: [] for k in KINDS}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            groups[expression_kind(row["sentence"])].append(row)
+            groups[expression_kind(row["sentence"], path)].append(row)
     table = {}
     for kind, rows in groups.items():
         if not rows:

@@ -77,7 +77,7 @@ def main() -> int:
     from mindspore import Tensor
 
     from src.models import create_model
-    from src.models.coupalign import bert_config_from
+    from src.models.bert import bert_config_from
 
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)

@@ -40,6 +40,7 @@ if ROOT not in sys.path:  # `python tools/prepare_data.py` from anywhere
 
 from src.data.refer import (IMAGE_SUBDIR, SAMPLE_ERRORS, VALID_SPLITS, ReferDataset, _load_pickle,  # noqa: E402
                             read_image_rgb)
+from src.errors import ConfigError, CoupAlignError, DataError  # noqa: E402
 
 COCO_IMAGES_URL = "http://images.cocodataset.org/zips/train2014.zip"
 REFER_URL = "https://github.com/lichengunc/refer"
@@ -134,10 +135,10 @@ def _read_instance_index(path: str) -> Tuple[Set[int], Dict[int, int], bool]:
         with open(path, "r", encoding="utf-8") as f:
             instances = json.load(f)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+        raise DataError(f"{path}: invalid JSON ({exc})") from exc
     if not isinstance(instances, dict) or not all(isinstance(instances.get(k), list)
                                                   for k in ("images", "annotations")):
-        raise ValueError(f"{path}: expected a COCO-style JSON object with 'images' and 'annotations' lists")
+        raise DataError(f"{path}: expected a COCO-style JSON object with 'images' and 'annotations' lists")
     image_ids = {_as_int(im.get("id")) for im in instances["images"] if isinstance(im, dict)}
     ann_image = {_as_int(a.get("id")): _as_int(a.get("image_id"))
                  for a in instances["annotations"] if isinstance(a, dict)}
@@ -327,7 +328,7 @@ def check_tree(data_root: str, expect: str = "published", all_images: bool = Fal
         dataset, _, split_by = item.partition("/")
         if dataset not in VALID_SPLITS or split_by not in VALID_SPLITS[dataset]:
             valid = [f"{d}/{s}" for d in VALID_SPLITS for s in VALID_SPLITS[d]]
-            raise ValueError(f"--require {item!r}: expected DATASET/SPLIT_BY, one of {valid}")
+            raise ConfigError(f"--require {item!r}: expected DATASET/SPLIT_BY, one of {valid}")
         required.add((dataset, split_by))
     if not os.path.isdir(data_root):
         raise FileNotFoundError(f"--data_root {data_root}: directory not found")
@@ -446,8 +447,8 @@ def weight_destinations(config_path: str):
 
     def resolve(path: str, key: str) -> str:
         if not path:
-            raise ValueError(f"{config_path}: {key} is empty; set it to the checkpoint path to write, "
-                             f"or pass the destination explicitly")
+            raise ConfigError(f"{config_path}: {key} is empty; set it to the checkpoint path to write, "
+                              f"or pass the destination explicitly")
         return path if os.path.isabs(path) else os.path.join(ROOT, path)
 
     return (cfg.model.swin, resolve(cfg.model.swin.pretrained, "model.swin.pretrained"),
@@ -457,8 +458,8 @@ def weight_destinations(config_path: str):
 def convert_weights(config_path: str, swin: Optional[str], bert: Optional[str],
                     swin_dst: Optional[str] = None, bert_dst: Optional[str] = None) -> int:
     if not swin and not bert:
-        raise ValueError(f"nothing to convert: pass --swin (official release: {SWIN_URL}) and/or --bert "
-                         f"(an HF directory, e.g. a download of {BERT_URL})")
+        raise ConfigError(f"nothing to convert: pass --swin (official release: {SWIN_URL}) and/or --bert "
+                          f"(an HF directory, e.g. a download of {BERT_URL})")
     for flag, path in (("--swin", swin), ("--bert", bert)):
         if path and not os.path.exists(path):
             raise FileNotFoundError(f"{flag} {path}: not found")
@@ -554,10 +555,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"next: python tools/prepare_data.py check --data_root {args.data_root}")
             return EXIT_OK
         return convert_weights(args.config_path, args.swin, args.bert, args.swin_dst, args.bert_dst)
-    except (ValueError, OSError) as exc:  # user errors: one line naming the file, no traceback
+    except (CoupAlignError, OSError) as exc:  # user errors: one line naming the file; a bug keeps its traceback
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from src.utils.cli import run_main
+
+    run_main(main)

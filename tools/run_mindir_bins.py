@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     import mindspore as ms
     from mindspore import Tensor, nn
 
+    from src.errors import ConfigError, DataError
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mindir_path", required=True)
     parser.add_argument("--input_dir", required=True)
@@ -43,8 +45,8 @@ def main(argv=None) -> int:
     ms.set_device(args.device_target)
     batch = mindir_batch_size(args.mindir_path)
     if batch != 1:
-        raise ValueError(f"{args.mindir_path} was exported with batch {batch}; this stand-in feeds one sample per "
-                         "call: export with --batch_size 1 (ascend310_infer/ runs batched MINDIRs)")
+        raise ConfigError(f"--mindir_path {args.mindir_path} was exported with batch {batch}; this stand-in feeds "
+                          "one sample per call: export with --batch_size 1 (ascend310_infer/ runs batched MINDIRs)")
     graph = nn.GraphCell(ms.load(args.mindir_path))
     meta = json.load(open(os.path.join(args.input_dir, "samples.json"), encoding="utf-8"))
     size = meta["image_size"]
@@ -53,8 +55,8 @@ def main(argv=None) -> int:
     for entry in meta["samples"]:
         name = entry["name"]
         if "image" not in entry:
-            raise ValueError(f"{args.input_dir}/samples.json: sample {name} has no 'image' field; it was written "
-                             "by an older preprocess.py, re-run it")
+            raise DataError(f"{args.input_dir}/samples.json: sample {name} has no 'image' field; it was written "
+                            "by an older preprocess.py, re-run it")
         if entry["image"] != cached_name:  # consecutive samples usually share their image
             image = np.fromfile(os.path.join(args.input_dir, "00_image", entry["image"] + ".bin"), np.float32)
             cached_name = entry["image"]

@@ -28,6 +28,7 @@ def main(argv=None) -> int:
 
     from src.engine.checkpoint import ARTIFACT_KEYS, META_KEYS, _write_atomic, read_checkpoint
     from src.engine.inference import build_trained_model, load_inference_config
+    from src.errors import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", required=True, help="a train.py checkpoint (step_<N>.ckpt or best.ckpt)")
@@ -35,7 +36,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fp16", action="store_true", help="store float32 weights as float16")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     if os.path.abspath(args.src) == os.path.abspath(args.dst):
-        raise ValueError("--dst must differ from --src (the source checkpoint is kept)")
+        raise ConfigError("--dst must differ from --src (the source checkpoint is kept)")
     cfg = load_inference_config([*rest, f"--checkpoint_path={args.src}"])
     ms.set_device("CPU")
     model = build_trained_model(cfg, "strip_checkpoint.py")  # also proves the weights fit the model

@@ -1,4 +1,4 @@
-"""MindSpore input pipeline over a `ReferDataset`.
+"""MindSpore input pipeline over a `ReferDataset` (any `src.data.base.ReferringDataset`).
 
 `create_refer_dataset(...)` builds ``GeneratorDataset(ReferSource, sampler=ReferSampler) -> batch``:
 
@@ -39,9 +39,11 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import mindspore.dataset as ds
 
+from src.errors import ConfigError, DataError
 from src.utils.runtime import available_cpus
 
-from .refer import ReferDataset, SAMPLE_ERRORS
+from .base import ReferringDataset
+from .refer import SAMPLE_ERRORS
 from .transforms import preprocess_image, resize_mask
 
 logger = logging.getLogger(__name__)
@@ -110,16 +112,16 @@ class ReferSampler(ds.Sampler):
         return self._length
 
 
-def category_classes(refer: ReferDataset, num_classes: int) -> dict:
+def category_classes(refer: ReferringDataset, num_classes: int) -> dict:
     """{category_id: class index}: the categories of the dataset's instances.json in increasing id order
     (COCO's 80 ids 1..90 with gaps -> 0..79), checked against the category head's size."""
     ids = sorted(refer.categories)
     if not ids:
-        raise ValueError(f"{refer.instances_path}: no 'categories' to classify the proposals into "
-                         f"(model.mask_generator.num_classes={num_classes}); set num_classes=0")
+        raise DataError(f"{refer.instances_path}: no 'categories' to classify the proposals into "
+                        f"(model.mask_generator.num_classes={num_classes}); set num_classes=0")
     if len(ids) > num_classes:
-        raise ValueError(f"{refer.instances_path} has {len(ids)} categories but model.mask_generator.num_classes="
-                         f"{num_classes}: set it to {len(ids)}")
+        raise ConfigError(f"{refer.instances_path} has {len(ids)} categories but model.mask_generator.num_classes="
+                          f"{num_classes}: set it to {len(ids)}")
     return {cid: k for k, cid in enumerate(ids)}
 
 
@@ -145,7 +147,7 @@ class ReferSource:
     MAX_ATTEMPTS = 32
     REPLACED, UNREPLACEABLE = 1, 2  # values of the `bad` column (0: the sample itself)
 
-    def __init__(self, refer: ReferDataset, tokenizer, image_size: int, train: bool, max_other_objects: int = 0,
+    def __init__(self, refer: ReferringDataset, tokenizer, image_size: int, train: bool, max_other_objects: int = 0,
                  num_classes: int = 0):
         self.refer = refer
         self.max_other_objects = int(max_other_objects)
@@ -221,9 +223,9 @@ class ReferSource:
 
     def _class_of(self, ann_id: int) -> int:
         category = self.refer.annotations[ann_id].get("category_id")
-        if category not in self.class_index:  # ValueError is a SAMPLE_ERRORS type: the sample is skipped, named
-            raise ValueError(f"{self.refer.instances_path}: annotation {ann_id} has category_id {category!r}, which is "
-                           f"not among the file's categories")
+        if category not in self.class_index:  # a DataError is one of SAMPLE_ERRORS: the sample is skipped, named
+            raise DataError(f"{self.refer.instances_path}: annotation {ann_id} has category_id {category!r}, which is "
+                            f"not among the file's categories")
         return self.class_index[category]
 
     def _placeholder(self):
@@ -262,7 +264,7 @@ class ReferSource:
         return self._row(self.refer.sample(i), self._placeholder(), self.UNREPLACEABLE if self.train else 1, i)
 
 
-def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_size: int, train: bool,
+def create_refer_dataset(refer: ReferringDataset, tokenizer, image_size: int, batch_size: int, train: bool,
                          num_workers: int = 2, num_shards: Optional[int] = None, shard_id: Optional[int] = None,
                          seed: int = 0, epoch_sampling: str = "one_per_ref", start_epoch: int = 0,
                          pad_last_batch: bool = True, python_multiprocessing: bool = True,
@@ -298,14 +300,14 @@ def create_refer_dataset(refer: ReferDataset, tokenizer, image_size: int, batch_
     if num_shards < 1 or not 0 <= shard_id < num_shards:
         raise ValueError(f"invalid shard {shard_id} of {num_shards}")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size (train.batch_size / eval.batch_size) must be >= 1, got {batch_size}")
     sampler = ReferSampler(refer.ref_sample_ranges, train=train, seed=seed, epoch_sampling=epoch_sampling,
                            num_shards=num_shards, shard_id=shard_id, batch_size=batch_size,
                            pad_last_batch=pad_last_batch, start_epoch=start_epoch)
     per_epoch = len(sampler)
     if train and per_epoch < batch_size:
-        raise ValueError(f"{refer!r}: shard {shard_id}/{num_shards} holds {per_epoch} samples per epoch, "
-                         f"fewer than one batch of {batch_size}")
+        raise ConfigError(f"{refer!r}: shard {shard_id}/{num_shards} holds {per_epoch} samples per epoch, "
+                          f"fewer than one batch of {batch_size}: lower train.batch_size")
     columns = TRAIN_COLUMNS if train else EVAL_COLUMNS
     if max_other_objects:
         columns = columns[:5] + ["others"] + columns[5:]

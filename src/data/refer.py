@@ -41,11 +41,15 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from src.errors import ConfigError, DataError
+
+from .base import DATASETS
+
 logger = logging.getLogger(__name__)
 
 # dataset -> split_by -> splits. docs/method.md lists "google: train, val"; that is RefCOCOg's google
 # split. RefCOCO's google split file also holds a "test" split (TFDS: refcoco_google train/val/test),
-# so it is accepted here; a split that turns out to hold no refs raises a ValueError listing the
+# so it is accepted here; a split that turns out to hold no refs raises a DataError listing the
 # splits the file does hold.
 VALID_SPLITS: Dict[str, Dict[str, Tuple[str, ...]]] = {
     "refcoco": {"unc": ("train", "val", "testA", "testB"), "google": ("train", "val", "test")},
@@ -57,6 +61,7 @@ IMAGE_SUBDIR = os.path.join("images", "train2014")
 
 # What loading one sample can raise when its files are bad (missing or corrupt image, a size that
 # differs from instances.json, an empty or malformed segmentation); the pipeline skips or reports these.
+# ValueError, not only our DataError: pycocotools and numpy raise it on a malformed field of the file.
 SAMPLE_ERRORS = (OSError, ValueError, cv2.error)
 
 
@@ -116,9 +121,9 @@ def _load_pickle(path: str):
 
 def _require(record: dict, key: str, where: str):
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a dict, got {type(record).__name__}")
+        raise DataError(f"{where}: expected a dict, got {type(record).__name__}")
     if key not in record:
-        raise ValueError(f"{where}: missing field '{key}'")
+        raise DataError(f"{where}: missing field '{key}'")
     return record[key]
 
 
@@ -127,7 +132,7 @@ def _to_rgb_uint8(img: np.ndarray, path: str) -> np.ndarray:
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(x / 257): 65535 -> 255
     elif img.dtype != np.uint8:
-        raise ValueError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
+        raise DataError(f"{path}: unsupported pixel type {img.dtype} (expected 8- or 16-bit)")
     if img.ndim == 2:
         return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
     channels = img.shape[2]
@@ -137,7 +142,7 @@ def _to_rgb_uint8(img: np.ndarray, path: str) -> np.ndarray:
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     if channels == 4:  # alpha dropped, not composited (as PIL's convert("RGB"))
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    raise ValueError(f"{path}: unsupported channel count {channels}")
+    raise DataError(f"{path}: unsupported channel count {channels}")
 
 
 def read_image_rgb(path: str) -> np.ndarray:
@@ -147,7 +152,7 @@ def read_image_rgb(path: str) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
-        raise ValueError(f"cannot decode image file (corrupt or unsupported format): {path}")
+        raise DataError(f"cannot decode image file (corrupt or unsupported format): {path}")
     return _to_rgb_uint8(img, path)
 
 
@@ -169,22 +174,26 @@ def decode_segmentation(segmentation, height: int, width: int, where: str = "seg
     elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
         size = [int(s) for s in segmentation["size"]]
         if size != [height, width]:
-            raise ValueError(f"{where}: RLE size {size} differs from the image size {[height, width]}")
+            raise DataError(f"{where}: RLE size {size} differs from the image size {[height, width]}")
         if isinstance(segmentation["counts"], list):  # uncompressed RLE
             rle = mask_utils.frPyObjects(segmentation, height, width)
         else:  # compressed RLE; pycocotools wants bytes
             counts = segmentation["counts"]
             rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     else:
-        raise ValueError(f"{where}: unsupported segmentation of type {type(segmentation).__name__}")
+        raise DataError(f"{where}: unsupported segmentation of type {type(segmentation).__name__}")
     mask = mask_utils.decode(rle)
     if mask.ndim == 3:  # decode() of a list of RLEs; never reached after merge(), kept for safety
         mask = mask.max(axis=2)
     return np.ascontiguousarray(mask.astype(np.uint8))
 
 
+# One reader for the three refer-format datasets: the name chosen in data.dataset is passed on as `dataset`.
+@DATASETS.register("refcocog")
+@DATASETS.register("refcoco+")
+@DATASETS.register("refcoco")
 class ReferDataset:
-    """One split of a refer-format dataset: refs, samples, images and masks.
+    """One split of a refer-format dataset: refs, samples, images and masks (a `src.data.base.ReferringDataset`).
 
     Args:
         data_root: directory holding `images/train2014/` and `<dataset>/`.
@@ -195,12 +204,13 @@ class ReferDataset:
 
     def __init__(self, data_root: str, dataset: str = "refcoco", split_by: str = "unc", split: str = "train"):
         if dataset not in VALID_SPLITS:
-            raise ValueError(f"unknown dataset '{dataset}'; valid: {sorted(VALID_SPLITS)}")
+            raise ConfigError(f"unknown dataset '{dataset}' (data.dataset); valid: {sorted(VALID_SPLITS)}")
         if split_by not in VALID_SPLITS[dataset]:
-            raise ValueError(f"unknown split_by '{split_by}' for {dataset}; valid: {sorted(VALID_SPLITS[dataset])}")
+            raise ConfigError(f"unknown split_by '{split_by}' (data.split_by) for {dataset}; "
+                              f"valid: {sorted(VALID_SPLITS[dataset])}")
         if split not in VALID_SPLITS[dataset][split_by]:
-            raise ValueError(f"unknown split '{split}' for {dataset}({split_by}); "
-                             f"valid: {list(VALID_SPLITS[dataset][split_by])}")
+            raise ConfigError(f"unknown split '{split}' for {dataset}({split_by}); "
+                              f"valid: {list(VALID_SPLITS[dataset][split_by])}")
         self.data_root = data_root
         self.dataset = dataset
         self.split_by = split_by
@@ -220,10 +230,15 @@ class ReferDataset:
                                 if r["split"] == split]
         if not self.refs:
             present = sorted({str(r["split"]) for r in all_refs})
-            raise ValueError(f"{self.refs_path}: no refs with split '{split}'; the file holds splits {present}")
+            raise DataError(f"{self.refs_path}: no refs with split '{split}'; the file holds splits {present}")
 
         self._index_samples()
         self._log_counts(all_refs)
+
+    @classmethod
+    def from_config(cls, cfg, split: str) -> "ReferDataset":
+        """Split `split` of cfg.data.dataset under cfg.data.data_root, by cfg.data.split_by (for `build_dataset`)."""
+        return cls(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, split)
 
     # ------------------------------------------------------------------------------------------
     # Loading and validation
@@ -232,12 +247,12 @@ class ReferDataset:
         try:
             refs = _load_pickle(self.refs_path)
         except Exception as exc:  # a truncated or foreign file: say which one
-            raise ValueError(f"{self.refs_path}: cannot unpickle refs ({exc})") from exc
+            raise DataError(f"{self.refs_path}: cannot unpickle refs ({exc})") from exc
         if not isinstance(refs, list):
-            raise ValueError(f"{self.refs_path}: expected a pickled list of refs, got {type(refs).__name__}")
+            raise DataError(f"{self.refs_path}: expected a pickled list of refs, got {type(refs).__name__}")
         for position, ref in enumerate(refs):
             if not isinstance(ref, dict):
-                raise ValueError(f"{self.refs_path}: ref #{position} is a {type(ref).__name__}, expected a dict")
+                raise DataError(f"{self.refs_path}: ref #{position} is a {type(ref).__name__}, expected a dict")
             _require(ref, "split", f"{self.refs_path}: ref #{position}")
         return refs
 
@@ -247,12 +262,12 @@ class ReferDataset:
             with open(path, "r", encoding="utf-8") as f:
                 instances = json.load(f)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+            raise DataError(f"{path}: invalid JSON ({exc})") from exc
         if not isinstance(instances, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(instances).__name__}")
+            raise DataError(f"{path}: expected a JSON object, got {type(instances).__name__}")
         for key in ("images", "annotations"):
             if not isinstance(instances.get(key), list):
-                raise ValueError(f"{path}: missing or non-list field '{key}'")
+                raise DataError(f"{path}: missing or non-list field '{key}'")
         self.images: Dict[int, dict] = {}
         for k, image in enumerate(instances["images"]):
             where = f"{path}: images[{k}]"
@@ -284,32 +299,32 @@ class ReferDataset:
         ann_id = int(_require(raw, "ann_id", where))
         image_id = int(_require(raw, "image_id", where))
         if ann_id not in self.annotations:
-            raise ValueError(f"{where}: ann_id {ann_id} is absent from {self.instances_path} (annotations)")
+            raise DataError(f"{where}: ann_id {ann_id} is absent from {self.instances_path} (annotations)")
         if image_id not in self.images:
-            raise ValueError(f"{where}: image_id {image_id} is absent from {self.instances_path} (images)")
+            raise DataError(f"{where}: image_id {image_id} is absent from {self.instances_path} (images)")
         ann_image = self.annotations[ann_id]["image_id"]
         if ann_image != image_id:
-            raise ValueError(f"{where}: image_id {image_id} differs from annotation {ann_id}'s image_id {ann_image}")
+            raise DataError(f"{where}: image_id {image_id} differs from annotation {ann_id}'s image_id {ann_image}")
         sentences_raw = _require(raw, "sentences", where)
         if not isinstance(sentences_raw, (list, tuple)) or not sentences_raw:
-            raise ValueError(f"{where}: field 'sentences' must be a non-empty list")
+            raise DataError(f"{where}: field 'sentences' must be a non-empty list")
         sent_ids = raw.get("sent_ids") or []
         sentences = []
         for k, s in enumerate(sentences_raw):
             s_where = f"{where}: sentences[{k}]"
             if not isinstance(s, dict):
-                raise ValueError(f"{s_where}: expected a dict, got {type(s).__name__}")
+                raise DataError(f"{s_where}: expected a dict, got {type(s).__name__}")
             if "sent_id" in s:
                 sent_id = int(s["sent_id"])
             elif k < len(sent_ids):
                 sent_id = int(sent_ids[k])
             else:
-                raise ValueError(f"{s_where}: missing field 'sent_id' (and no sent_ids[{k}])")
+                raise DataError(f"{s_where}: missing field 'sent_id' (and no sent_ids[{k}])")
             raw_text, sent_text = s.get("raw") or "", s.get("sent") or ""
             if not isinstance(raw_text, str) or not isinstance(sent_text, str):
-                raise ValueError(f"{s_where}: fields 'raw' and 'sent' must be strings")
+                raise DataError(f"{s_where}: fields 'raw' and 'sent' must be strings")
             if not (raw_text.strip() or sent_text.strip()):
-                raise ValueError(f"{s_where}: missing or empty fields 'raw' and 'sent'")
+                raise DataError(f"{s_where}: missing or empty fields 'raw' and 'sent'")
             sentences.append(Sentence(sent_id, raw_text, sent_text))
         category_id = int(raw.get("category_id", self.annotations[ann_id].get("category_id", -1)))
         return Ref(ref_id, ann_id, image_id, category_id, str(raw["split"]), tuple(sentences))
@@ -403,19 +418,19 @@ class ReferDataset:
         img = read_image_rgb(path)
         expected = self.image_size(image_id)
         if img.shape[:2] != expected:
-            raise ValueError(f"{path}: decoded size {img.shape[:2]} differs from instances.json "
-                             f"height/width {expected} of image_id {image_id}")
+            raise DataError(f"{path}: decoded size {img.shape[:2]} differs from instances.json "
+                            f"height/width {expected} of image_id {image_id}")
         return img
 
     def load_mask(self, ann_id: int) -> np.ndarray:
-        """(H, W) uint8 {0, 1}: the union of the annotation's polygons, or its RLE; a ValueError naming
+        """(H, W) uint8 {0, 1}: the union of the annotation's polygons, or its RLE; a DataError naming
         the annotation when it is empty."""
         ann = self.annotations[ann_id]
         height, width = self.image_size(ann["image_id"])
         where = f"{self.instances_path}: annotation {ann_id} segmentation"
         mask = decode_segmentation(ann["segmentation"], height, width, where=where)
         if not mask.any():  # a referred object without pixels cannot be learned or scored
-            raise ValueError(f"{where}: empty (no polygon with 3 or more points, or an RLE without foreground)")
+            raise DataError(f"{where}: empty (no polygon with 3 or more points, or an RLE without foreground)")
         return mask
 
     def image_annotations(self, image_id: int) -> List[int]:

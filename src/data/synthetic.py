@@ -52,6 +52,8 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from src.errors import ConfigError
+
 DATASET_NAME = "refcoco"
 SPLIT_BY = "unc"
 
@@ -572,7 +574,7 @@ def mask_facts(mask: np.ndarray, category: str, colour: Optional[str]) -> Object
 
 def _image_split_plan(num_images: int, seed: int) -> List[str]:
     if num_images < 4:
-        raise ValueError(f"num_images must be >= 4 (one image per split at least), got {num_images}")
+        raise ConfigError(f"num_images (--images) must be >= 4 (one image per split at least), got {num_images}")
     counts = {name: max(1, int(math.floor(share * num_images))) for name, share in SPLIT_SHARES}
     counts["train"] = num_images - sum(v for k, v in counts.items() if k != "train")
     plan = [name for name, _ in SPLIT_SHARES for _ in range(counts[name])]

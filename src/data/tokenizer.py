@@ -40,6 +40,8 @@ from tokenizers.models import WordPiece
 from tokenizers.normalizers import BertNormalizer
 from tokenizers.pre_tokenizers import BertPreTokenizer
 
+from src.errors import ConfigError, DataError
+
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 REQUIRED_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN)
 # HF's BERT tokenizer only handles words up to this many characters; longer words become [UNK].
@@ -49,20 +51,21 @@ MAX_CHARS_PER_WORD = 100
 def load_vocab(vocab_path: str) -> Dict[str, int]:
     """Reads a BERT ``vocab.txt`` (one token a line, id = line number) and checks it is usable.
 
-    Raises ValueError naming the file when it is missing, empty, or lacks one of [PAD], [UNK], [CLS], [SEP].
+    Raises DataError (a ValueError) naming the file when it is missing, empty, or lacks one of [PAD], [UNK],
+    [CLS], [SEP].
     A duplicated token keeps its last line's id, as HF's loader does.
     """
     if not os.path.isfile(vocab_path):
-        raise ValueError(f"BERT vocab file not found: {vocab_path}")
+        raise DataError(f"BERT vocab file not found: {vocab_path}")
     with open(vocab_path, "r", encoding="utf-8") as f:
         tokens = [line.rstrip("\r\n") for line in f]
     if not tokens or all(not t.strip() for t in tokens):
-        raise ValueError(f"BERT vocab file is empty: {vocab_path}")
+        raise DataError(f"BERT vocab file is empty: {vocab_path}")
     vocab = {token: index for index, token in enumerate(tokens)}
     missing = [t for t in REQUIRED_TOKENS if t not in vocab]
     if missing:
-        raise ValueError(f"BERT vocab file {vocab_path} lacks the special token(s) {missing}; "
-                         f"a BERT vocab needs all of {list(REQUIRED_TOKENS)}")
+        raise DataError(f"BERT vocab file {vocab_path} lacks the special token(s) {missing}; "
+                        f"a BERT vocab needs all of {list(REQUIRED_TOKENS)}")
     return vocab
 
 
@@ -77,7 +80,8 @@ class BertTokenizer:
 
     def __init__(self, vocab_path: str, max_tokens: int = 20, lowercase: bool = True):
         if not isinstance(max_tokens, int) or max_tokens < 2:
-            raise ValueError(f"max_tokens must be an int >= 2 (room for [CLS] and [SEP]), got {max_tokens!r}")
+            raise ConfigError(f"max_tokens (model.max_tokens) must be an int >= 2 (room for [CLS] and [SEP]), "
+                              f"got {max_tokens!r}")
         self.vocab_path = vocab_path
         self.max_tokens = max_tokens
         self.lowercase = lowercase

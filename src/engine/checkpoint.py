@@ -26,8 +26,19 @@ ARTIFACT_KEYS = ("config_yaml", "bert_config_json", "vocab_txt")
 META_KEYS = ("step", "epoch", "batch_in_epoch", "seed", "best_score", "bad_samples") + ARTIFACT_KEYS
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or read, with the file and the reason."""
+from src.errors import CheckpointError  # noqa: E402,F401  (re-exported)
+
+
+class CheckpointMismatchError(CheckpointError, ValueError):
+    """A readable checkpoint whose parameters do not fit the configured model (missing names, other shapes)."""
+
+
+class CheckpointIOError(CheckpointError):
+    """A checkpoint file that cannot be read (truncated, not a MindSpore checkpoint) or written (disk full).
+    Entry scripts exit with 1 for it (src/utils/cli.py), the code these failures had before CheckpointError
+    was a user error of its own."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -66,7 +77,8 @@ def _write_atomic(params, path: str, meta: Dict) -> None:
     except BaseException as e:  # includes KeyboardInterrupt: never leave a partial file behind
         _clear_staging(staging)
         if isinstance(e, (OSError, RuntimeError, ValueError)):
-            raise CheckpointError(f"could not write checkpoint {path}: {e} (the previous checkpoint is intact)") from e
+            raise CheckpointIOError(f"could not write checkpoint {path}: {e} "
+                                    "(the previous checkpoint is intact)") from e
         raise
 
 
@@ -129,8 +141,8 @@ def read_checkpoint(path: str) -> Dict:
     try:
         return ms.load_checkpoint(path)
     except Exception as e:  # MindSpore raises ValueError/RuntimeError with internal detail
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CheckpointIOError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def read_artifacts(path: str) -> Dict[str, str]:
@@ -143,8 +155,8 @@ def read_artifacts(path: str) -> Dict[str, str]:
     try:
         entries = ms.load_checkpoint(path, choice_func=lambda name: name in ARTIFACT_KEYS)
     except Exception as e:  # MindSpore raises ValueError/RuntimeError with internal detail
-        raise CheckpointError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
-                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise CheckpointIOError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
+                                f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return {k: v for k, v in entries.items() if isinstance(v, str)}
 
 
@@ -162,6 +174,18 @@ def split_meta(entries: Dict):
     return entries, state, scalar("seed", None)
 
 
+def check_shapes(cell, params: Dict, path: str) -> None:
+    """Refuses checkpoint `path` when an entry of `params` has another shape than the parameter of `cell` of
+    that name, naming each one. Checked here, not left to `load_into` or MindSpore: a checkpoint of another
+    configuration is the user's error (CheckpointMismatchError), while their ValueErrors stay bugs."""
+    shapes = {p.name: tuple(p.shape) for p in cell.get_parameters()}
+    mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {shapes[k]}" for k, v in sorted(params.items())
+                  if k in shapes and tuple(v.shape) != shapes[k]]
+    if mismatched:
+        raise CheckpointMismatchError(f"{path}: shapes do not match the configured model (was it trained with "
+                                      f"another config?):\n  " + "\n  ".join(mismatched))
+
+
 def load_model_weights(model, path: str) -> None:
     """Loads a training or best checkpoint (or a bare model checkpoint) into `model`. A checkpoint from
     another configuration is refused with the mismatched or missing parameter names and shapes."""
@@ -172,6 +196,7 @@ def load_model_weights(model, path: str) -> None:
     model_params = {k: v for k, v in params.items() if k in own}
     missing = sorted(own - set(model_params))
     if missing:
-        raise CheckpointError(f"{path} does not fit this model configuration: {len(missing)} parameters missing "
-                              f"(e.g. {', '.join(missing[:8])}); was it trained with another config?")
+        raise CheckpointMismatchError(f"{path} does not fit this model configuration: {len(missing)} parameters "
+                                      f"missing (e.g. {', '.join(missing[:8])}); was it trained with another config?")
+    check_shapes(model, model_params, path)
     load_into(model, model_params, path, strict=True)

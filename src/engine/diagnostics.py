@@ -31,6 +31,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
+from src.errors import DataError
 from src.models.criterion import stride4_labels
 from src.models.sma import pool_sentence
 
@@ -84,7 +85,7 @@ class ProbeSet:
                 index = refer.ref_sample_range(ref_index)[0]
                 rows.append(source[index] + (image_id,))
         if len(rows) < 4:
-            raise ValueError(f"{refer!r} has fewer than 2 images with two referred objects: no probe pairs")
+            raise DataError(f"{refer!r} has fewer than 2 images with two referred objects: no probe pairs")
         columns = list(zip(*rows))
         return cls(np.stack(columns[0]), np.stack(columns[1]), np.stack(columns[2]), np.stack(columns[3]),
                    np.array(columns[-1]))

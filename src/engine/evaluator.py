@@ -16,6 +16,7 @@ import numpy as np
 
 from src.data.refer import SAMPLE_ERRORS
 from src.data.transforms import resize_mask
+from src.errors import DataError
 from src.metrics import RefSegMetrics, logits_to_mask, resize_logits_to
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def evaluate(predict: Callable, refer, dataset, max_batches: Optional[int] = Non
     With a sharded pipeline (`create_refer_dataset(num_shards=..., shard_id=...)`) the result covers this
     rank's shard; `gather_shards(result, ctx)` gives the split's result on every rank.
 
-    A sample whose image or mask cannot be loaded raises a ValueError naming the file and field, or,
+    A sample whose image or mask cannot be loaded raises a DataError naming the file and field, or,
     with `skip_bad_samples`, is left out of the metrics and listed in `EvalResult.skipped`.
 
     `on_prediction(sample, original_logits, position)` is called for each sample (for saving masks
@@ -163,9 +164,9 @@ def evaluate(predict: Callable, refer, dataset, max_batches: Optional[int] = Non
             index = int(batch["index"][row])
             sample, reason = refer.sample(index), _load_error(refer, index)
             if not skip_bad_samples:
-                raise ValueError(f"evaluation sample {index} (ref_id {sample.ref_id}, sent_id {sample.sent_id}) cannot "
-                                 f"be loaded: {reason}. Fix the file, or pass --skip_bad_samples true to leave such "
-                                 f"samples out of the metrics (they are counted and listed in metrics.json)")
+                raise DataError(f"evaluation sample {index} (ref_id {sample.ref_id}, sent_id {sample.sent_id}) cannot "
+                                f"be loaded: {reason}. Fix the file, or pass --skip_bad_samples true to leave such "
+                                f"samples out of the metrics (they are counted and listed in metrics.json)")
             logger.warning("skipped evaluation sample %d (ref_id %d, sent_id %d): %s", index, sample.ref_id,
                            sample.sent_id, reason)
             skipped.append(SkippedSample(index, sample.ref_id, sample.sent_id, reason))
@@ -227,11 +228,11 @@ def evaluate_split(cfg, ctx, model, tokenizer, out_dir: str):
 
     from mindspore import Tensor
 
+    from src.data.base import build_dataset
     from src.data.dataset import create_refer_dataset
-    from src.data.refer import ReferDataset
     from src.utils.visualize import overlay, write_png
 
-    refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.eval.split)
+    refer = build_dataset(cfg, cfg.eval.split)
     if cfg.eval.swap_sentences:
         refer = refer.with_swapped_sentences(seed=cfg.seed)
     shard = dict(num_shards=ctx.group_size, shard_id=ctx.rank) if ctx.group_size > 1 else {}

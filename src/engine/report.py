@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
+from src.errors import ConfigError, DataError
+
 # The evaluation splits of each dataset / split_by (the train split is never evaluated). RefCOCO's google
 # split file also holds a "test" split, but the literature reports its val only.
 EVAL_SPLITS: Dict[Tuple[str, str], Tuple[str, ...]] = {
@@ -41,13 +43,13 @@ RESOLUTIONS = (("input", "input_resolution"), ("original", "original_resolution"
 
 
 def eval_splits(dataset: str, split_by: str) -> Tuple[str, ...]:
-    """The splits to evaluate for `dataset` (`split_by`); ValueError for a pair the paper's datasets lack."""
+    """The splits to evaluate for `dataset` (`split_by`); ConfigError for a pair the paper's datasets lack."""
     try:
         return EVAL_SPLITS[(dataset, split_by)]
     except KeyError:
         known = ", ".join(f"{d}({s})" for d, s in EVAL_SPLITS)
-        raise ValueError(f"no evaluation splits known for data.dataset={dataset!r} with data.split_by={split_by!r}; "
-                         f"expected one of {known}") from None
+        raise ConfigError(f"no evaluation splits known for data.dataset={dataset!r} with data.split_by={split_by!r}; "
+                          f"expected one of {known}") from None
 
 
 def splits_in_refs_file(refs_path: str) -> List[str]:
@@ -56,9 +58,12 @@ def splits_in_refs_file(refs_path: str) -> List[str]:
 
     if not os.path.isfile(refs_path):
         raise FileNotFoundError(f"refs file not found: {refs_path} (expected <data_root>/<dataset>/refs(<split_by>).p)")
-    refs = _load_pickle(refs_path)
+    try:
+        refs = _load_pickle(refs_path)
+    except Exception as exc:  # a truncated or foreign file: say which one (as ReferDataset does)
+        raise DataError(f"{refs_path}: cannot unpickle refs ({exc})") from exc
     if not isinstance(refs, list):
-        raise ValueError(f"{refs_path}: expected a pickled list of refs, got {type(refs).__name__}")
+        raise DataError(f"{refs_path}: expected a pickled list of refs, got {type(refs).__name__}")
     return sorted({str(r.get("split")) for r in refs if isinstance(r, dict)})
 
 

@@ -117,3 +117,38 @@ class TrainStep(nn.Cell):
         if finite:
             self.optimizer(grads)
         return finite
+
+
+OPTIMIZERS = ("adamw", "ms_adamweightdecay")
+
+
+def build_train_step(cfg, model: nn.Cell, schedule, distributed: bool = False, optimizer: str = "adamw") -> TrainStep:
+    """The compiled training step of a Config, for `model` (a CoupAlign): mixed precision (train.amp_level),
+    the criterion of the config, AdamW on LAVT's parameter groups with the text encoder's lr scale and
+    `schedule`, clipping, loss scaling and accumulation. The one assembly used by the Trainer,
+    tools/benchmark.py and tools/optimizer_memory.py; the network it trains is `step.net_with_loss.model`.
+
+    `optimizer="ms_adamweightdecay"` swaps in MindSpore's fused `nn.AdamWeightDecay` (no bias correction,
+    no lr_scale) on the same groups, as a memory and time reference (tools/optimizer_memory.py)."""
+    from src.engine.optimizer import AdamW, param_groups
+    from src.models.coupalign import CoupAlignWithLoss
+    from src.models.criterion import CoupAlignCriterion
+
+    tc = cfg.train
+    if tc.amp_level != "O0":
+        # Mixed precision for Ascend/GPU (fp16 compute); pair it with train.loss_scale > 1.
+        # Not measurable on the CPU this project is tested on.
+        model = ms.amp.auto_mixed_precision(model, tc.amp_level)
+    net_with_loss = CoupAlignWithLoss(model, CoupAlignCriterion.from_config(cfg))
+    net_with_loss.set_train(True)
+    groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
+                          lr_scales={"bert.": tc.text_encoder_lr_scale})
+    if optimizer == "adamw":
+        update = AdamW(groups, learning_rate=schedule)
+    elif optimizer == "ms_adamweightdecay":
+        update = nn.AdamWeightDecay([{k: v for k, v in g.items() if k != "lr_scale"} for g in groups],
+                                    learning_rate=schedule)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {OPTIMIZERS}")
+    return TrainStep(net_with_loss, update, grad_clip_norm=tc.grad_clip_norm, loss_scale=tc.loss_scale,
+                     accumulate_steps=tc.accumulate_steps, distributed=distributed)

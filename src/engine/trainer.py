@@ -15,26 +15,28 @@ from mindspore import Tensor
 
 from src.config import Config, ConfigError, num_other_objects, num_proposal_classes
 from src.data.dataset import ReferSource, create_refer_dataset
-from src.data.refer import ReferDataset
+from src.data.base import build_dataset
 from src.data.tokenizer import BertTokenizer
 from src.engine import diagnostics
-from src.engine.checkpoint import CheckpointManager, TrainState, list_checkpoints, read_checkpoint, split_meta
+from src.engine.checkpoint import (CheckpointManager, CheckpointMismatchError, TrainState, check_shapes,
+                                   list_checkpoints, read_checkpoint, split_meta)
 from src.engine.evaluator import evaluate, format_table, gather_shards
-from src.engine.optimizer import AdamW, PolyLR, param_groups
-from src.engine.train_step import TrainStep
+from src.engine.optimizer import PolyLR
+from src.engine.train_step import build_train_step
 from src.models import create_model
 from src.models.bert import vocab_path_for
-from src.models.coupalign import CoupAlignWithLoss, bert_config_from, build_criterion
+from src.models.bert import bert_config_from
+from src.errors import DataError, TrainingError
 from src.utils.runtime import RunContext
 
 logger = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(TrainingError):
     """The loss became NaN or Inf."""
 
 
-class TooManyBadSamples(RuntimeError):
+class TooManyBadSamples(TrainingError):
     """More training samples were unreadable than data.max_bad_samples allows."""
 
 
@@ -116,7 +118,7 @@ class Trainer:
         tc = cfg.train
         self.tokenizer = build_tokenizer(cfg)
         shard = dict(num_shards=ctx.group_size, shard_id=ctx.rank) if ctx.group_size > 1 else {}
-        self.train_refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.data.train_split)
+        self.train_refer = build_dataset(cfg, cfg.data.train_split)
         self.train_data = create_refer_dataset(self.train_refer, self.tokenizer, cfg.model.image_size, tc.batch_size,
                                                train=True, num_workers=cfg.data.num_workers, seed=cfg.seed,
                                                max_other_objects=num_other_objects(cfg),
@@ -126,7 +128,7 @@ class Trainer:
         if tc.validate:
             # Every rank scores its shard of the split and rank 0 merges them: a RefCOCO val pass at batch 1
             # on rank 0 alone (~10,800 samples) outlasted HCCL's timeout while the others waited.
-            self.val_refer = ReferDataset(cfg.data.data_root, cfg.data.dataset, cfg.data.split_by, cfg.data.val_split)
+            self.val_refer = build_dataset(cfg, cfg.data.val_split)
             self.val_data = create_refer_dataset(self.val_refer, self.tokenizer, cfg.model.image_size,
                                                  cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,
                                                  **shard)
@@ -135,7 +137,7 @@ class Trainer:
                 try:
                     self.probe = diagnostics.ProbeSet.from_refer(self.val_refer, self.tokenizer, cfg.model.image_size,
                                                                  tc.diagnostics_pairs)
-                except ValueError as e:  # e.g. no image with two referred objects: train without them
+                except DataError as e:  # e.g. no image with two referred objects: train without them
                     logger.warning("training-health diagnostics off: %s", e)
 
         self.batches_per_epoch = self.train_data.get_dataset_size()
@@ -144,24 +146,13 @@ class Trainer:
             raise ConfigError(f"train.accumulate_steps={tc.accumulate_steps} exceeds the {self.batches_per_epoch} "
                               f"batches of an epoch")
         self.total_updates = tc.max_steps or tc.epochs * updates_per_epoch
-        self.model = create_model(cfg)
-        artifacts = self._artifacts()  # before AMP may wrap the network
-        if tc.amp_level != "O0":
-            # Mixed precision for Ascend/GPU (fp16 compute); pair it with train.loss_scale > 1.
-            # Not measurable on the CPU this project is tested on.
-            self.model = ms.amp.auto_mixed_precision(self.model, tc.amp_level)
-        self.net_with_loss = CoupAlignWithLoss(self.model, build_criterion(
-            cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled, num_proposal_classes(cfg)))
-        self.net_with_loss.set_train(True)
-        self.loss_names = self.net_with_loss.loss_names
+        model = create_model(cfg)
+        artifacts = self._artifacts(model)
         self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)
-        groups = param_groups(self.net_with_loss.trainable_params(), tc.weight_decay,
-                              lr_scales={"bert.": tc.text_encoder_lr_scale})
-        optimizer = AdamW(groups,
-                          learning_rate=self.schedule)
-        self.step_cell = TrainStep(self.net_with_loss, optimizer, grad_clip_norm=tc.grad_clip_norm,
-                                   loss_scale=tc.loss_scale, accumulate_steps=tc.accumulate_steps,
-                                   distributed=ctx.group_size > 1)
+        self.step_cell = build_train_step(cfg, model, self.schedule, distributed=ctx.group_size > 1)
+        self.net_with_loss = self.step_cell.net_with_loss
+        self.model = self.net_with_loss.model  # wrapped for mixed precision when train.amp_level asks
+        self.loss_names = self.net_with_loss.loss_names
         self.main_ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
         ckpt_dir = self.main_ckpt_dir if ctx.is_main else os.path.join(self.main_ckpt_dir, f"rank_{ctx.rank}")
         self.ckpt = CheckpointManager(ckpt_dir, tc.keep_last, artifacts=artifacts)
@@ -170,12 +161,12 @@ class Trainer:
         if tc.resume:
             self._resume()
 
-    def _artifacts(self) -> Dict[str, str]:
+    def _artifacts(self, model) -> Dict[str, str]:
         """What eval/infer/export need besides the weights (src/engine/inference.py): the text
         encoder's architecture and vocabulary, so that no pretrained/ file is needed after training."""
         with open(self.tokenizer.vocab_path, "r", encoding="utf-8") as f:
             vocab = f.read()
-        return {"bert_config_json": self.model.bert.config.to_json_string(), "vocab_txt": vocab}
+        return {"bert_config_json": model.bert.config.to_json_string(), "vocab_txt": vocab}
 
     # ------------------------------------------------------------------------------------------
     def _resume(self) -> None:
@@ -188,10 +179,11 @@ class Trainer:
         params, self.state, seed = split_meta(read_checkpoint(path))
         if seed is not None and int(seed) != self.cfg.seed:
             logger.warning("resuming with seed %s, the checkpoint was written with seed %s", self.cfg.seed, seed)
+        check_shapes(self.step_cell, params, path)
         not_loaded, _ = ms.load_param_into_net(self.step_cell, params, strict_load=False)
         if not_loaded:
-            raise ValueError(f"{path} does not fit this configuration: {len(not_loaded)} parameters missing "
-                             f"(e.g. {', '.join(not_loaded[:8])})")
+            raise CheckpointMismatchError(f"{path} does not fit this configuration: {len(not_loaded)} parameters "
+                                          f"missing (e.g. {', '.join(not_loaded[:8])})")
         logger.info("resumed from %s: step %d, epoch %d, %d batches into the epoch", path, self.state.step,
                     self.state.epoch, self.state.batch_in_epoch)
 

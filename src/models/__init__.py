@@ -1,34 +1,28 @@
-"""Model registry: `create_model(cfg)` builds CoupAlign from a validated Config and loads the
-converted Swin / BERT checkpoints it names, printing what was and was not loaded."""
+"""`create_model(cfg)` builds a registered model (src/models/registry.py, MODELS) from a validated Config and
+loads the converted Swin / BERT checkpoints it names, printing what was and was not loaded."""
 from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, List, Tuple
+from typing import Dict, List, Tuple
+
+from src.errors import CheckpointError
+from src.models.registry import MODELS
 
 logger = logging.getLogger(__name__)
 
-_MODELS: Dict[str, Callable] = {}
-
-
-def register_model(name: str):
-    def wrap(fn):
-        _MODELS[name] = fn
-        return fn
-    return wrap
+register_model = MODELS.register
 
 
 def list_models() -> List[str]:
-    return sorted(_MODELS)
+    return MODELS.keys()
 
 
 def create_model(cfg, name: str = "coupalign", load_pretrained: bool = True, bert_config=None):
     """Builds the registered model `name` from `cfg` (a src.config.Config). `bert_config` (a BertConfig,
     e.g. stored in a trained checkpoint) fixes the text encoder's architecture without reading
     model.bert.pretrained; it implies load_pretrained=False for the text encoder."""
-    if name not in _MODELS:
-        raise ValueError(f"unknown model '{name}'; registered: {', '.join(list_models())}")
-    return _MODELS[name](cfg, load_pretrained=load_pretrained, bert_config=bert_config)
+    return MODELS.get(name)(cfg, load_pretrained=load_pretrained, bert_config=bert_config)
 
 
 def load_into(cell, params: Dict[str, object], source: str, strict: bool = False) -> Tuple[List[str], List[str]]:
@@ -38,7 +32,7 @@ def load_into(cell, params: Dict[str, object], source: str, strict: bool = False
 
     Shapes are checked first, so a mismatch is reported by name (with `source`, e.g. the file) instead of
     failing deep inside MindSpore. Returns (model parameters not loaded, checkpoint entries not used);
-    with `strict`, either being non-empty raises ValueError too.
+    with `strict`, either being non-empty raises CheckpointError too.
     """
     import mindspore as ms
 
@@ -46,11 +40,11 @@ def load_into(cell, params: Dict[str, object], source: str, strict: bool = False
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in params.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if mismatched:
-        raise ValueError(f"{source}: shapes do not match the configured model:\n  " + "\n  ".join(mismatched))
+        raise CheckpointError(f"{source}: shapes do not match the configured model:\n  " + "\n  ".join(mismatched))
     missing = sorted(k for k in own if k not in params)
     unused = sorted(k for k in params if k not in own)
     if strict and (missing or unused):
-        raise ValueError(f"{source}: parameters do not match the model: {len(missing)} missing {missing[:8]}, "
+        raise CheckpointError(f"{source}: parameters do not match the model: {len(missing)} missing {missing[:8]}, "
                          f"{len(unused)} unexpected {unused[:8]}")
     for name, value in params.items():
         if name in own:
@@ -64,7 +58,8 @@ def _build_coupalign(cfg, load_pretrained: bool = True, bert_config=None):
     import mindspore as ms
 
     from src.models.bert import load_converted_bert
-    from src.models.coupalign import CoupAlign, bert_config_from
+    from src.models.bert import bert_config_from
+    from src.models.coupalign import CoupAlign
 
     if bert_config is not None:  # a trained checkpoint's own architecture: nothing pretrained to read
         if load_pretrained:

@@ -29,12 +29,10 @@ positions. Padded query positions are still computed (they attend to the real to
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -42,14 +40,13 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
+from src.errors import CheckpointError
 
-from src.models.layers import LayerNorm, gelu
+from src.models.bert_config import SUPPORTED_HIDDEN_ACTS, BertConfig  # noqa: F401  (re-exported)
+from src.models.layers import Embedding, LayerNorm, gelu
 
 # Added to the attention score of a padded key. exp(-1e4) is exactly 0 in float32/float16.
 MASK_NEGATIVE = -10000.0
-
-# Activations this implementation supports, by the name HF's config uses. HF's "gelu" is the exact erf form.
-SUPPORTED_HIDDEN_ACTS = ("gelu",)
 
 # Checkpoint keys written by ``save_converted_bert`` next to the weights.
 CONFIG_CKPT_KEY = "bert_config_json"
@@ -57,108 +54,8 @@ VOCAB_SUFFIX = ".vocab.txt"
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Configuration
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class BertConfig:
-    """BERT hyper-parameters, with Hugging Face's field names and bert-base-uncased's defaults."""
-
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    layer_norm_eps: float = 1e-12
-    pad_token_id: int = 0
-    initializer_range: float = 0.02
-
-    def __post_init__(self):
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"BertConfig.{name} must be a positive int, got {value!r}")
-        if self.hidden_size % self.num_attention_heads != 0:
-            raise ValueError(
-                f"BertConfig.hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
-                f"({self.num_attention_heads})")
-        if self.hidden_act not in SUPPORTED_HIDDEN_ACTS:
-            raise ValueError(
-                f"BertConfig.hidden_act={self.hidden_act!r} is not supported; supported: {SUPPORTED_HIDDEN_ACTS} "
-                "('gelu' is the exact erf GELU, as in HF BERT)")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"BertConfig.{name} must be in [0, 1), got {value!r}")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"BertConfig.pad_token_id ({self.pad_token_id}) outside the vocabulary "
-                             f"(size {self.vocab_size})")
-        if self.layer_norm_eps <= 0:
-            raise ValueError(f"BertConfig.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "BertConfig":
-        """Builds a config from an HF ``config.json`` dict; keys this model does not use are ignored.
-
-        HF options that would change the architecture away from what this module implements
-        (relative position embeddings, a decoder with cross-attention) are rejected rather than ignored.
-        """
-        pos_type = d.get("position_embedding_type", "absolute")
-        if pos_type != "absolute":
-            raise ValueError(f"position_embedding_type={pos_type!r} is not supported (only 'absolute')")
-        if d.get("is_decoder", False) or d.get("add_cross_attention", False):
-            raise ValueError("decoder BERT configs (is_decoder / add_cross_attention) are not supported")
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names}
-        if kwargs.get("pad_token_id") is None:
-            kwargs.pop("pad_token_id", None)  # some configs store null; keep the default 0
-        return cls(**kwargs)
-
-    @classmethod
-    def from_json(cls, path: str) -> "BertConfig":
-        with open(path, "r", encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
-
-    @classmethod
-    def from_json_string(cls, text: str) -> "BertConfig":
-        return cls.from_dict(json.loads(text))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------
-class Embedding(nn.Cell):
-    """A lookup table with PyTorch's parameter name (``weight``), built on ``ops.gather``.
-
-    ``mint.nn.Embedding`` has the same name but no PyNative CPU kernel in MindSpore 2.10, and
-    ``nn.Embedding`` calls its table ``embedding_table``. Initial values are set by
-    ``BertModel._init_weights`` (HF's scheme, including the zero padding row).
-    """
-
-    def __init__(self, num_embeddings: int, embedding_dim: int):
-        super().__init__()
-        self.weight = Parameter(initializer(Normal(sigma=0.02), (num_embeddings, embedding_dim), ms.float32),
-                                name="weight")
-
-    def construct(self, ids):
-        return ops.gather(self.weight, ids, 0)  # (..., embedding_dim)
-
-
 class BertEmbeddings(nn.Cell):
     """Word + absolute position + token type embeddings, then LayerNorm and dropout."""
 
@@ -474,10 +371,19 @@ def load_converted_bert(path: str) -> Tuple[BertConfig, Dict[str, Parameter], Op
     raw = ms.load_checkpoint(path)
     config_json = raw.pop(CONFIG_CKPT_KEY, None)
     if not isinstance(config_json, str):
-        raise ValueError(f"{path} has no '{CONFIG_CKPT_KEY}' entry: not written by tools/convert_bert.py")
+        raise CheckpointError(f"{path} has no '{CONFIG_CKPT_KEY}' entry: not written by tools/convert_bert.py")
     config = BertConfig.from_dict(json.loads(config_json))
     vocab = vocab_path_for(path)
     return config, raw, (vocab if os.path.isfile(vocab) else None)
+
+
+def bert_config_from(section) -> BertConfig:
+    """The text encoder's architecture for a `model.bert` section (src.config.BertSection): the converted
+    checkpoint's own config when `pretrained` is set, else the section's architecture fields."""
+    if section.pretrained:
+        config, _, _ = load_converted_bert(section.pretrained)
+        return config
+    return section.architecture()
 
 
 def build_bert_from_checkpoint(path: str, add_pooler: bool = False) -> Tuple[BertModel, Optional[str]]:

@@ -16,35 +16,21 @@ from typing import Optional
 
 from mindspore import nn, ops
 
-from src.config import ConfigError, LossSection, ModelSection, swin_arch
-from src.models.bert import BertConfig, BertModel, load_converted_bert
-from src.models.criterion import CoupAlignCriterion
-from src.models.pixel_decoder import build_pixel_decoder
+from src.config import ConfigError, ModelSection
+from src.models.bert import BertConfig, BertModel, bert_config_from
+from src.models.criterion import CoupAlignCriterion, build_criterion  # noqa: F401  (build_criterion re-exported)
+from src.models.registry import FUSIONS, PIXEL_DECODERS, TRANSFORMER_DECODERS, discover
 from src.models.sma import SentenceMaskAlignment, SentencePixelHead, pool_sentence
 from src.models.swin import SwinTransformer
-from src.models.transformer_decoder import MaskedTransformerDecoder
-from src.models.wpa import WordPixelAlignment
 
 NUM_STAGES = 4
 
 
-def bert_config_from(section) -> BertConfig:
-    """The BERT architecture: the converted checkpoint's own config when `pretrained` is set, else the
-    architecture keys of the `model.bert` section."""
-    if section.pretrained:
-        config, _, _ = load_converted_bert(section.pretrained)
-        return config
-    return BertConfig(vocab_size=section.vocab_size, hidden_size=section.hidden_size,
-                      num_hidden_layers=section.num_hidden_layers, num_attention_heads=section.num_attention_heads,
-                      intermediate_size=section.intermediate_size,
-                      max_position_embeddings=section.max_position_embeddings,
-                      type_vocab_size=section.type_vocab_size, layer_norm_eps=section.layer_norm_eps,
-                      hidden_dropout_prob=section.hidden_dropout_prob,
-                      attention_probs_dropout_prob=section.attention_probs_dropout_prob)
-
-
 class CoupAlign(nn.Cell):
     """The full network. Build it with `CoupAlign(cfg.model)` (or `create_model(cfg)`).
+
+    Every part builds itself from the config (`from_config` beside its class); the fusion module, the pixel
+    decoder and the transformer decoder are chosen by name from their registries (src/models/registry.py).
 
     Inputs of `construct`: image float32 (B, 3, H, W) ImageNet-normalised, input_ids int32 (B, T),
     attention_mask int32 (B, T). Output: target logits float32 (B, 1, H, W) (mask = logits > 0).
@@ -52,13 +38,13 @@ class CoupAlign(nn.Cell):
 
     def __init__(self, cfg: ModelSection, bert_config: Optional[BertConfig] = None):
         super().__init__()
+        discover()  # parts defined in any module of src/models are registered before they are looked up
         self.bidirectional = cfg.wpa.bidirectional
         self.use_sma = cfg.sma.enabled
         self.deep_supervision = cfg.sma.deep_supervision
         self.sentence_pool = cfg.sma.sentence_pool
 
-        grid = -(-cfg.image_size // cfg.swin.patch_size)  # patches per side (PatchEmbed pads up)
-        self.swin = SwinTransformer(**swin_arch(cfg.swin), ape_grid=(grid, grid) if cfg.swin.ape else None)
+        self.swin = SwinTransformer.from_config(cfg.swin, cfg.image_size)
         bert_config = bert_config or bert_config_from(cfg.bert)
         if cfg.max_tokens > bert_config.max_position_embeddings:
             raise ConfigError(f"model.max_tokens = {cfg.max_tokens} exceeds BERT's max_position_embeddings "
@@ -70,25 +56,15 @@ class CoupAlign(nn.Cell):
         self.num_bert_layers = bert_config.num_hidden_layers
 
         channels = self.swin.num_features
-        self.wpa = nn.CellList([
-            WordPixelAlignment(channels[i], text_dim, num_heads=cfg.wpa.word_heads, bidirectional=self.bidirectional)
-            for i in range(NUM_STAGES)])
+        fusion = FUSIONS.get(cfg.fusion)
+        # The attribute keeps the name `wpa` whatever the module: checkpoint names (wpa.{i}.*) stay stable.
+        self.wpa = nn.CellList([fusion.from_config(cfg, i, channels[i], text_dim) for i in range(NUM_STAGES)])
 
         mg = cfg.mask_generator
-        decoder_kwargs = {}
-        if mg.pixel_decoder == "msdeform":
-            decoder_kwargs = dict(num_encoder_layers=mg.encoder_layers, n_heads=mg.encoder_heads,
-                                  n_points=mg.encoder_points, dim_feedforward=mg.encoder_ffn_dim,
-                                  recompute_sampling=mg.recompute_sampling)
-        self.pixel_decoder = build_pixel_decoder(mg.pixel_decoder, channels, mg.conv_dim, mg.mask_dim,
-                                                 **decoder_kwargs)
+        self.pixel_decoder = PIXEL_DECODERS.get(mg.pixel_decoder).from_config(mg, channels)
         if self.use_sma:
-            self.transformer_decoder = MaskedTransformerDecoder(
-                in_channels=mg.conv_dim, hidden_dim=mg.conv_dim, num_queries=mg.num_queries, nheads=mg.decoder_heads,
-                dim_feedforward=mg.decoder_ffn_dim, dec_layers=mg.decoder_layers, mask_dim=mg.mask_dim)
-            self.head = SentenceMaskAlignment(text_dim, mg.mask_dim, weighting=cfg.sma.weighting,
-                                              geometry=cfg.sma.mask_geometry, reasoning_layers=cfg.sma.reasoning_layers,
-                                              reasoning_heads=mg.decoder_heads)
+            self.transformer_decoder = TRANSFORMER_DECODERS.get(mg.transformer_decoder).from_config(mg)
+            self.head = SentenceMaskAlignment.from_config(cfg, text_dim)
             # Category of each proposal, read off its mask embedding (the vector SMA scores against the
             # sentence), so that what a proposal is (a star, a person) is written into that vector. Used by
             # the training loss only (config model.mask_generator.num_classes; Mask2Former's class_embed).
@@ -96,7 +72,7 @@ class CoupAlign(nn.Cell):
         else:
             # "No SMA" ablation: no proposals, the sentence meets the pixels directly.
             self.transformer_decoder = None
-            self.head = SentencePixelHead(text_dim, mg.mask_dim)
+            self.head = SentencePixelHead.from_config(cfg, text_dim)
             self.class_embed = None
 
     # ------------------------------------------------------------------------------------------
@@ -140,14 +116,30 @@ class CoupAlign(nn.Cell):
     def decode(self, features, words, attention_mask):
         """Sentence, pixel decoder and mask generator -> (L_g (B, D_text), P (B, D, h, w), Q per supervised
         stage (S, B, N, D) or None without SMA). Shared by inference, training and the diagnostics."""
-        sentence = pool_sentence(words, attention_mask, self.sentence_pool)  # L_g (B, D_text)
+        sentence = self.sentence_feature(words, attention_mask)  # L_g (B, D_text)
         pixel_embed, multi_scale = self.pixel_decoder(features)  # P (B, D, H/4, W/4)
+        return sentence, pixel_embed, self.generate_masks(multi_scale, pixel_embed)
+
+    def sentence_feature(self, words, attention_mask):
+        """L_g (B, D_text): the sentence as SMA reads it (model.sma.sentence_pool)."""
+        return pool_sentence(words, attention_mask, self.sentence_pool)
+
+    def generate_masks(self, multi_scale, pixel_embed):
+        """The proposals' mask embeddings Q per supervised stage (S, B, N, D), or None without SMA."""
         if not self.use_sma:
-            return sentence, pixel_embed, None
+            return None
         mask_embeds = self.transformer_decoder(multi_scale, pixel_embed)  # (L+1, B, N, D)
         if not self.deep_supervision:
             mask_embeds = mask_embeds[-1:]
-        return sentence, pixel_embed, mask_embeds
+        return mask_embeds
+
+    def forward_features(self, image, input_ids, attention_mask):
+        """Encoders with fusion, then decoding -> (L_g (B, D_text), P (B, D, h, w), Q (S, B, N, D) or None
+        without SMA, words L (B, T, D_text)): everything the heads read. The one path shared by inference
+        (`construct`), training (`forward_heads`) and the benchmark."""
+        features, words = self.encode(image, input_ids, attention_mask)
+        sentence, pixel_embed, mask_embeds = self.decode(features, words, attention_mask)
+        return sentence, pixel_embed, mask_embeds, words
 
     def forward_heads(self, image, input_ids, attention_mask):
         """-> (SMA logits per supervised stage (S, B, 1, h, w), P (B, D, h, w), target embedding a (B, D)
@@ -156,8 +148,11 @@ class CoupAlign(nn.Cell):
         Without SMA there are no proposals: Q is the target embedding as a single "proposal"
         (1, B, 1, D) and the scores are zeros (1, B, 1).
         """
-        features, words = self.encode(image, input_ids, attention_mask)
-        sentence, pixel_embed, mask_embeds = self.decode(features, words, attention_mask)
+        sentence, pixel_embed, mask_embeds, words = self.forward_features(image, input_ids, attention_mask)
+        return self.forward_head(sentence, pixel_embed, mask_embeds, words, attention_mask)
+
+    def forward_head(self, sentence, pixel_embed, mask_embeds, words, attention_mask):
+        """`forward_heads` from `forward_features`' outputs (the benchmark times this part alone)."""
         if mask_embeds is None:
             logits, _, target_embed, scores = self.head.forward_with_scores(None, pixel_embed, sentence)
             return (logits.expand_dims(0), pixel_embed, target_embed, target_embed.expand_dims(0).expand_dims(2),
@@ -172,12 +167,15 @@ class CoupAlign(nn.Cell):
             stage_scores = stage_scores + (scores,)
         return ops.stack(stage_logits), pixel_embed, target_embed, mask_embeds, ops.stack(stage_scores)
 
-    def construct(self, image, input_ids, attention_mask):
-        features, words = self.encode(image, input_ids, attention_mask)
-        sentence, pixel_embed, mask_embeds = self.decode(features, words, attention_mask)
+    def predict(self, sentence, pixel_embed, mask_embeds, words, attention_mask, size):
+        """The final stage's target logits, upsampled to `size` (H, W) -> (B, 1, H, W)."""
         mask_embed = None if mask_embeds is None else mask_embeds[-1]  # final stage only
         logits, _, _ = self.head(mask_embed, pixel_embed, sentence, words, attention_mask)  # (B, 1, H/4, W/4)
-        return ops.interpolate(logits, size=(image.shape[2], image.shape[3]), mode="bilinear", align_corners=False)
+        return ops.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+    def construct(self, image, input_ids, attention_mask):
+        sentence, pixel_embed, mask_embeds, words = self.forward_features(image, input_ids, attention_mask)
+        return self.predict(sentence, pixel_embed, mask_embeds, words, attention_mask, (image.shape[2], image.shape[3]))
 
 
 class CoupAlignWithLoss(nn.Cell):
@@ -198,26 +196,8 @@ class CoupAlignWithLoss(nn.Cell):
     def construct(self, image, input_ids, attention_mask, target, *extra):
         stage_logits, pixel_embed, target_embed, mask_embeds, scores = self.model.forward_heads(
             image, input_ids, attention_mask)
-        if self.classify:
-            other_masks = extra[0] if len(extra) > 1 else None
-            class_logits = self.model.class_embed(mask_embeds)  # (S, B, N, C + 1)
-            return self.criterion(stage_logits, target, pixel_embed, target_embed, None, None, mask_embeds, scores,
-                                  other_masks, class_logits, extra[-1])
-        other_masks = extra[0] if extra else None
+        categories = extra[-1] if self.classify else None
+        others = extra[0] if len(extra) > int(self.classify) else None
+        class_logits = self.model.class_embed(mask_embeds) if self.classify else None  # (S, B, N, C + 1)
         return self.criterion(stage_logits, target, pixel_embed, target_embed, None, None, mask_embeds, scores,
-                              other_masks)
-
-
-def build_criterion(loss: LossSection, deep_supervision: bool = True, use_sma: bool = True,
-                    num_classes: int = 0) -> CoupAlignCriterion:
-    """The criterion of `loss`; without SMA (the "no SMA" ablation) there are no proposals to supervise.
-    `num_classes` > 0 (model.mask_generator.num_classes) adds the proposals' category loss."""
-    return CoupAlignCriterion(ce_weights=(loss.ce_weight_bg, loss.ce_weight_fg), dice_weight=loss.dice_weight,
-                              aux_weight=loss.aux_weight, aux_temperature=loss.aux_temperature,
-                              aux_num_fg=loss.aux_num_fg, aux_num_bg=loss.aux_num_bg,
-                              aux_hard_ratio=loss.aux_hard_ratio, deep_supervision=deep_supervision,
-                              use_aux=loss.aux_enabled, proposal_loss=loss.proposal_loss if use_sma else "none",
-                              proposal_targets=loss.proposal_targets, proposal_weight=loss.proposal_weight,
-                              sma_ce_weight=loss.sma_ce_weight, match_score_weight=loss.match_score_weight,
-                              num_classes=num_classes if use_sma else 0, class_weight=loss.class_weight,
-                              no_object_weight=loss.no_object_weight)
+                              others, class_logits, categories)

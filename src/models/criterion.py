@@ -378,7 +378,10 @@ class CoupAlignCriterion(nn.Cell):
         self.num_classes = int(num_classes)
         self.class_weight = float(class_weight)
         self.no_object_weight = float(no_object_weight)
+        # The outputs: the total, then each part; the total is sum(weight * part) over loss_weights (the
+        # proposal loss applies its own weights inside: matched mask losses and the SMA cross-entropy).
         self.loss_names = ("loss", "seg_loss", "aux_loss", "proposal_loss") + (("class_loss",) if num_classes else ())
+        self.loss_weights = (1.0, float(aux_weight) if use_aux else 0.0, 1.0) + ((float(class_weight),) if num_classes else ())
         if proposal_loss not in PROPOSAL_LOSSES:
             raise ValueError(f"unknown proposal_loss {proposal_loss!r}; expected one of {PROPOSAL_LOSSES}")
         if proposal_targets not in PROPOSAL_TARGETS:
@@ -397,6 +400,12 @@ class CoupAlignCriterion(nn.Cell):
         self.deep_supervision = bool(deep_supervision)
         self.use_aux = bool(use_aux)
         self.sampler = AuxPixelSampler(aux_num_fg, aux_num_bg, aux_hard_ratio)
+
+    @classmethod
+    def from_config(cls, cfg) -> "CoupAlignCriterion":
+        """From a whole Config: `loss`, plus what the model supervises (deep supervision, SMA, category head)."""
+        return build_criterion(cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled,
+                               cfg.model.mask_generator.num_classes)
 
     def seg_loss(self, logits_per_layer, target):
         """Sum over stages of ``CE + dice_weight * Dice`` at input resolution; returns a scalar."""
@@ -503,24 +512,36 @@ class CoupAlignCriterion(nn.Cell):
                   mask_embeds=None, sma_scores=None, others=None, class_logits=None, categories=None):
         target = target.astype(ms.float32)
         seg = self.seg_loss(logits_per_layer, target)
-        total = seg
-        if self.use_aux:
-            aux = self.aux_loss(pixel_embed, target_embed, target, fg_keys, bg_keys)
-            total = total + self.aux_weight * aux
+        zero = ops.zeros((), ms.float32)
+        aux = self.aux_loss(pixel_embed, target_embed, target, fg_keys, bg_keys) if self.use_aux else zero
+        parts = (seg, aux)
+        if self.proposal_loss == "none":
+            parts = parts + (zero,)
         else:
-            aux = ops.zeros((), ms.float32)
-        if self.proposal_loss != "none":
             if not self.deep_supervision:
                 mask_embeds, sma_scores = mask_embeds[-1:], sma_scores[-1:]
             if self.num_classes:
                 if not self.deep_supervision:
                     class_logits = class_logits[-1:]
-                proposal, classes = self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others,
-                                                         class_logits, categories)
-                total = total + proposal + self.class_weight * classes
-                return total, seg, aux, proposal, classes
-            proposal = self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others)  # weighted inside
-            total = total + proposal
-        else:
-            proposal = ops.zeros((), ms.float32)
-        return total, seg, aux, proposal
+                parts = parts + self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others,
+                                                     class_logits, categories)  # (proposal, class)
+            else:
+                parts = parts + (self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others),)
+        total = parts[0] * self.loss_weights[0]
+        for i in range(1, len(parts)):
+            total = total + parts[i] * self.loss_weights[i]
+        return (total,) + parts
+
+
+def build_criterion(loss, deep_supervision: bool = True, use_sma: bool = True, num_classes: int = 0) -> CoupAlignCriterion:
+    """The criterion of a `loss` section (src.config.LossSection); without SMA (the "no SMA" ablation) there are
+    no proposals to supervise. `num_classes` > 0 (model.mask_generator.num_classes) adds the category loss."""
+    return CoupAlignCriterion(ce_weights=(loss.ce_weight_bg, loss.ce_weight_fg), dice_weight=loss.dice_weight,
+                              aux_weight=loss.aux_weight, aux_temperature=loss.aux_temperature,
+                              aux_num_fg=loss.aux_num_fg, aux_num_bg=loss.aux_num_bg,
+                              aux_hard_ratio=loss.aux_hard_ratio, deep_supervision=deep_supervision,
+                              use_aux=loss.aux_enabled, proposal_loss=loss.proposal_loss if use_sma else "none",
+                              proposal_targets=loss.proposal_targets, proposal_weight=loss.proposal_weight,
+                              sma_ce_weight=loss.sma_ce_weight, match_score_weight=loss.match_score_weight,
+                              num_classes=num_classes if use_sma else 0, class_weight=loss.class_weight,
+                              no_object_weight=loss.no_object_weight)

@@ -29,7 +29,11 @@ import math
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
-from mindspore.common.initializer import HeUniform, Normal, XavierUniform, initializer
+from mindspore.common.initializer import Normal, XavierUniform, initializer
+from src.errors import ConfigError
+
+from src.models.layers import ConvNormAct, GroupNorm, group_norm  # noqa: F401  (GroupNorm re-exported)
+from src.models.registry import PIXEL_DECODERS
 
 from .position_encoding import PositionEmbeddingSine
 
@@ -45,78 +49,6 @@ __all__ = [
     "build_pixel_decoder",
     "deformable_reference_points",
 ]
-
-# detectron2's `c2_xavier_fill`: kaiming_uniform_(a=1), i.e. U(-sqrt(3 / fan_in), +sqrt(3 / fan_in)).
-C2_XAVIER = "c2_xavier"
-
-
-class GroupNorm(nn.Cell):
-    """GroupNorm over (B, C, H, W) with per-channel `gamma`/`beta` (nn.GroupNorm's parameter names).
-
-    Each group's C/G x H x W values are normalised by the LayerNorm primitive on a (B, G, C/G*H*W) view,
-    then the per-channel affine is applied. Same values as nn.GroupNorm (tests compare against HF's
-    Mask2Former); on CPU nn.GroupNorm's kernel took ~16 ms per 256 x 120 x 120 map at 480x480, about
-    twice this (docs/performance.md).
-    """
-
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5):
-        super().__init__()
-        self.num_groups = num_groups
-        self.num_channels = num_channels
-        self.eps = eps
-        self.gamma = Parameter(initializer("ones", (num_channels,), ms.float32), name="gamma")
-        self.beta = Parameter(initializer("zeros", (num_channels,), ms.float32), name="beta")
-        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
-
-    def construct(self, x):
-        batch, channels, height, width = x.shape
-        group_size = channels // self.num_groups * height * width
-        unit = ops.ones((group_size,), x.dtype)  # LayerNorm's own affine left as identity
-        x = self.layer_norm(x.reshape(batch, self.num_groups, group_size), unit, ops.zeros_like(unit))[0]
-        x = x.reshape(batch, channels, height, width)
-        return x * self.gamma.reshape(1, channels, 1, 1) + self.beta.reshape(1, channels, 1, 1)
-
-    def extend_repr(self):
-        return f"num_groups={self.num_groups}, num_channels={self.num_channels}, eps={self.eps}"
-
-
-def group_norm(num_channels: int, max_groups: int = 32) -> GroupNorm:
-    """GroupNorm with min(max_groups, num_channels) groups (32 for real configs; fewer for tiny test configs).
-
-    Raises ValueError when the channels do not split evenly into the groups.
-    """
-    num_groups = min(max_groups, num_channels)
-    if num_channels % num_groups != 0:
-        raise ValueError(
-            f"GroupNorm needs num_channels divisible by num_groups: {num_channels} channels, {num_groups} groups "
-            f"(use a conv_dim that is a multiple of {max_groups}, or at most {max_groups})")
-    return GroupNorm(num_groups, num_channels, eps=1e-5)
-
-
-class ConvNormAct(nn.Conv2d):
-    """detectron2-style Conv2d: convolution, then an optional norm, then an optional ReLU.
-
-    Subclasses nn.Conv2d so the parameters are named `weight` / `bias` / `norm.gamma` / `norm.beta`,
-    as in detectron2's `Conv2d(..., norm=...)`. Padding follows PyTorch (explicit, `pad_mode="pad"`).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0,
-                 has_bias: bool = True, use_norm: bool = False, relu: bool = False, weight_init=C2_XAVIER):
-        if weight_init == C2_XAVIER:
-            weight_init = HeUniform(negative_slope=1.0)
-        super().__init__(in_channels, out_channels, kernel_size, stride=1, pad_mode="pad", padding=padding,
-                         has_bias=has_bias, weight_init=weight_init, bias_init="zeros")
-        self.norm = group_norm(out_channels) if use_norm else None
-        self.use_norm = use_norm
-        self.use_relu = relu
-
-    def construct(self, x):
-        x = super().construct(x)
-        if self.use_norm:
-            x = self.norm(x)
-        if self.use_relu:
-            x = ops.relu(x)
-        return x
 
 
 def _sampling_offsets_bias(n_heads: int, n_levels: int, n_points: int) -> np.ndarray:
@@ -177,7 +109,7 @@ class MSDeformAttn(nn.Cell):
     def __init__(self, d_model: int = 256, n_levels: int = 3, n_heads: int = 8, n_points: int = 4):
         super().__init__()
         if d_model % n_heads != 0:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+            raise ConfigError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads}) (config: model.mask_generator.msdeform.encoder_heads)")
         self.d_model = d_model
         self.n_levels = n_levels
         self.n_heads = n_heads
@@ -347,6 +279,7 @@ class MSDeformAttnTransformerEncoderOnly(nn.Cell):
         return memory, spatial_shapes
 
 
+@PIXEL_DECODERS.register("msdeform")
 class MSDeformAttnPixelDecoder(nn.Cell):
     """Mask2Former's pixel decoder: deformable encoder over strides 8..32, one FPN step to stride 4.
 
@@ -369,7 +302,7 @@ class MSDeformAttnPixelDecoder(nn.Cell):
         if len(in_channels) != 4:
             raise ValueError(f"in_channels must list the 4 strides' channels (F1..F4), got {in_channels}")
         if conv_dim % 2 != 0:
-            raise ValueError(f"conv_dim must be even for the sine position encoding, got {conv_dim}")
+            raise ConfigError(f"conv_dim must be even for the sine position encoding, got {conv_dim} (config: model.mask_generator.conv_dim)")
         self.num_feature_levels = 3
         # Input projections of F4, F3, F2 (coarse to fine, as Mask2Former orders its levels).
         self.input_proj = nn.CellList([
@@ -391,6 +324,14 @@ class MSDeformAttnPixelDecoder(nn.Cell):
         # The FPN step to stride 4 (the norm makes a conv bias redundant, as in Mask2Former).
         self.adapter_1 = ConvNormAct(in_channels[0], conv_dim, 1, has_bias=False, use_norm=True)
         self.layer_1 = ConvNormAct(conv_dim, conv_dim, 3, padding=1, has_bias=False, use_norm=True, relu=True)
+
+    @classmethod
+    def from_config(cls, section, in_channels) -> "MSDeformAttnPixelDecoder":
+        """From `model.mask_generator` (src.config.MaskGeneratorSection) and its `msdeform` sub-section."""
+        own = section.msdeform
+        return cls(tuple(in_channels), section.conv_dim, section.mask_dim, num_encoder_layers=own.encoder_layers,
+                   n_heads=own.encoder_heads, n_points=own.encoder_points, dim_feedforward=own.encoder_ffn_dim,
+                   recompute_sampling=own.recompute_sampling)
 
     def construct(self, features):
         f1, f2, f3, f4 = features
@@ -419,6 +360,7 @@ class MSDeformAttnPixelDecoder(nn.Cell):
         return self.mask_features(fused), (maps[0], maps[1], maps[2])
 
 
+@PIXEL_DECODERS.register("fpn")
 class FPNPixelDecoder(nn.Cell):
     """Plain top-down FPN over F1..F4 (Mask2Former's BasePixelDecoder), for CPU-sized configs.
 
@@ -442,6 +384,11 @@ class FPNPixelDecoder(nn.Cell):
         self.layer_1 = ConvNormAct(conv_dim, conv_dim, 3, padding=1, has_bias=False, use_norm=True, relu=True)
         self.mask_features = ConvNormAct(conv_dim, mask_dim, 3, padding=1, has_bias=True)
 
+    @classmethod
+    def from_config(cls, section, in_channels) -> "FPNPixelDecoder":
+        """From `model.mask_generator` (src.config.MaskGeneratorSection)."""
+        return cls(tuple(in_channels), section.conv_dim, section.mask_dim)
+
     @staticmethod
     def _merge(coarser, lateral):
         """Nearest-upsample `coarser` to `lateral`'s size and add."""
@@ -458,12 +405,6 @@ class FPNPixelDecoder(nn.Cell):
 
 
 def build_pixel_decoder(name: str, in_channels, conv_dim: int = 256, mask_dim: int = 256, **kwargs) -> nn.Cell:
-    """`name`: "msdeform" (kwargs: num_encoder_layers, n_heads, n_points, dim_feedforward, dropout,
-    recompute_sampling) or "fpn"."""
-    if name == "msdeform":
-        return MSDeformAttnPixelDecoder(tuple(in_channels), conv_dim, mask_dim, **kwargs)
-    if name == "fpn":
-        if kwargs:
-            raise ValueError(f"the fpn pixel decoder takes no extra options, got {sorted(kwargs)}")
-        return FPNPixelDecoder(tuple(in_channels), conv_dim, mask_dim)
-    raise ValueError(f"unknown pixel decoder {name!r}; expected 'msdeform' or 'fpn'")
+    """The registered pixel decoder `name` from explicit arguments (constructor keywords in `kwargs`);
+    CoupAlign builds from the config instead (`from_config`)."""
+    return PIXEL_DECODERS.get(name)(tuple(in_channels), conv_dim, mask_dim, **kwargs)

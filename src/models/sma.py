@@ -134,6 +134,13 @@ class SentenceMaskAlignment(nn.Cell):
         self.softmax = nn.Softmax(axis=-1)
         self.sigmoid = nn.Sigmoid()
 
+    @classmethod
+    def from_config(cls, model_cfg, text_dim: int) -> "SentenceMaskAlignment":
+        """From `model` (src.config.ModelSection): `model.sma`, with the mask generator's width and heads."""
+        sma, mg = model_cfg.sma, model_cfg.mask_generator
+        return cls(text_dim, mg.mask_dim, weighting=sma.weighting, geometry=sma.mask_geometry,
+                   reasoning_layers=sma.reasoning_layers, reasoning_heads=mg.decoder_heads)
+
     def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
         """``construct``'s outputs plus the pre-normalisation scores ``Q g / sqrt(D)`` ``(B, N)``, which the
         proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal).
@@ -170,6 +177,10 @@ class SentencePixelHead(nn.Cell):
     def __init__(self, text_dim, mask_dim):
         super().__init__()
         self.sentence_proj = nn.Dense(text_dim, mask_dim)
+
+    @classmethod
+    def from_config(cls, model_cfg, text_dim: int) -> "SentencePixelHead":
+        return cls(text_dim, model_cfg.mask_generator.mask_dim)
 
     def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
         """The same interface as SMA's; the one "proposal" is the target embedding, its score 0."""

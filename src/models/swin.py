@@ -38,8 +38,10 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
+from src.errors import ConfigError
 
-from src.models.layers import GELU, LayerNorm
+from src.models.layers import DropPath, LayerNorm, Mlp, trunc_normal_dense
+from src.models.swin_arch import SWIN_PRESETS, swin_arch
 
 __all__ = [
     "SWIN_PRESETS",
@@ -58,67 +60,9 @@ __all__ = [
     "window_gather_indices",
 ]
 
-# Architecture presets (patch size 4). The window size is a separate choice (7 for the 224 ImageNet-1k
-# models, 12 for the 384 ImageNet-22k models used by LAVT/CoupAlign).
-SWIN_PRESETS = {
-    "tiny": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
-    "small": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
-    "base": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32)),
-    "large": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48)),
-}
-
 # Large negative logit added to attention scores between tokens from different regions of a shifted window
 # (the value the reference implementation uses; after softmax it is ~e-44 relative weight).
 _MASK_VALUE = -100.0
-
-
-def _dense(in_features: int, out_features: int, has_bias: bool = True) -> nn.Dense:
-    """Linear layer with Swin's initialisation (truncated normal std 0.02, zero bias)."""
-    return nn.Dense(in_features, out_features, weight_init=TruncatedNormal(sigma=0.02),
-                    bias_init="zeros", has_bias=has_bias)
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth: in training, zero a whole residual branch per sample with probability ``drop_prob``.
-
-    Surviving samples are scaled by ``1 / (1 - drop_prob)`` so the expectation is unchanged. The per-sample
-    keep mask is ``nn.Dropout`` applied to a ``(B, 1, ..., 1)`` tensor of ones, which yields exactly ``0``
-    or ``1 / keep_prob``. ``nn.Dropout`` takes its seeds from ``ms.set_seed``; the bare ``ops.Dropout``
-    primitive with its default seeds (0, 0) draws a fresh seed per process, which made training runs
-    with the same seed differ. Identity in evaluation mode (``set_train(False)``).
-    """
-
-    def __init__(self, drop_prob: float = 0.0):
-        super().__init__()
-        if not 0.0 <= drop_prob < 1.0:
-            raise ValueError(f"drop_prob must be in [0, 1), got {drop_prob}")
-        self.drop_prob = float(drop_prob)
-        self.keep_mask = nn.Dropout(p=self.drop_prob)
-
-    def construct(self, x):
-        if not self.training or self.drop_prob == 0.0:
-            return x
-        mask_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-        keep = self.keep_mask(ops.ones(mask_shape, x.dtype))  # (B, 1, ..): 0 or 1/keep_prob
-        return x * keep
-
-    def extend_repr(self):
-        return f"drop_prob={self.drop_prob}"
-
-
-class Mlp(nn.Cell):
-    """Transformer feed-forward: Linear -> exact (erf) GELU -> Dropout -> Linear -> Dropout."""
-
-    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = _dense(in_features, hidden_features)
-        self.act = GELU()
-        self.fc2 = _dense(hidden_features, in_features)
-        self.drop = nn.Dropout(p=drop)
-
-    def construct(self, x):
-        x = self.drop(self.act(self.fc1(x)))
-        return self.drop(self.fc2(x))
 
 
 def relative_position_index(window_size: int) -> np.ndarray:
@@ -247,7 +191,7 @@ class WindowAttention(nn.Cell):
                  attn_drop: float = 0.0, proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads} (config: model.swin.num_heads, embed_dim)")
         self.dim = dim
         self.window_size = window_size
         self.num_heads = num_heads
@@ -259,9 +203,9 @@ class WindowAttention(nn.Cell):
             name="relative_position_bias_table")
         # (N*N,) flattened gather index; a constant, so it is not saved in checkpoints.
         self.relative_position_index = ms.Tensor(relative_position_index(window_size).reshape(-1))
-        self.qkv = _dense(dim, dim * 3, has_bias=qkv_bias)
+        self.qkv = trunc_normal_dense(dim, dim * 3, has_bias=qkv_bias)
         self.attn_drop = nn.Dropout(p=attn_drop)
-        self.proj = _dense(dim, dim)
+        self.proj = trunc_normal_dense(dim, dim)
         self.proj_drop = nn.Dropout(p=proj_drop)
         self.q_kt = ops.BatchMatMul(transpose_b=True)
         self.attn_v = ops.BatchMatMul()
@@ -357,7 +301,7 @@ class PatchMerging(nn.Cell):
         super().__init__()
         self.dim = dim
         self.norm = LayerNorm(4 * dim)
-        self.reduction = _dense(4 * dim, 2 * dim, has_bias=False)
+        self.reduction = trunc_normal_dense(4 * dim, 2 * dim, has_bias=False)
 
     def construct(self, x, H: int, W: int):
         """x: (B, H*W, C) -> (B, ceil(H/2)*ceil(W/2), 2C)."""
@@ -512,6 +456,12 @@ class SwinTransformer(nn.Cell):
         for i in range(self.num_layers):
             setattr(self, f"norm{i}", LayerNorm(self.num_features[i]))
 
+    @classmethod
+    def from_config(cls, section, image_size: int) -> "SwinTransformer":
+        """From a `model.swin` section (src.config.SwinSection); `image_size` sizes the `ape` table."""
+        grid = -(-image_size // section.patch_size)  # patches per side (PatchEmbed pads up)
+        return cls(**swin_arch(section), ape_grid=(grid, grid) if section.ape else None)
+
     # ----- stage-by-stage API (usable from another Cell's graph-mode construct) -----
     def embed(self, x):
         """Image (B, in_chans, H, W) -> (tokens (B, Wh*Ww, C0), Wh, Ww) with Wh, Ww Python ints."""
@@ -557,7 +507,7 @@ def build_swin(preset: Optional[str] = None, **overrides) -> SwinTransformer:
     kwargs = {}
     if preset is not None:
         if preset not in SWIN_PRESETS:
-            raise ValueError(f"unknown Swin preset {preset!r}; choose from {sorted(SWIN_PRESETS)}")
+            raise ConfigError(f"unknown Swin preset {preset!r}; choose from {sorted(SWIN_PRESETS)}")
         kwargs.update(SWIN_PRESETS[preset])
     kwargs.update({k: v for k, v in overrides.items() if v is not None})
     return SwinTransformer(**kwargs)

@@ -30,6 +30,10 @@ from __future__ import annotations
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import HeUniform, Normal, XavierUniform, initializer
+from src.errors import ConfigError
+
+from src.models.layers import MLP, MultiHeadAttention  # noqa: F401  (MLP re-exported)
+from src.models.registry import TRANSFORMER_DECODERS
 
 from .position_encoding import PositionEmbeddingSine
 
@@ -43,11 +47,6 @@ __all__ = [
     "MLP",
     "MaskedTransformerDecoder",
 ]
-
-# Score given to masked (query, key) pairs before the softmax: exp() of it underflows to exactly 0 in
-# float32, the same result as PyTorch's -inf for every row that keeps at least one key (all rows do:
-# see attention_mask_from_logits), without producing NaN if a fully masked row ever reached the softmax.
-_MASKED_SCORE = -1e9
 
 
 def proposal_logits(mask_embed, pixel_embed):
@@ -74,56 +73,6 @@ def attention_mask_from_logits(logits, size):
     masked = ops.sigmoid(resized).reshape(batch, queries, height * width) < 0.5  # (B, N, HW)
     fully_masked = ops.all(masked, axis=-1, keep_dims=True)  # (B, N, 1)
     return ops.logical_and(masked, ops.logical_not(fully_masked))
-
-
-class MultiHeadAttention(nn.Cell):
-    """Multi-head scaled dot-product attention with nn.MultiheadAttention's parameters (batch-first).
-
-    Args:
-        embed_dim: width D of queries, keys, values and output.
-        num_heads: heads; D must be divisible by it.
-    """
-
-    def __init__(self, embed_dim: int, num_heads: int):
-        super().__init__()
-        if embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.scale = float(self.head_dim) ** -0.5
-        # Rows [0:D) project queries, [D:2D) keys, [2D:3D) values (PyTorch's packed layout).
-        self.in_proj_weight = Parameter(initializer(XavierUniform(), (3 * embed_dim, embed_dim), ms.float32),
-                                        name="in_proj_weight")
-        self.in_proj_bias = Parameter(initializer("zeros", (3 * embed_dim,), ms.float32), name="in_proj_bias")
-        self.out_proj = nn.Dense(embed_dim, embed_dim, weight_init=XavierUniform(), bias_init="zeros")
-
-    def _project(self, x, index: int):
-        """Apply the index-th (0: q, 1: k, 2: v) slice of the packed projection, split heads: (B, H, L, Dh)."""
-        dim = self.embed_dim
-        weight = self.in_proj_weight[index * dim:(index + 1) * dim]  # (D, D)
-        bias = self.in_proj_bias[index * dim:(index + 1) * dim]  # (D,)
-        batch, length, _ = x.shape
-        y = ops.matmul(x, weight.T) + bias  # (B, L, D)
-        return y.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-
-    def construct(self, query, key, value, attn_mask=None):
-        """
-        query: (B, Nq, D); key, value: (B, Nk, D).
-        attn_mask: None or bool (B, Nq, Nk), True where attention is NOT allowed (shared by all heads).
-        Returns (B, Nq, D).
-        """
-        batch, len_q, _ = query.shape
-        q = self._project(query, 0) * self.scale  # (B, H, Nq, Dh)
-        k = self._project(key, 1)  # (B, H, Nk, Dh)
-        v = self._project(value, 2)  # (B, H, Nk, Dh)
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)).astype(ms.float32)  # (B, H, Nq, Nk)
-        if attn_mask is not None:
-            scores = ops.masked_fill(scores, ops.expand_dims(attn_mask, 1), _MASKED_SCORE)
-        attn = ops.softmax(scores, axis=-1).astype(v.dtype)  # (B, H, Nq, Nk)
-        out = ops.matmul(attn, v)  # (B, H, Nq, Dh)
-        out = out.transpose(0, 2, 1, 3).reshape(batch, len_q, self.embed_dim)
-        return self.out_proj(out)
 
 
 class CrossAttentionLayer(nn.Cell):
@@ -167,24 +116,7 @@ class FFNLayer(nn.Cell):
         return self.norm(tgt + self.linear2(ops.relu(self.linear1(tgt))))
 
 
-class MLP(nn.Cell):
-    """num_layers Dense layers with ReLU between them (none after the last)."""
-
-    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
-        super().__init__()
-        dims_in = [input_dim] + [hidden_dim] * (num_layers - 1)
-        dims_out = [hidden_dim] * (num_layers - 1) + [output_dim]
-        self.num_layers = num_layers
-        self.layers = nn.CellList([nn.Dense(i, o) for i, o in zip(dims_in, dims_out)])
-
-    def construct(self, x):
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index < self.num_layers - 1:
-                x = ops.relu(x)
-        return x
-
-
+@TRANSFORMER_DECODERS.register("masked_attention")
 class MaskedTransformerDecoder(nn.Cell):
     """Mask2Former's multi-scale masked-attention decoder, returning mask embeddings only.
 
@@ -210,7 +142,7 @@ class MaskedTransformerDecoder(nn.Cell):
                  num_feature_levels: int = 3):
         super().__init__()
         if hidden_dim % 2 != 0:
-            raise ValueError(f"hidden_dim must be even for the sine position encoding, got {hidden_dim}")
+            raise ConfigError(f"hidden_dim must be even for the sine position encoding, got {hidden_dim} (config: model.mask_generator.conv_dim)")
         self.hidden_dim = hidden_dim
         self.num_queries = num_queries
         self.num_heads = nheads
@@ -247,6 +179,14 @@ class MaskedTransformerDecoder(nn.Cell):
         """queries (B, N, D) -> mask embeddings (B, N, mask_dim) and proposal logits (B, N, H, W)."""
         mask_embed = self.mask_embed(self.decoder_norm(queries))
         return mask_embed, proposal_logits(mask_embed, pixel_embed)
+
+    @classmethod
+    def from_config(cls, section) -> "MaskedTransformerDecoder":
+        """From `model.mask_generator` (src.config.MaskGeneratorSection): queries of width conv_dim read the
+        pixel decoder's conv_dim maps."""
+        return cls(in_channels=section.conv_dim, hidden_dim=section.conv_dim, num_queries=section.num_queries,
+                   nheads=section.decoder_heads, dim_feedforward=section.decoder_ffn_dim,
+                   dec_layers=section.decoder_layers, mask_dim=section.mask_dim)
 
     def construct(self, multi_scale_features, pixel_embed):
         if len(multi_scale_features) != self.num_feature_levels:

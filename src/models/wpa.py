@@ -18,8 +18,10 @@ import math
 
 import mindspore as ms
 from mindspore import nn, ops
+from src.errors import ConfigError
 
-from src.models.layers import GELU
+from src.models.layers import GELU, AccurateTanh, InstanceNormOverPixels
+from src.models.registry import FUSIONS
 
 __all__ = [
     "AccurateTanh",
@@ -31,46 +33,6 @@ __all__ = [
 
 # Additive bias given to padded words before the softmax over words (docs/method.md: (m - 1) * 1e4).
 _MASK_BIAS = 1e4
-
-
-class InstanceNormOverPixels(nn.Cell):
-    """Parameter-free instance normalisation of ``(B, HW, C)`` tokens.
-
-    Each channel of each sample is normalised to zero mean and unit (biased) variance over the pixel axis,
-    which is what PyTorch's ``InstanceNorm1d(C)`` (affine=False, eps=1e-5) does on the ``(B, C, HW)``
-    layout LAVT uses. MindSpore's own InstanceNorm is affine by default and not available on every
-    backend, hence this small cell.
-    """
-
-    def __init__(self, eps=1e-5):
-        super().__init__()
-        self.eps = eps
-
-    def construct(self, x):
-        # x: (B, HW, C). The means over pixels are (1 x HW) @ (HW x C) products with a row of 1/HW: on
-        # CPU a ReduceMean over the middle axis is ~3.5x slower (docs/performance.md).
-        batch, pixels, _ = x.shape
-        average = ops.full((batch, 1, pixels), 1.0 / pixels, dtype=x.dtype)
-        mean = ops.bmm(average, x)  # (B, 1, C)
-        centred = x - mean
-        var = ops.bmm(average, centred * centred)  # (B, 1, C), biased like PyTorch
-        return centred * ops.rsqrt(var + self.eps)
-
-
-class AccurateTanh(nn.Cell):
-    """``tanh`` to ~1e-7 absolute error, as ``-sign(x) * t / (2 + t)`` with ``t = expm1(-2|x|)``.
-
-    MindSpore 2.10's CPU ``Tanh`` kernel is an approximation whose absolute error reaches 1e-4 (measured
-    for |x| around 5), which shows up directly in ``V'``; this form keeps parity with PyTorch's gate.
-    """
-
-    def construct(self, x):
-        t = ops.expm1(-2.0 * ops.abs(x))  # in (-1, 0]
-        return -ops.sign(x) * t / (2.0 + t)
-
-    def bprop(self, x, out, dout):
-        # d tanh / dx = 1 - tanh^2; explicit so the derivative at x = 0 is 1 (autodiff of sign() gives 0).
-        return (dout * (1.0 - out * out),)
 
 
 class ImageLanguageAttention(nn.Cell):
@@ -183,7 +145,7 @@ class WordPixelAttention(nn.Cell):
     def __init__(self, text_dim, dim, num_heads=8, layer_norm_eps=1e-12, attn_dropout=0.0):
         super().__init__()
         if text_dim % num_heads != 0:
-            raise ValueError(f"num_heads={num_heads} must divide text_dim={text_dim}")
+            raise ConfigError(f"num_heads={num_heads} must divide text_dim={text_dim} (config: model.wpa.word_heads)")
         self.num_heads = num_heads
         self.head_dim = text_dim // num_heads
         self.scale = 1.0 / math.sqrt(self.head_dim)
@@ -229,6 +191,7 @@ class WordPixelAttention(nn.Cell):
         return lang + self.alpha * update * lang_mask.expand_dims(-1)  # (B, T, D_text), L'
 
 
+@FUSIONS.register("wpa")
 class WordPixelAlignment(nn.Cell):
     """Both halves of WPA for one encoder stage; each reads the pre-update ``V`` and ``L``.
 
@@ -254,6 +217,11 @@ class WordPixelAlignment(nn.Cell):
             self.word_pixel_attn = WordPixelAttention(text_dim, dim, num_heads=num_heads)
         else:
             self.word_pixel_attn = None
+
+    @classmethod
+    def from_config(cls, model_cfg, stage: int, visual_dim: int, text_dim: int) -> "WordPixelAlignment":
+        """From `model` (src.config.ModelSection): the `model.wpa` section; the same module at every stage."""
+        return cls(visual_dim, text_dim, num_heads=model_cfg.wpa.word_heads, bidirectional=model_cfg.wpa.bidirectional)
 
     def construct(self, vis, lang, lang_mask):
         vis_out, aligned = self.pixel_word_attn(vis, lang, lang_mask)

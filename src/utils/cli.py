@@ -1,13 +1,30 @@
-"""Entry-script wrapper: user errors (bad config, missing or wrong files, bad data, divergence) end
-the program with one clear line on stderr and a non-zero exit code, not a deep traceback."""
+"""Entry-script wrapper: a user error (`src.errors.CoupAlignError`: a bad config key, a data file or
+checkpoint that cannot be used, a diverged run; or an OS error about a path the user gave) ends the
+program with one line `error: <message>` on stderr and a non-zero exit code. Every other exception is a
+bug, in our code or below it, and propagates with its full traceback."""
 from __future__ import annotations
 
 import logging
 import sys
 from typing import Callable
 
-# Exceptions whose message is written for the user; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, KeyError)
+from src.errors import CoupAlignError, TrainingError
+
+# OS errors about a path the user gave (a missing --image, a --output_dir that is a file); their message
+# names the path.
+PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# What is reported in one line; anything else keeps its traceback.
+USER_ERRORS = (CoupAlignError,) + PATH_ERRORS
+
+
+def exit_code(error: BaseException) -> int:
+    """A type's own `exit_code` where it sets one (src.engine.checkpoint.CheckpointIOError: 1); else 1 for a
+    TrainingError (a run that cannot go on) and 2 for every other user error (a config key, a data file, a
+    checkpoint that does not fit, a path)."""
+    own = getattr(type(error), "exit_code", None)
+    if own is not None:
+        return own
+    return 1 if isinstance(error, TrainingError) else 2
 
 
 def run_main(main: Callable[[], int]) -> None:
@@ -17,14 +34,7 @@ def run_main(main: Callable[[], int]) -> None:
         print("interrupted", file=sys.stderr)
         code = 130
     except USER_ERRORS as e:
-        logging.getLogger(__name__).debug("user error", exc_info=True)
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {message}", file=sys.stderr)
-        code = 2
-    except RuntimeError as e:  # our CheckpointError / TrainingDiverged and MindSpore runtime failures
-        if type(e).__module__.startswith("src."):
-            print(f"error: {e}", file=sys.stderr)
-            code = 1
-        else:
-            raise
+        logging.getLogger(__name__).debug("user error", exc_info=True)  # the traceback, for a DEBUG log
+        print(f"error: {e}", file=sys.stderr)
+        code = exit_code(e)
     sys.exit(code)

@@ -25,6 +25,8 @@ from typing import Any, Dict, Iterable, Mapping
 
 import numpy as np
 
+from src.errors import CheckpointError
+
 __all__ = ["load_pth", "flatten_state_dict", "CheckpointFormatError", "UnsupportedPickleGlobal", "PickleStub"]
 
 # torch storage class name -> numpy dtype of its elements ("bfloat16" is decoded separately).
@@ -53,11 +55,11 @@ _TORCH_DTYPES = {
 }
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(CheckpointError, ValueError):
     """The file is not a readable zip-format PyTorch checkpoint (legacy format, truncated, corrupted)."""
 
 
-class UnsupportedPickleGlobal(pickle.UnpicklingError):
+class UnsupportedPickleGlobal(CheckpointError, pickle.UnpicklingError):
     """The checkpoint's pickle references a global that the restricted unpickler refuses to resolve."""
 
 
@@ -294,17 +296,19 @@ def _is_state_dict(obj: Any) -> bool:
         isinstance(k, str) and isinstance(v, np.ndarray) for k, v in obj.items())
 
 
-def flatten_state_dict(obj: Any, prefer_keys: Iterable[str] = ("model", "state_dict")) -> Dict[str, np.ndarray]:
+def flatten_state_dict(obj: Any, prefer_keys: Iterable[str] = ("model", "state_dict"),
+                       source: str = "checkpoint") -> Dict[str, np.ndarray]:
     """Find the parameter mapping inside a loaded checkpoint and return it as a flat ``name -> array`` dict.
 
     Looks at ``obj`` itself, then at ``obj[k]`` for each of ``prefer_keys`` in order (the official Swin
     release keeps its weights under ``"model"``; many trainers use ``"state_dict"``). If none of those
-    holds tensors, nested mappings are flattened with dotted names, keeping only array leaves.
+    holds tensors, nested mappings are flattened with dotted names, keeping only array leaves. `source` (the
+    file) names it in the CheckpointFormatError raised when no tensors are found.
     """
     if _is_state_dict(obj):
         return dict(obj)
     if not isinstance(obj, Mapping):
-        raise ValueError(f"checkpoint top level is a {type(obj).__name__}, not a mapping of tensors")
+        raise CheckpointFormatError(f"{source}: top level is a {type(obj).__name__}, not a mapping of tensors")
     for key in prefer_keys:
         if key in obj and isinstance(obj[key], Mapping):
             inner = obj[key]
@@ -315,7 +319,7 @@ def flatten_state_dict(obj: Any, prefer_keys: Iterable[str] = ("model", "state_d
                 return flat
     flat = _flatten(obj, "")
     if not flat:
-        raise ValueError("no tensors found in checkpoint")
+        raise CheckpointFormatError(f"{source}: no tensors found in the checkpoint")
     return flat
 
 

@@ -16,8 +16,10 @@ import socket
 import sys
 from typing import Iterable, List, Optional, Sequence, Set, Tuple
 
+from src.errors import ConfigError
 
-class RankTableError(ValueError):
+
+class RankTableError(ConfigError):
     """A rank table that cannot be read, or that does not name this server."""
 
 

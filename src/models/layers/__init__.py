@@ -1,0 +1,26 @@
+"""Layers shared by the model parts. A new module imports its primitives from here instead of writing its own.
+
+Which one to use (each keeps the parameter names of the checkpoints its part converts from, so that
+conversion is a rename-free copy; the names are part of the checkpoint format and must not change):
+
+* Linear: `nn.Dense` (weight/bias) in new modules; `trunc_normal_dense` where Swin's initialisation is
+  wanted. BERT uses `mint.nn.Linear` (also weight/bias) because HF's layout is copied as is.
+* LayerNorm: `LayerNorm` here (weight/bias, explicit eps; PyTorch's names, for Swin, BERT and WPA). The
+  Mask2Former parts keep `nn.LayerNorm` (gamma/beta) for their detectron2-style names. A new module uses
+  `LayerNorm` from here.
+* GroupNorm / convolution: `GroupNorm`, `group_norm`, `ConvNormAct` (detectron2's names).
+* Attention: `MultiHeadAttention` (PyTorch's packed in_proj; bool mask, True = not allowed).
+* Feed-forward: `Mlp` (Linear-GELU-Linear, timm's) or `MLP` (DETR's ReLU stack).
+* `gelu` / `GELU`: the exact erf GELU (MindSpore's default is the tanh approximation); `AccurateTanh`;
+  `DropPath`; `InstanceNormOverPixels`; `Embedding` (a table named `weight`).
+"""
+from src.models.layers.activation import GELU, AccurateTanh, gelu
+from src.models.layers.attention import MultiHeadAttention
+from src.models.layers.conv import C2_XAVIER, ConvNormAct
+from src.models.layers.drop import DropPath
+from src.models.layers.embedding import Embedding
+from src.models.layers.mlp import MLP, Mlp, trunc_normal_dense
+from src.models.layers.norm import GroupNorm, InstanceNormOverPixels, LayerNorm, group_norm
+
+__all__ = ["GELU", "AccurateTanh", "gelu", "MultiHeadAttention", "C2_XAVIER", "ConvNormAct", "DropPath", "Embedding",
+           "MLP", "Mlp", "trunc_normal_dense", "GroupNorm", "InstanceNormOverPixels", "LayerNorm", "group_norm"]

@@ -1,0 +1,39 @@
+"""The registries that choose CoupAlign's parts by name (src/registry.py), one per kind of part.
+
+    FUSIONS               model.fusion                               wpa          (src/models/wpa.py)
+    PIXEL_DECODERS        model.mask_generator.pixel_decoder         msdeform, fpn (src/models/pixel_decoder.py)
+    TRANSFORMER_DECODERS  model.mask_generator.transformer_decoder   masked_attention (src/models/transformer_decoder.py)
+    MODELS                create_model(cfg, name)                    coupalign    (src/models/__init__.py)
+
+Each registered class builds itself from the config through a `from_config` classmethod next to it; the
+signature is fixed per registry (see the docstrings below), so CoupAlign can build any of them.
+
+A new part is one new file in src/models/ that registers its class; `discover()` imports every module of
+the package before a model is built, so no import list needs editing (README, "Extending").
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+from src.registry import Registry
+
+# from_config(model_cfg: ModelSection, stage: int, visual_dim: int, text_dim: int) -> Cell with
+# construct(vis (B, HW, C), words (B, T, D_text), attention_mask (B, T)) -> (V' (B, HW, C), F (B, HW, C),
+# L' (B, T, D_text)): the next stage's pixels, the aligned features for the mask generator, the next words.
+FUSIONS = Registry("fusion module", "model.fusion")
+# from_config(section: MaskGeneratorSection, in_channels: 4 ints) -> Cell with construct(features: 4 NCHW
+# maps, strides 4..32) -> (P (B, mask_dim, H/4, W/4), 3 maps (B, conv_dim, H_l, W_l) coarse to fine).
+PIXEL_DECODERS = Registry("pixel decoder", "model.mask_generator.pixel_decoder")
+# from_config(section: MaskGeneratorSection) -> Cell with construct(multi_scale (3 maps), P) ->
+# mask embeddings (L + 1, B, N, mask_dim), one set per decoder layer plus the initial queries.
+TRANSFORMER_DECODERS = Registry("transformer decoder", "model.mask_generator.transformer_decoder")
+# fn(cfg: Config, load_pretrained: bool, bert_config) -> Cell.
+MODELS = Registry("model", "create_model(name=...)")
+
+
+def discover() -> None:
+    """Imports every module of src/models, so that the parts defined there are registered."""
+    package = importlib.import_module("src.models")
+    for module in pkgutil.iter_modules(package.__path__):
+        importlib.import_module(f"src.models.{module.name}")
