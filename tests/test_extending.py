@@ -71,3 +71,18 @@ def test_registries_hold_the_built_in_parts(fusion_class):
     assert {"wpa", "sentence_gate"} <= set(FUSIONS.keys())
     assert PIXEL_DECODERS.keys() == ["fpn", "msdeform"]
     assert TRANSFORMER_DECODERS.keys() == ["masked_attention"]
+
+
+def test_the_benchmark_reads_each_part_s_own_cost_and_names_a_part_without_one(fusion_class):
+    from src.models.bert import BertConfig
+    from tools.benchmark import part_costs
+
+    bert = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=32)
+    wpa = config_from_dict(TINY).model
+    costs = part_costs(wpa, bert, 64, 64)
+    assert list(costs) == ["wpa", "pixel_decoder", "transformer_decoder"]
+    assert all(cost.flops > 0 and cost.params > 0 for cost in costs.values())
+    gate = config_from_dict(TINY, {"model.fusion": "sentence_gate"}).model
+    with pytest.raises(NotImplementedError, match="fusion module 'sentence_gate'.*analytic_cost"):
+        part_costs(gate, bert, 64, 64)

@@ -64,6 +64,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from src.config import Config, load_config, num_other_objects, num_proposal_classes  # noqa: E402  (no MindSpore import)
+from src.models.cost import CostGeometry, PartCost, attention_flops, conv_flops, dense_flops  # noqa: E402,F401
 from src.models.swin_arch import swin_arch  # noqa: E402  (no MindSpore import)
 from src.utils.runtime import available_cpus  # noqa: E402  (imports MindSpore lazily)
 
@@ -74,20 +75,6 @@ BYTES_FP32 = 4
 # ================================================================================================
 # Analytic FLOPs (pure Python; 2 FLOPs per multiply-add)
 # ================================================================================================
-def dense_flops(tokens: int, in_features: int, out_features: int) -> int:
-    """A dense layer applied to `tokens` vectors."""
-    return 2 * tokens * in_features * out_features
-
-
-def conv_flops(out_height: int, out_width: int, in_channels: int, out_channels: int, kernel: int) -> int:
-    return 2 * out_height * out_width * in_channels * out_channels * kernel * kernel
-
-
-def attention_flops(queries: int, keys: int, width: int) -> int:
-    """Scores (q . k over `width` channels summed across heads) plus the weighted sum of values."""
-    return 2 * (2 * queries * keys * width)
-
-
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -149,78 +136,30 @@ def bert_flops(bert_config, tokens: int, batch: int = 1, num_layers: Optional[in
     return batch * layers * bert_layer_flops(bert_config.hidden_size, bert_config.intermediate_size, tokens)
 
 
-def wpa_flops(channels: int, pixels: int, text_dim: int, tokens: int, bidirectional: bool, heads: int) -> int:
-    """One Word-Pixel Alignment (src/models/wpa.py) at a stage with `pixels` tokens of `channels`.
+def part_costs(model_cfg, bert_config, height: int, width: int) -> "OrderedDict[str, PartCost]":
+    """The registered parts' own analytic costs (`analytic_cost` beside each class, src/models/cost.py):
+    'wpa' (the fusion module at the four stages), 'pixel_decoder', 'transformer_decoder' (zero without
+    SMA). Importing the registries loads MindSpore; callers set the CPU environment first (main())."""
+    from src.models.registry import FUSIONS, PIXEL_DECODERS, TRANSFORMER_DECODERS, discover
 
-    The language half is counted as computed: its key and value projections act on the word side
-    (each head's query through the key weight, the attention-pooled pixels through the value weight),
-    not on every pixel (see WordPixelAttention)."""
-    pixel_word = (4 * dense_flops(pixels, channels, channels)      # vis_project, f_query, W, project_mm
-                  + 2 * dense_flops(pixels, channels, channels)    # res_gate.0, res_gate.2
-                  + 2 * dense_flops(tokens, text_dim, channels)    # f_key, f_value
-                  + attention_flops(pixels, tokens, channels))     # pixels attend to words
-    if not bidirectional:
-        return pixel_word
-    word_pixel = (2 * dense_flops(tokens, text_dim, text_dim)      # query, dense
-                  + dense_flops(tokens, text_dim, channels)        # queries through the key weight, per head
-                  + dense_flops(tokens, channels, text_dim)        # pooled pixels through the value weight
-                  + 2 * 2 * heads * tokens * pixels * channels)    # scores and pooling, per head over C
-    return pixel_word + word_pixel
-
-
-def msdeform_pixel_decoder_flops(mg, in_channels: Sequence[int], sizes: Sequence[Tuple[int, int]]) -> int:
-    """Mask2Former's pixel decoder over strides 8..32 plus one FPN step to stride 4."""
-    dim = mg.conv_dim
-    levels = 3
-    flops = sum(conv_flops(h, w, c, dim, 1) for (h, w), c in zip(sizes[1:], in_channels[1:]))  # input_proj
-    tokens = sum(h * w for h, w in sizes[1:])
-    samples = mg.msdeform.encoder_heads * levels * mg.msdeform.encoder_points
-    layer = (dense_flops(tokens, dim, dim)                  # value_proj
-             + dense_flops(tokens, dim, 2 * samples)        # sampling_offsets
-             + dense_flops(tokens, dim, samples)            # attention_weights
-             + 2 * tokens * levels * mg.msdeform.encoder_points * dim  # weighted sum of the sampled values
-             + dense_flops(tokens, dim, dim)                # output_proj
-             + dense_flops(tokens, dim, mg.msdeform.encoder_ffn_dim) + dense_flops(tokens, mg.msdeform.encoder_ffn_dim, dim))
-    flops += mg.msdeform.encoder_layers * layer
-    h1, w1 = sizes[0]
-    flops += conv_flops(h1, w1, in_channels[0], dim, 1)     # adapter_1
-    flops += conv_flops(h1, w1, dim, dim, 3)                # layer_1
-    flops += conv_flops(h1, w1, dim, mg.mask_dim, 1)        # mask_features
-    return flops
-
-
-def fpn_pixel_decoder_flops(mg, in_channels: Sequence[int], sizes: Sequence[Tuple[int, int]]) -> int:
-    """Plain top-down FPN: 3x3 conv on stride 32, then 1x1 lateral + 3x3 conv per finer level."""
-    dim = mg.conv_dim
-    (h1, w1), (h2, w2), (h3, w3), (h4, w4) = sizes
-    c1, c2, c3, c4 = in_channels
-    flops = conv_flops(h4, w4, c4, dim, 3)
-    for (h, w), c in (((h3, w3), c3), ((h2, w2), c2), ((h1, w1), c1)):
-        flops += conv_flops(h, w, c, dim, 1) + conv_flops(h, w, dim, dim, 3)
-    flops += conv_flops(h1, w1, dim, mg.mask_dim, 3)        # mask_features
-    return flops
-
-
-def transformer_decoder_flops(mg, sizes: Sequence[Tuple[int, int]]) -> int:
-    """Masked-attention decoder: prediction heads after the queries and after every layer (a 3-layer
-    MLP and the proposal masks Q . P at stride 4), masked cross-attention to the coarse maps in turn
-    (stride 32, 16, 8, ...), self-attention, FFN. Input projections are identities (conv_dim = hidden)."""
-    dim, queries = mg.conv_dim, mg.num_queries
-    memory_sizes = [sizes[3], sizes[2], sizes[1]]  # coarse to fine
-    stride4_pixels = sizes[0][0] * sizes[0][1]
-    head = (2 * dense_flops(queries, dim, dim) + dense_flops(queries, dim, mg.mask_dim)
-            + 2 * queries * mg.mask_dim * stride4_pixels)
-    flops = head
-    for index in range(mg.decoder_layers):
-        h, w = memory_sizes[index % 3]
-        pixels = h * w
-        cross = (2 * dense_flops(queries, dim, dim)          # q, out_proj
-                 + 2 * dense_flops(pixels, dim, dim)         # k, v of the pixels
-                 + attention_flops(queries, pixels, dim))
-        self_attn = 4 * dense_flops(queries, dim, dim) + attention_flops(queries, queries, dim)
-        ffn = dense_flops(queries, dim, mg.decoder_ffn_dim) + dense_flops(queries, mg.decoder_ffn_dim, dim)
-        flops += cross + self_attn + ffn + head
-    return flops
+    discover()
+    arch = swin_arch(model_cfg.swin)
+    geometry = CostGeometry(tuple(swin_stage_sizes(height, width, arch["patch_size"])),
+                            tuple(arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)),
+                            bert_config.hidden_size, model_cfg.max_tokens)
+    mg = model_cfg.mask_generator
+    chosen = [("wpa", FUSIONS, model_cfg.fusion), ("pixel_decoder", PIXEL_DECODERS, mg.pixel_decoder)]
+    if model_cfg.sma.enabled:
+        chosen.append(("transformer_decoder", TRANSFORMER_DECODERS, mg.transformer_decoder))
+    parts = OrderedDict(transformer_decoder=PartCost(0, 0, 0, 0))
+    for part, registry, name in chosen:
+        cls = registry.get(name)
+        if not hasattr(cls, "analytic_cost"):
+            raise NotImplementedError(f"the {registry.kind} '{name}' ({cls.__module__}.{cls.__name__}) has no "
+                                      "analytic_cost(model_cfg, geometry) -> PartCost; add one (src/models/cost.py) "
+                                      "for the analytic FLOPs, memory and parameter counts of tools/benchmark.py")
+        parts[part] = cls.analytic_cost(model_cfg, geometry)
+    return OrderedDict((part, parts[part]) for part in ("wpa", "pixel_decoder", "transformer_decoder"))
 
 
 def sma_flops(text_dim: int, mask_dim: int, queries: int, stride4_pixels: int, enabled: bool = True) -> int:
@@ -241,25 +180,16 @@ def coupalign_flops(model_cfg, bert_config, height: int, width: int, batch: int 
     arch = swin_arch(model_cfg.swin)
     tokens = model_cfg.max_tokens
     sizes = swin_stage_sizes(height, width, arch["patch_size"])
-    channels = [arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)]
     text_dim = bert_config.hidden_size
     mg = model_cfg.mask_generator
     parts = OrderedDict()
     parts["swin"] = sum(swin_flops(arch, height, width).values())
     parts["bert"] = bert_flops(bert_config, tokens)
-    parts["wpa"] = sum(wpa_flops(c, h * w, text_dim, tokens, model_cfg.wpa.bidirectional,
-                                 model_cfg.wpa.word_heads) for c, (h, w) in zip(channels, sizes))
-    if mg.pixel_decoder == "msdeform":
-        parts["pixel_decoder"] = msdeform_pixel_decoder_flops(mg, channels, sizes)
-    else:
-        parts["pixel_decoder"] = fpn_pixel_decoder_flops(mg, channels, sizes)
+    costs = part_costs(model_cfg, bert_config, height, width)
+    for name in ("wpa", "pixel_decoder", "transformer_decoder"):
+        parts[name] = costs[name].flops
     stride4_pixels = sizes[0][0] * sizes[0][1]
-    if model_cfg.sma.enabled:
-        parts["transformer_decoder"] = transformer_decoder_flops(mg, sizes)
-        stages = mg.decoder_layers + 1 if (training and model_cfg.sma.deep_supervision) else 1
-    else:
-        parts["transformer_decoder"] = 0
-        stages = 1
+    stages = mg.decoder_layers + 1 if (model_cfg.sma.enabled and training and model_cfg.sma.deep_supervision) else 1
     parts["sma"] = stages * sma_flops(text_dim, mg.mask_dim, mg.num_queries, stride4_pixels, model_cfg.sma.enabled)
     return OrderedDict((k, v * batch) for k, v in parts.items())
 
@@ -286,7 +216,6 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
     ratio = arch["mlp_ratio"]
     sizes = swin_stage_sizes(height, width, arch["patch_size"])
     channels = [arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)]
-    text_heads = model_cfg.wpa.word_heads
     out = OrderedDict()
     layers = []  # per-layer amounts, for the largest one
 
@@ -314,60 +243,12 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
     per_layer = 8 * tokens * hidden + 2 * tokens * inter + heads * tokens * tokens
     out["bert"] = bert_config.num_hidden_layers * per_layer + tokens * hidden  # + embedding norm input
 
-    # --- WPA ---
-    wpa = 0
-    for i in range(NUM_STAGES):
-        h, w = sizes[i]
-        n, c = h * w, channels[i]
-        stage = 13 * n * c + n * tokens              # pixel->word half (see PixelWordAttention)
-        if model_cfg.wpa.bidirectional:
-            stage += text_heads * tokens * n        # word->pixel: softmax output (reads V, counted above)
-        layers.append(stage)
-        wpa += stage
-    out["wpa"] = wpa
-
-    # --- pixel decoder ---
+    # --- the registered parts: fusion (WPA), pixel decoder, transformer decoder ---
+    for name, cost in part_costs(model_cfg, bert_config, height, width).items():
+        out[name] = cost.activations
+        layers.append(cost.largest_layer)
     mg = model_cfg.mask_generator
-    dim = mg.conv_dim
-    h1, w1 = sizes[0]
-    n1 = h1 * w1
-    if mg.pixel_decoder == "msdeform":
-        levels, points, enc_heads = 3, mg.msdeform.encoder_points, mg.msdeform.encoder_heads
-        lv = sum(h * w for h, w in sizes[1:])
-        pixel = sum(h * w * c for (h, w), c in zip(sizes[1:], channels[1:])) + lv * dim  # input_proj conv, GN
-        per_layer = (7 * lv * dim                    # query, value_proj in, value maps, out_proj in, norms, linear1 in
-                     + lv * mg.msdeform.encoder_ffn_dim)      # ReLU output (linear2 input)
-        sampling = (4 * lv * dim * levels * points   # the 4 gathered bilinear neighbours of every sample
-                    # corner weights (4), attention weights, bilinear fractions (x, y), in-map masks
-                    + 8 * lv * enc_heads * levels * points)
-        if mg.msdeform.recompute_sampling:  # recomputed in the backward, one layer at a time
-            layers.append(per_layer + sampling)
-        else:
-            per_layer += sampling
-            layers.append(per_layer)
-        pixel += mg.msdeform.encoder_layers * per_layer
-        pixel += n1 * channels[0] + 5 * n1 * dim     # FPN step: adapter_1 in, GN, layer_1 in, GN, ReLU, mask_features in
-    else:
-        pixel = 0
-        for (h, w), c in zip(sizes, channels):
-            pixel += h * w * c + 5 * h * w * dim     # lateral conv in + GN, 3x3 conv in + GN + ReLU
-        pixel += n1 * dim
-    out["pixel_decoder"] = pixel
-
-    # --- transformer decoder and SMA ---
-    queries = mg.num_queries
-    if model_cfg.sma.enabled:
-        memory_sizes = [sizes[3], sizes[2], sizes[1]]
-        decoder = sum(h * w * dim for h, w in memory_sizes) + n1 * mg.mask_dim  # memories, P (shared)
-        for index in range(mg.decoder_layers):
-            h, w = memory_sizes[index % 3]
-            decoder += (3 * h * w * dim                    # memory + pos (key input), projected k and v
-                        + mg.decoder_heads * queries * h * w  # masked softmax output
-                        + 20 * queries * dim + 2 * queries * mg.decoder_ffn_dim)
-        decoder += (mg.decoder_layers + 1) * 4 * queries * dim  # prediction-head MLP inputs
-        out["transformer_decoder"] = decoder
-    else:
-        out["transformer_decoder"] = 0
+    n1 = sizes[0][0] * sizes[0][1]
     supervised = (mg.decoder_layers + 1) if (model_cfg.sma.enabled and model_cfg.sma.deep_supervision) else 1
     # Loss at input resolution on every supervised stage: upsampled logits, CE and Dice terms (~6 maps).
     out["sma_and_loss"] = supervised * (n1 + 6 * height * width)
@@ -421,37 +302,11 @@ def parameter_count(model_cfg, bert_config) -> int:
     bert = ((bert_config.vocab_size + bert_config.max_position_embeddings + bert_config.type_vocab_size) * h + 2 * h
             + bert_config.num_hidden_layers * (4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h))
     t = h
-    wpa = 0
-    for c in channels:
-        wpa += 4 * (c * c + c) + 2 * c * c + 2 * (t * c + c)  # vis_project, f_query, W, project_mm, gates, f_key/f_value
-        if model_cfg.wpa.bidirectional:
-            wpa += 2 * (t * t + t) + 2 * (c * t + t) + t + 2 * t  # query, dense, key, value, alpha, LN
     mg = model_cfg.mask_generator
-    dim = mg.conv_dim
-    if mg.pixel_decoder == "msdeform":
-        samples = mg.msdeform.encoder_heads * 3 * mg.msdeform.encoder_points
-        pixel = sum(c * dim + dim + 2 * dim for c in channels[1:])  # input_proj conv + GN
-        layer = (dim * 2 * samples + 2 * samples + dim * samples + samples + 2 * (dim * dim + dim)
-                 + 2 * dim + dim * mg.msdeform.encoder_ffn_dim + mg.msdeform.encoder_ffn_dim + mg.msdeform.encoder_ffn_dim * dim + dim + 2 * dim)
-        pixel += mg.msdeform.encoder_layers * layer + 3 * dim          # + level_embed
-        pixel += dim * mg.mask_dim + mg.mask_dim              # mask_features (1x1)
-        pixel += channels[0] * dim + 2 * dim + 9 * dim * dim + 2 * dim  # adapter_1, layer_1 (no bias, GN)
-    else:
-        c1, c2, c3, c4 = channels
-        pixel = 9 * c4 * dim + 2 * dim
-        for c in (c3, c2, c1):
-            pixel += c * dim + 2 * dim + 9 * dim * dim + 2 * dim
-        pixel += 9 * dim * mg.mask_dim + mg.mask_dim
-    if model_cfg.sma.enabled:
-        attn = 3 * dim * dim + 3 * dim + dim * dim + dim
-        decoder = mg.decoder_layers * (2 * (attn + 2 * dim) + dim * mg.decoder_ffn_dim + mg.decoder_ffn_dim
-                                       + mg.decoder_ffn_dim * dim + dim + 2 * dim)
-        decoder += 2 * dim + 2 * mg.num_queries * dim + 3 * dim  # decoder_norm, query_feat/embed, level_embed
-        decoder += 2 * (dim * dim + dim) + dim * mg.mask_dim + mg.mask_dim  # mask_embed MLP
-    else:
-        decoder = 0
+    registered = sum(cost.params for cost in part_costs(model_cfg, bert_config, arch["patch_size"] * 32,
+                                                        arch["patch_size"] * 32).values())  # sizes do not matter
     head = t * mg.mask_dim + mg.mask_dim
-    return swin + bert + wpa + pixel + decoder + head
+    return swin + bert + registered + head
 
 
 # ================================================================================================
@@ -634,7 +489,7 @@ def _ms_cells():
             sentence = self.model.sentence_feature(words, attention_mask)
             mask_embeds = self.model.generate_masks((m0, m1, m2), pixel_embed)
             return self.model.predict(sentence, pixel_embed, mask_embeds, words, attention_mask,
-                                      (self.image_size, self.image_size))
+                                      self.image_size, self.image_size)
 
     class Encoders(nn.Cell):
         """Our Swin + our BERT as two separate encoders (no fusion): the counterpart of timm + HF."""

@@ -7,8 +7,10 @@ sentence-mask alignment (docs/method.md, "Data flow").
                               --transformer decoder--> Q (S,B,N,D) per supervised stage
     L_g = pool(L_4);  SMA(Q_s, P, L_g) -> M_s (B,1,H/4,W/4);  logits = upsample(M_last) (B,1,H,W)
 
-`CoupAlign.construct` is the inference/export signature; `CoupAlign.forward_train` returns what
-`CoupAlignCriterion` needs; `CoupAlignWithLoss` joins the two for the train step.
+One forward path: `forward_features` (encoders with fusion, pixel decoder, proposals) feeds both
+`construct` (the inference/export signature: `predict`, the final stage upsampled) and `forward_heads`
+(every supervised stage, what `CoupAlignCriterion` needs); `CoupAlignWithLoss` joins model and criterion
+for the train step.
 """
 from __future__ import annotations
 
@@ -167,15 +169,17 @@ class CoupAlign(nn.Cell):
             stage_scores = stage_scores + (scores,)
         return ops.stack(stage_logits), pixel_embed, target_embed, mask_embeds, ops.stack(stage_scores)
 
-    def predict(self, sentence, pixel_embed, mask_embeds, words, attention_mask, size):
-        """The final stage's target logits, upsampled to `size` (H, W) -> (B, 1, H, W)."""
+    def predict(self, sentence, pixel_embed, mask_embeds, words, attention_mask, height, width):
+        """The final stage's target logits, upsampled to (height, width) -> (B, 1, H, W). Two ints, not a
+        (H, W) tuple: with a tuple argument here graph mode failed to compile ("the function has 6
+        parameters but 3 were provided", MindSpore 2.10)."""
         mask_embed = None if mask_embeds is None else mask_embeds[-1]  # final stage only
         logits, _, _ = self.head(mask_embed, pixel_embed, sentence, words, attention_mask)  # (B, 1, H/4, W/4)
-        return ops.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return ops.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
 
     def construct(self, image, input_ids, attention_mask):
         sentence, pixel_embed, mask_embeds, words = self.forward_features(image, input_ids, attention_mask)
-        return self.predict(sentence, pixel_embed, mask_embeds, words, attention_mask, (image.shape[2], image.shape[3]))
+        return self.predict(sentence, pixel_embed, mask_embeds, words, attention_mask, image.shape[2], image.shape[3])
 
 
 class CoupAlignWithLoss(nn.Cell):

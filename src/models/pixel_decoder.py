@@ -32,6 +32,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.common.initializer import Normal, XavierUniform, initializer
 from src.errors import ConfigError
 
+from src.models.cost import CostGeometry, PartCost, conv_flops, dense_flops
 from src.models.layers import ConvNormAct, GroupNorm, group_norm  # noqa: F401  (GroupNorm re-exported)
 from src.models.registry import PIXEL_DECODERS
 
@@ -333,6 +334,50 @@ class MSDeformAttnPixelDecoder(nn.Cell):
                    n_heads=own.encoder_heads, n_points=own.encoder_points, dim_feedforward=own.encoder_ffn_dim,
                    recompute_sampling=own.recompute_sampling)
 
+    @staticmethod
+    def analytic_cost(model_cfg, geometry: CostGeometry) -> PartCost:
+        """The deformable encoder over strides 8..32 plus the FPN step to stride 4 (src/models/cost.py)."""
+        mg = model_cfg.mask_generator
+        own, dim, levels = mg.msdeform, mg.conv_dim, 3
+        sizes, channels = geometry.sizes, geometry.channels
+        (h1, w1), n1 = sizes[0], sizes[0][0] * sizes[0][1]
+        lv = sum(h * w for h, w in sizes[1:])  # encoder tokens
+        samples = own.encoder_heads * levels * own.encoder_points
+        layer_flops = (dense_flops(lv, dim, dim)                    # value_proj
+                       + dense_flops(lv, dim, 2 * samples)          # sampling_offsets
+                       + dense_flops(lv, dim, samples)              # attention_weights
+                       + 2 * lv * levels * own.encoder_points * dim  # weighted sum of the sampled values
+                       + dense_flops(lv, dim, dim)                  # output_proj
+                       + dense_flops(lv, dim, own.encoder_ffn_dim) + dense_flops(lv, own.encoder_ffn_dim, dim))
+        flops = (sum(conv_flops(h, w, c, dim, 1) for (h, w), c in zip(sizes[1:], channels[1:]))  # input_proj
+                 + own.encoder_layers * layer_flops
+                 + conv_flops(h1, w1, channels[0], dim, 1)           # adapter_1
+                 + conv_flops(h1, w1, dim, dim, 3)                   # layer_1
+                 + conv_flops(h1, w1, dim, mg.mask_dim, 1))          # mask_features
+
+        layer_kept = (7 * lv * dim                                   # query, value_proj in, value maps, out_proj in, norms, linear1 in
+                      + lv * own.encoder_ffn_dim)                    # ReLU output (linear2 input)
+        sampling = (4 * lv * dim * levels * own.encoder_points       # the 4 gathered bilinear neighbours of every sample
+                    # corner weights (4), attention weights, bilinear fractions (x, y), in-map masks
+                    + 8 * lv * own.encoder_heads * levels * own.encoder_points)
+        if own.recompute_sampling:  # recomputed in the backward, one layer at a time
+            largest = layer_kept + sampling
+        else:
+            layer_kept += sampling
+            largest = layer_kept
+        kept = (sum(h * w * c for (h, w), c in zip(sizes[1:], channels[1:])) + lv * dim  # input_proj conv, GN
+                + own.encoder_layers * layer_kept
+                + n1 * channels[0] + 5 * n1 * dim)  # FPN step: adapter_1 in, GN, layer_1 in, GN, ReLU, mask_features in
+
+        layer_params = (dim * 2 * samples + 2 * samples + dim * samples + samples + 2 * (dim * dim + dim)
+                        + 2 * dim + dim * own.encoder_ffn_dim + own.encoder_ffn_dim + own.encoder_ffn_dim * dim + dim
+                        + 2 * dim)
+        params = (sum(c * dim + dim + 2 * dim for c in channels[1:])  # input_proj conv + GN
+                  + own.encoder_layers * layer_params + 3 * dim       # + level_embed
+                  + dim * mg.mask_dim + mg.mask_dim                   # mask_features (1x1)
+                  + channels[0] * dim + 2 * dim + 9 * dim * dim + 2 * dim)  # adapter_1, layer_1 (no bias, GN)
+        return PartCost(flops, kept, largest, params)
+
     def construct(self, features):
         f1, f2, f3, f4 = features
         coarse_to_fine = (f4, f3, f2)
@@ -388,6 +433,24 @@ class FPNPixelDecoder(nn.Cell):
     def from_config(cls, section, in_channels) -> "FPNPixelDecoder":
         """From `model.mask_generator` (src.config.MaskGeneratorSection)."""
         return cls(tuple(in_channels), section.conv_dim, section.mask_dim)
+
+    @staticmethod
+    def analytic_cost(model_cfg, geometry: CostGeometry) -> PartCost:
+        """3x3 conv on stride 32, then a 1x1 lateral and a 3x3 conv per finer level (src/models/cost.py)."""
+        mg = model_cfg.mask_generator
+        dim = mg.conv_dim
+        (h1, w1), (h2, w2), (h3, w3), (h4, w4) = geometry.sizes
+        c1, c2, c3, c4 = geometry.channels
+        flops = conv_flops(h4, w4, c4, dim, 3)
+        params = 9 * c4 * dim + 2 * dim
+        for (h, w), c in (((h3, w3), c3), ((h2, w2), c2), ((h1, w1), c1)):
+            flops += conv_flops(h, w, c, dim, 1) + conv_flops(h, w, dim, dim, 3)
+            params += c * dim + 2 * dim + 9 * dim * dim + 2 * dim
+        flops += conv_flops(h1, w1, dim, mg.mask_dim, 3)    # mask_features
+        params += 9 * dim * mg.mask_dim + mg.mask_dim
+        kept = sum(h * w * c + 5 * h * w * dim for (h, w), c in zip(geometry.sizes, geometry.channels))  # lateral conv in + GN, 3x3 conv in + GN + ReLU
+        kept += h1 * w1 * dim
+        return PartCost(flops, kept, 0, params)
 
     @staticmethod
     def _merge(coarser, lateral):

@@ -32,6 +32,7 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import HeUniform, Normal, XavierUniform, initializer
 from src.errors import ConfigError
 
+from src.models.cost import CostGeometry, PartCost, attention_flops, dense_flops
 from src.models.layers import MLP, MultiHeadAttention  # noqa: F401  (MLP re-exported)
 from src.models.registry import TRANSFORMER_DECODERS
 
@@ -187,6 +188,40 @@ class MaskedTransformerDecoder(nn.Cell):
         return cls(in_channels=section.conv_dim, hidden_dim=section.conv_dim, num_queries=section.num_queries,
                    nheads=section.decoder_heads, dim_feedforward=section.decoder_ffn_dim,
                    dec_layers=section.decoder_layers, mask_dim=section.mask_dim)
+
+    @staticmethod
+    def analytic_cost(model_cfg, geometry: CostGeometry) -> PartCost:
+        """Prediction heads after the queries and after every layer (a 3-layer MLP and the proposal masks
+        Q . P at stride 4), masked cross-attention to the coarse maps in turn (stride 32, 16, 8, ...),
+        self-attention, FFN. Input projections are identities (conv_dim = hidden). See src/models/cost.py."""
+        mg = model_cfg.mask_generator
+        dim, queries = mg.conv_dim, mg.num_queries
+        sizes = geometry.sizes
+        memory_sizes = [sizes[3], sizes[2], sizes[1]]  # coarse to fine
+        stride4_pixels = sizes[0][0] * sizes[0][1]
+        head = (2 * dense_flops(queries, dim, dim) + dense_flops(queries, dim, mg.mask_dim)
+                + 2 * queries * mg.mask_dim * stride4_pixels)
+        flops = head
+        kept = sum(h * w * dim for h, w in memory_sizes) + stride4_pixels * mg.mask_dim  # memories, P (shared)
+        for index in range(mg.decoder_layers):
+            h, w = memory_sizes[index % 3]
+            pixels = h * w
+            cross = (2 * dense_flops(queries, dim, dim)          # q, out_proj
+                     + 2 * dense_flops(pixels, dim, dim)         # k, v of the pixels
+                     + attention_flops(queries, pixels, dim))
+            self_attn = 4 * dense_flops(queries, dim, dim) + attention_flops(queries, queries, dim)
+            ffn = dense_flops(queries, dim, mg.decoder_ffn_dim) + dense_flops(queries, mg.decoder_ffn_dim, dim)
+            flops += cross + self_attn + ffn + head
+            kept += (3 * pixels * dim                            # memory + pos (key input), projected k and v
+                     + mg.decoder_heads * queries * pixels       # masked softmax output
+                     + 20 * queries * dim + 2 * queries * mg.decoder_ffn_dim)
+        kept += (mg.decoder_layers + 1) * 4 * queries * dim      # prediction-head MLP inputs
+        attn = 3 * dim * dim + 3 * dim + dim * dim + dim
+        params = mg.decoder_layers * (2 * (attn + 2 * dim) + dim * mg.decoder_ffn_dim + mg.decoder_ffn_dim
+                                      + mg.decoder_ffn_dim * dim + dim + 2 * dim)
+        params += 2 * dim + 2 * queries * dim + 3 * dim          # decoder_norm, query_feat/embed, level_embed
+        params += 2 * (dim * dim + dim) + dim * mg.mask_dim + mg.mask_dim  # mask_embed MLP
+        return PartCost(flops, kept, 0, params)
 
     def construct(self, multi_scale_features, pixel_embed):
         if len(multi_scale_features) != self.num_feature_levels:

@@ -20,6 +20,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from src.errors import ConfigError
 
+from src.models.cost import CostGeometry, PartCost, attention_flops, dense_flops, total
 from src.models.layers import GELU, AccurateTanh, InstanceNormOverPixels
 from src.models.registry import FUSIONS
 
@@ -222,6 +223,32 @@ class WordPixelAlignment(nn.Cell):
     def from_config(cls, model_cfg, stage: int, visual_dim: int, text_dim: int) -> "WordPixelAlignment":
         """From `model` (src.config.ModelSection): the `model.wpa` section; the same module at every stage."""
         return cls(visual_dim, text_dim, num_heads=model_cfg.wpa.word_heads, bidirectional=model_cfg.wpa.bidirectional)
+
+    @staticmethod
+    def analytic_cost(model_cfg, geometry: CostGeometry) -> PartCost:
+        """WPA at all four stages (src/models/cost.py). The language half is counted as computed: its key and
+        value projections act on the word side (each head's query through the key weight, the attention-pooled
+        pixels through the value weight), not on every pixel (see WordPixelAttention)."""
+        bidirectional, heads = model_cfg.wpa.bidirectional, model_cfg.wpa.word_heads
+        t, tokens = geometry.text_dim, geometry.tokens
+        stages = []
+        for c, (h, w) in zip(geometry.channels, geometry.sizes):
+            n = h * w
+            flops = (4 * dense_flops(n, c, c)                      # vis_project, f_query, W, project_mm
+                     + 2 * dense_flops(n, c, c)                    # res_gate.0, res_gate.2
+                     + 2 * dense_flops(tokens, t, c)               # f_key, f_value
+                     + attention_flops(n, tokens, c))              # pixels attend to words
+            kept = 13 * n * c + n * tokens                         # pixel->word half (see PixelWordAttention)
+            params = 4 * (c * c + c) + 2 * c * c + 2 * (t * c + c)  # vis_project, f_query, W, project_mm, gates, f_key/f_value
+            if bidirectional:
+                flops += (2 * dense_flops(tokens, t, t)            # query, dense
+                          + dense_flops(tokens, t, c)              # queries through the key weight, per head
+                          + dense_flops(tokens, c, t)              # pooled pixels through the value weight
+                          + 2 * 2 * heads * tokens * n * c)        # scores and pooling, per head over C
+                kept += heads * tokens * n                         # word->pixel: softmax output (reads V, counted above)
+                params += 2 * (t * t + t) + 2 * (c * t + t) + t + 2 * t  # query, dense, key, value, alpha, LN
+            stages.append(PartCost(flops, kept, kept, params))
+        return total(stages)
 
     def construct(self, vis, lang, lang_mask):
         vis_out, aligned = self.pixel_word_attn(vis, lang, lang_mask)
