@@ -124,6 +124,10 @@ class SMASection:
     # layers before they are scored, so that a score can depend on the other objects a sentence names
     # ("left of the blue square"). 0: the paper's scores Q_n . g (src/models/sma.py, ProposalReasoning).
     reasoning_layers: int = 0
+    # Inference only (eval, infer, export): the mask of the single highest-scoring proposal instead of the
+    # weighted mix a = sum_n w_n Q_n, which blurs the mask when the weights are not one-hot. Training
+    # always supervises the mix (the paper's SMA); false keeps the paper's inference.
+    select_at_inference: bool = False
 
 
 @dataclass

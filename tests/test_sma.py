@@ -66,6 +66,22 @@ def test_sma_matches_literal_weighted_sum(inputs, weighting):
     assert np.ptp(weights.asnumpy(), axis=1).min() > 1e-2
 
 
+def test_select_at_inference_gives_the_top_proposal_mask(inputs):
+    cell = SentenceMaskAlignment(D_TEXT, D, select_at_inference=True)
+    _randomise(cell, 1)
+    logits, weights, target_embed = cell(*(Tensor(x) for x in inputs))
+    _, ref_w, _ = _reference(cell, *inputs, "softmax")
+    queries, pixels, _ = inputs
+    top = ref_w.argmax(axis=1)  # (B,)
+    expected = np.stack([np.einsum("d,dhw->hw", queries[b, top[b]], pixels[b]) for b in range(B)])[:, None]
+    np.testing.assert_allclose(logits.asnumpy(), expected, rtol=RTOL, atol=ATOL)
+    np.testing.assert_array_equal(weights.asnumpy(), np.eye(N)[top])
+    np.testing.assert_allclose(target_embed.asnumpy(), queries[np.arange(B), top], rtol=RTOL, atol=ATOL)
+    # training reads forward_with_scores: still the weighted mix
+    mixed, soft, _, _ = cell.forward_with_scores(*(Tensor(x) for x in inputs))
+    np.testing.assert_allclose(soft.asnumpy(), ref_w, rtol=RTOL, atol=ATOL)
+
+
 def test_sma_rejects_unknown_weighting():
     with pytest.raises(ValueError):
         SentenceMaskAlignment(D_TEXT, D, weighting="max")

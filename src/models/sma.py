@@ -121,8 +121,10 @@ class SentenceMaskAlignment(nn.Cell):
         ``(logits M (B, 1, h, w), weights w (B, N), target_embed a (B, D))``.
     """
 
-    def __init__(self, text_dim, mask_dim, weighting="softmax", geometry=False, reasoning_layers=0, reasoning_heads=4):
+    def __init__(self, text_dim, mask_dim, weighting="softmax", geometry=False, reasoning_layers=0, reasoning_heads=4,
+                 select_at_inference=False):
         super().__init__()
+        self.select_at_inference = bool(select_at_inference)
         self.geometry_proj = nn.Dense(3, mask_dim) if geometry else None
         self.reasoning = (ProposalReasoning(text_dim, mask_dim, reasoning_layers, reasoning_heads)
                           if reasoning_layers else None)
@@ -139,7 +141,8 @@ class SentenceMaskAlignment(nn.Cell):
         """From `model` (src.config.ModelSection): `model.sma`, with the mask generator's width and heads."""
         sma, mg = model_cfg.sma, model_cfg.mask_generator
         return cls(text_dim, mg.mask_dim, weighting=sma.weighting, geometry=sma.mask_geometry,
-                   reasoning_layers=sma.reasoning_layers, reasoning_heads=mg.decoder_heads)
+                   reasoning_layers=sma.reasoning_layers, reasoning_heads=mg.decoder_heads,
+                   select_at_inference=sma.select_at_inference)
 
     def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
         """``construct``'s outputs plus the pre-normalisation scores ``Q g / sqrt(D)`` ``(B, N)``, which the
@@ -162,8 +165,14 @@ class SentenceMaskAlignment(nn.Cell):
         return logits, weights, target_embed, scores
 
     def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
-        logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
-                                                                    word_mask)
+        """Inference (`CoupAlign.predict`): the weighted mix, or with ``select_at_inference`` the top proposal."""
+        logits, weights, target_embed, scores = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
+                                                                         word_mask)
+        if self.select_at_inference:
+            weights = ops.one_hot(ops.argmax(scores, dim=-1), scores.shape[-1], ms.Tensor(1.0, ms.float32),
+                                  ms.Tensor(0.0, ms.float32))  # (B, N), one-hot
+            target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D): Q of the top proposal
+            logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w)
         return logits, weights, target_embed
 
 
