@@ -14,7 +14,7 @@ the config and the tools can list the choices cheaply.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Dict, Generic, List, Optional, TypeVar
+from typing import Callable, Dict, Generic, List, TypeVar
 
 from src.errors import ConfigError
 
@@ -52,9 +52,6 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
-
-    def name_of(self, entry: T) -> Optional[str]:
-        return next((n for n, e in self._entries.items() if e is entry), None)
 
     def __repr__(self) -> str:
         return f"Registry({self.kind}: {', '.join(self.keys())})"

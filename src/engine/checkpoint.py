@@ -29,7 +29,7 @@ META_KEYS = ("step", "epoch", "batch_in_epoch", "seed", "best_score", "bad_sampl
 from src.errors import CheckpointError  # noqa: E402,F401  (re-exported)
 
 
-class CheckpointMismatchError(CheckpointError, ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A readable checkpoint whose parameters do not fit the configured model (missing names, other shapes)."""
 
 

@@ -395,7 +395,6 @@ class CoupAlignCriterion(nn.Cell):
         self.fg_weight = float(ce_weights[1])
         self.dice_weight = float(dice_weight)
         self.dice_smooth = float(dice_smooth)
-        self.aux_weight = float(aux_weight)
         self.aux_temperature = float(aux_temperature)
         self.deep_supervision = bool(deep_supervision)
         self.use_aux = bool(use_aux)
