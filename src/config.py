@@ -47,6 +47,9 @@ class SwinSection:
     # Swin's absolute position embedding (`ape`), learned, one per patch of model.image_size: off in the
     # released Swin-B (the paper configuration); the quickstart's from-scratch Swin measures it.
     ape: bool = False
+    # "patch": Swin's 4x4 patch projection (the released checkpoints). "conv": an overlapping convolutional
+    # stem with the same output grid (src/models/swin.py, ConvStem), for a Swin trained from scratch.
+    stem: str = "patch"
     # A checkpoint written by tools/convert_swin.py; empty = random initialisation.
     pretrained: str = ""
 
@@ -173,6 +176,11 @@ class LossSection:
     # no_object_weight), and of the class cost -p(category) in the matching (Mask2Former: 2.0 and 0.1).
     class_weight: float = 2.0
     no_object_weight: float = 0.1
+    # num_classes > 0 and all_objects only: weight of a category cross-entropy at every stride-4 pixel embedding
+    # (the proposals' classifier applied to P; each cell labelled with the category of the object covering it,
+    # background as "no object" weighted no_object_weight). 0 = off (the paper). A from-scratch Swin learned no
+    # shape categories without it (README, "Training health": tools/probe_categories.py).
+    pixel_class_weight: float = 0.0
 
 
 @dataclass
@@ -279,6 +287,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "device_target": ("Ascend", "GPU", "CPU"),
     "mode": ("graph", "pynative"),
     "model.swin.preset": ("tiny", "small", "base", "large", ""),
+    "model.swin.stem": ("patch", "conv"),
     "model.sma.weighting": ("softmax", "sigmoid"),
     "model.sma.sentence_pool": ("cls", "mean"),
     "loss.proposal_loss": ("none", "weighted", "matched"),
@@ -508,6 +517,13 @@ def _check_choices(cfg: Config) -> None:
                                                          flat["loss.proposal_loss"] == "matched"):
         raise ConfigError("config key 'model.mask_generator.num_classes' > 0 classifies the matched proposals: it needs "
                           "model.sma.enabled=true and loss.proposal_loss='matched' (or set num_classes=0)")
+    if flat["loss.pixel_class_weight"] < 0:
+        raise ConfigError(f"config key 'loss.pixel_class_weight' = {flat['loss.pixel_class_weight']}; expected >= 0")
+    if flat["loss.pixel_class_weight"] and not (flat["model.mask_generator.num_classes"] and
+                                                flat["loss.proposal_targets"] == "all_objects"):
+        raise ConfigError("config key 'loss.pixel_class_weight' > 0 labels every pixel with the category of its object: "
+                          "it needs model.mask_generator.num_classes > 0 and loss.proposal_targets='all_objects' "
+                          "(the categories and masks of every object of the image)")
     # The msdeform section is read only when that decoder is chosen (a config can switch decoders without
     # deleting it), except for an option that asks for something no other decoder does.
     if flat["model.mask_generator.msdeform.recompute_sampling"] and flat["model.mask_generator.pixel_decoder"] != "msdeform":

@@ -87,6 +87,22 @@ def test_swin_flops_per_stage_is_not_a_lucky_total():
         assert abs(ours[name] - value) <= FLOP_TOL * value, (name, ours[name], value)
 
 
+@pytest.mark.parametrize("height,width", [(64, 64), (66, 50)])
+def test_conv_stem_flops_match_flop_counter(height, width):
+    """model.swin.stem=conv: the analytic count of ConvStem (3x3 stride-2 convolutions, 1x1 projection) against
+    PyTorch's counter on the same layers (norms and ReLU are not counted by either)."""
+    from tools.benchmark import stem_cost
+
+    arch = dict(swin_arch(config_from_dict(TINY_MODEL, {"model.swin.stem": "conv"}).model.swin))
+    c = arch["embed_dim"]
+    stem = torch.nn.Sequential(torch.nn.Conv2d(3, c // 2, 3, 2, 1, bias=False), torch.nn.GroupNorm(8, c // 2),
+                               torch.nn.ReLU(), torch.nn.Conv2d(c // 2, c, 3, 2, 1, bias=False),
+                               torch.nn.GroupNorm(8, c), torch.nn.ReLU(), torch.nn.Conv2d(c, c, 1))
+    x = torch.zeros(1, 3, height, width)
+    assert stem(x).shape[2:] == swin_stage_sizes(height, width)[0]
+    assert stem_cost(arch, height, width)[0] == oracle_flops(stem, x)
+
+
 def test_bert_flops_match_flop_counter():
     config = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
                         intermediate_size=160, max_position_embeddings=64)
@@ -128,6 +144,7 @@ TINY_MODEL = {
     {},
     {"model.mask_generator.pixel_decoder": "fpn", "model.wpa.bidirectional": False},
     {"model.sma.enabled": False, "model.swin.qkv_bias": False},
+    {"model.swin.stem": "conv"},
 ])
 def test_parameter_count_matches_the_built_model(overrides):
     from src.models import create_model

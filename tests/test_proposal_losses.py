@@ -277,3 +277,53 @@ def test_category_head_config_needs_matched_proposals():
         config_from_dict({"model": {"mask_generator": {"num_classes": 6}}, "loss": {"proposal_loss": "weighted"}})
     with pytest.raises(ConfigError, match="num_classes"):
         config_from_dict({"model": {"mask_generator": {"num_classes": -1}}})
+
+
+def test_pixel_category_loss_matches_numpy_at_the_cell_centres():
+    """loss.pixel_class_weight > 0: every stride-4 cell is labelled with the category of the object covering more
+    than half of it (referent or another object), else "no object" (class C, weight no_object_weight); checked
+    against loops. A cell straddling two objects takes neither when neither covers half; the padded object slots
+    (category C, empty masks) change nothing."""
+    rng = np.random.default_rng(3)
+    classes, b, k, size, h, w = 3, 2, 2, 16, 4, 4
+    target = np.zeros((b, size, size), np.float32)
+    target[0, 0:8, 0:8] = 1
+    target[1, 8:16, 6:16] = 1  # its left edge cuts cells in half: column 1 covered 2/4, not > 1/2
+    others = np.zeros((b, k, size, size), np.float32)
+    others[0, 0, 8:16, 0:4] = 1
+    others[1, 0, 0:6, 0:6] = 1
+    categories = np.array([[0, 2, classes], [1, 0, classes]], np.int32)
+    logits = (2.0 * rng.standard_normal((b, classes + 1, h, w))).astype(np.float32)
+    crit = CoupAlignCriterion(proposal_loss="matched", proposal_targets="all_objects", num_classes=classes,
+                              pixel_class_weight=0.5, no_object_weight=0.1)
+    assert crit.loss_names[-1] == "pixel_class_loss" and crit.loss_weights[-1] == 0.5
+    got = float(crit.pixel_class_loss(Tensor(logits), Tensor(target), Tensor(others), Tensor(categories)).asnumpy())
+
+    labels = np.full((b, h, w), classes)
+    objects = np.concatenate([target[:, None], others], 1)
+    for i in range(b):
+        for j in range(k + 1):
+            share = objects[i, j].reshape(h, size // h, w, size // w).mean(axis=(1, 3))
+            labels[i][share > 0.5] = categories[i, j]
+    assert labels[1, 3, 1] == classes and labels[1, 3, 2] == 1  # the half-covered cell is background
+    log_p = logits - np.logaddexp.reduce(logits.astype(np.float64), axis=1, keepdims=True)
+    per_sample = []
+    for i in range(b):
+        nll = -np.take_along_axis(log_p[i], labels[i][None], 0)[0]
+        weight = np.where(labels[i] == classes, 0.1, 1.0)
+        per_sample.append((weight * nll).sum() / weight.sum())
+    np.testing.assert_allclose(got, np.mean(per_sample), rtol=1e-5)
+
+
+def test_pixel_category_loss_needs_every_objects_category():
+    from src.config import ConfigError, config_from_dict
+
+    ok = config_from_dict({"model": {"mask_generator": {"num_classes": 6}}, "loss": {"pixel_class_weight": 1.0}})
+    assert ok.loss.pixel_class_weight == 1.0
+    with pytest.raises(ConfigError, match="pixel_class_weight"):
+        config_from_dict({"loss": {"pixel_class_weight": 1.0}})  # no category head
+    with pytest.raises(ConfigError, match="pixel_class_weight"):
+        config_from_dict({"model": {"mask_generator": {"num_classes": 6}},
+                          "loss": {"pixel_class_weight": 1.0, "proposal_targets": "referent"}})
+    with pytest.raises(ValueError, match="pixel_class_weight"):
+        CoupAlignCriterion(proposal_loss="matched", proposal_targets="referent", num_classes=3, pixel_class_weight=1.0)

@@ -548,3 +548,55 @@ def test_absolute_position_embedding_is_added_per_patch_and_checked():
     np.testing.assert_allclose(tokens.asnumpy() - base.asnumpy(), table, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"\(4, 4\) patch grid, got \(8, 8\)"):
         with_ape.embed(Tensor(np.ones((1, 3, 32, 32), np.float32)))
+
+
+@pytest.mark.parametrize("size", [(32, 32), (30, 21)])
+def test_conv_stem_matches_torch_and_keeps_the_patch_grid(size):
+    """model.swin.stem=conv: two 3x3 stride-2 convolutions (padding 1, GroupNorm of min(8, C) groups, ReLU), a
+    1x1 projection and the patch LayerNorm, checked against the same computation in PyTorch with the same
+    weights; the token grid is PatchEmbed's (ceil(H / 4), ceil(W / 4)) also for sizes that are not multiples
+    of 4, so everything after the stem (windows, ape, merging) is unchanged."""
+    kwargs = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=2, drop_path_rate=0.0)
+    model = SwinTransformer(**kwargs, stem="conv")
+    rng = np.random.default_rng(1)
+    params = {p.name: p for p in model.patch_embed.get_parameters()}
+    for p in params.values():  # non-trivial norms too
+        p.set_data(Tensor(rng.standard_normal(p.shape).astype(np.float32) * 0.5 + (1.0 if p.name.endswith(("gamma", "norm.weight")) else 0.0)))
+    x = rng.standard_normal((2, 3) + size).astype(np.float32)
+    tokens, h, w = model.embed(Tensor(x))
+    assert (h, w) == (-(-size[0] // 4), -(-size[1] // 4))
+    assert (h, w) == SwinTransformer(**kwargs).embed(Tensor(x))[1:]
+
+    def t(name):
+        return torch.from_numpy(params[name].asnumpy())
+
+    y = torch.from_numpy(x)
+    for j, width in enumerate((8, 16)):
+        y = torch.nn.functional.conv2d(y, t(f"patch_embed.convs.{j}.weight"), stride=2, padding=1)
+        y = torch.nn.functional.group_norm(y, min(8, width), t(f"patch_embed.norms.{j}.gamma"),
+                                           t(f"patch_embed.norms.{j}.beta"), eps=1e-5)
+        y = torch.relu(y)
+    y = torch.nn.functional.conv2d(y, t("patch_embed.proj.weight"), t("patch_embed.proj.bias"))
+    y = y.flatten(2).transpose(1, 2)
+    y = torch.nn.functional.layer_norm(y, (16,), t("patch_embed.norm.weight"), t("patch_embed.norm.bias"), eps=1e-5)
+    np.testing.assert_allclose(tokens.asnumpy(), y.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_stem_is_chosen_by_config_and_refuses_a_released_checkpoint(tmp_path):
+    """The key is validated with the choices named; a patch-stem checkpoint (what tools/convert_swin.py writes
+    from the released weights) does not load silently into a conv stem: the stem's parameters are named."""
+    from src.config import ConfigError, load_config
+    from src.models.swin_arch import swin_arch
+
+    cfg = load_config(None, ["--model.swin.preset=", "--model.swin.embed_dim=16", "--model.swin.depths=[1,1,1,1]",
+                             "--model.swin.num_heads=[1,1,1,1]", "--model.swin.stem=conv"])
+    assert swin_arch(cfg.model.swin)["stem"] == "conv"
+    with pytest.raises(ConfigError, match="model.swin.stem"):
+        load_config(None, ["--model.swin.stem=convolution"])
+    with pytest.raises(ValueError, match="power-of-two patch size"):
+        SwinTransformer(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), patch_size=3, stem="conv")
+    kwargs = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=2, drop_path_rate=0.0)
+    path = str(tmp_path / "patch_stem.ckpt")
+    ms.save_checkpoint(SwinTransformer(**kwargs), path)
+    with pytest.raises(Exception, match="patch_embed"):
+        load_swin_checkpoint(SwinTransformer(**kwargs, stem="conv"), path)

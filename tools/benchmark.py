@@ -91,6 +91,32 @@ def swin_stage_sizes(height: int, width: int, patch_size: int = 4, num_stages: i
     return sizes
 
 
+def stem_cost(arch: Dict, height: int, width: int, in_chans: int = 3) -> Tuple[int, int, int]:
+    """(FLOPs, parameters, activation elements kept for backward) of the Swin stem (`model.swin.stem`):
+    the patch projection, or ConvStem's stride-2 3x3 convolutions with GroupNorm + ReLU and its 1x1
+    projection; the patch LayerNorm included."""
+    embed_dim, patch = int(arch["embed_dim"]), int(arch.get("patch_size", 4))
+    h0, w0 = _ceil_div(height, patch), _ceil_div(width, patch)
+    norm = 2 * embed_dim if arch.get("patch_norm", True) else 0
+    if arch.get("stem", "patch") == "patch":
+        return (conv_flops(h0, w0, in_chans, embed_dim, patch), in_chans * embed_dim * patch * patch + embed_dim + norm,
+                in_chans * height * width + h0 * w0 * embed_dim)
+    steps = patch.bit_length() - 1
+    flops, params, acts = 0, 0, in_chans * height * width
+    channels, h, w = in_chans, height, width
+    for j in range(steps):
+        width_j = max(embed_dim // 2 ** (steps - 1 - j), 1)
+        h, w = _ceil_div(h, 2), _ceil_div(w, 2)
+        flops += conv_flops(h, w, channels, width_j, 3)
+        params += channels * width_j * 9 + 2 * width_j  # conv (no bias) + GroupNorm
+        acts += 3 * h * w * width_j  # conv output (norm input), norm output (ReLU input), ReLU output
+        channels = width_j
+    flops += conv_flops(h0, w0, channels, embed_dim, 1)
+    params += channels * embed_dim + embed_dim + norm
+    acts += h0 * w0 * embed_dim  # patch norm input
+    return flops, params, acts
+
+
 def swin_flops(arch: Dict, height: int, width: int, batch: int = 1, in_chans: int = 3) -> Dict[str, int]:
     """FLOPs of the Swin encoder per stage ('patch_embed', 'stage0'..'stage3' with the merging after
     the stage). `arch` is `src.models.swin_arch.swin_arch(...)` (embed_dim, depths, num_heads, window_size, ...).
@@ -103,7 +129,7 @@ def swin_flops(arch: Dict, height: int, width: int, batch: int = 1, in_chans: in
     hidden_ratio = float(arch.get("mlp_ratio", 4.0))
     sizes = swin_stage_sizes(height, width, patch, len(depths))
     out = OrderedDict()
-    out["patch_embed"] = conv_flops(sizes[0][0], sizes[0][1], in_chans, embed_dim, patch)
+    out["patch_embed"] = stem_cost(arch, height, width, in_chans)[0]
     for i, depth in enumerate(depths):
         h, w = sizes[i]
         channels = embed_dim * 2 ** i
@@ -220,8 +246,7 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
     layers = []  # per-layer amounts, for the largest one
 
     # --- Swin ---
-    h0, w0 = sizes[0]
-    swin = 3 * height * width + h0 * w0 * channels[0]  # patch conv input, patch norm input
+    swin = stem_cost(arch, height, width)[2]
     for i, depth in enumerate(arch["depths"]):
         h, w = sizes[i]
         c, heads = channels[i], arch["num_heads"][i]
@@ -286,8 +311,7 @@ def parameter_count(model_cfg, bert_config) -> int:
     arch = swin_arch(model_cfg.swin)
     c0, window, ratio = arch["embed_dim"], arch["window_size"], arch["mlp_ratio"]
     channels = [c0 * 2 ** i for i in range(NUM_STAGES)]
-    patch = arch["patch_size"]
-    swin = 3 * c0 * patch * patch + c0 + (2 * c0 if arch["patch_norm"] else 0)
+    swin = stem_cost(arch, 32, 32)[1]  # parameters do not depend on the input size
     for i, depth in enumerate(arch["depths"]):
         c, heads = channels[i], arch["num_heads"][i]
         hidden = int(c * ratio)

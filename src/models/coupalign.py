@@ -203,5 +203,8 @@ class CoupAlignWithLoss(nn.Cell):
         categories = extra[-1] if self.classify else None
         others = extra[0] if len(extra) > int(self.classify) else None
         class_logits = self.model.class_embed(mask_embeds) if self.classify else None  # (S, B, N, C + 1)
+        pixel_class_logits = None
+        if self.criterion.pixel_classes:  # the proposals' classifier read at every pixel embedding
+            pixel_class_logits = self.model.class_embed(pixel_embed.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # (B, C + 1, h, w)
         return self.criterion(stage_logits, target, pixel_embed, target_embed, None, None, mask_embeds, scores,
-                              others, class_logits, categories)
+                              others, class_logits, categories, pixel_class_logits)

@@ -342,10 +342,13 @@ class CoupAlignCriterion(nn.Cell):
         others: ``(B, K, H, W)`` masks of the image's other objects, zero-padded (``all_objects`` only).
         class_logits: ``(S, B, N, C + 1)`` category logits of the proposals (``num_classes`` > 0 only).
         categories: ``(B, 1 + K)`` int class of the referent, then of each of ``others`` (C in empty slots).
+        pixel_class_logits: ``(B, C + 1, h, w)`` category logits of every pixel embedding (``pixel_class_weight``
+            > 0 only).
 
     Returns:
         a tuple of float32 scalars named by ``loss_names``: ``(loss, seg_loss, aux_loss, proposal_loss)``, and
-        ``class_loss`` last when ``num_classes`` > 0; ``loss`` is the weighted total. ``seg_loss`` and
+        ``class_loss`` when ``num_classes`` > 0, ``pixel_class_loss`` last when ``pixel_class_weight`` > 0;
+        ``loss`` is the weighted total. ``seg_loss`` and
         ``aux_loss`` are unweighted, ``proposal_loss`` is its contribution to the total, ``class_loss`` is
         unweighted.
     """
@@ -371,17 +374,24 @@ class CoupAlignCriterion(nn.Cell):
         num_classes=0,
         class_weight=2.0,
         no_object_weight=0.1,
+        pixel_class_weight=0.0,
     ):
         super().__init__()
         if num_classes and proposal_loss != "matched":
             raise ValueError("classifying the proposals (num_classes > 0) needs proposal_loss='matched'")
+        if pixel_class_weight and not (num_classes and proposal_targets == "all_objects"):
+            raise ValueError("the pixel category loss (pixel_class_weight > 0) needs the categories of every object "
+                             "of the image: num_classes > 0 and proposal_targets='all_objects'")
         self.num_classes = int(num_classes)
+        self.pixel_classes = bool(pixel_class_weight)
         self.class_weight = float(class_weight)
         self.no_object_weight = float(no_object_weight)
         # The outputs: the total, then each part; the total is sum(weight * part) over loss_weights (the
         # proposal loss applies its own weights inside: matched mask losses and the SMA cross-entropy).
-        self.loss_names = ("loss", "seg_loss", "aux_loss", "proposal_loss") + (("class_loss",) if num_classes else ())
-        self.loss_weights = (1.0, float(aux_weight) if use_aux else 0.0, 1.0) + ((float(class_weight),) if num_classes else ())
+        self.loss_names = (("loss", "seg_loss", "aux_loss", "proposal_loss") + (("class_loss",) if num_classes else ())
+                           + (("pixel_class_loss",) if self.pixel_classes else ()))
+        self.loss_weights = ((1.0, float(aux_weight) if use_aux else 0.0, 1.0) + ((float(class_weight),) if num_classes else ())
+                             + ((float(pixel_class_weight),) if self.pixel_classes else ()))
         if proposal_loss not in PROPOSAL_LOSSES:
             raise ValueError(f"unknown proposal_loss {proposal_loss!r}; expected one of {PROPOSAL_LOSSES}")
         if proposal_targets not in PROPOSAL_TARGETS:
@@ -507,8 +517,30 @@ class CoupAlignCriterion(nn.Cell):
         weight = matched + self.no_object_weight * (1.0 - matched)  # (B, N)
         return ((weight * nll).sum(axis=1) / weight.sum(axis=1)).mean()
 
+    def pixel_class_loss(self, pixel_class_logits, target, others, categories):
+        """Category cross-entropy of every stride-4 cell: ``pixel_class_logits (B, C + 1, h, w)``, the label of a cell
+        is the category of the object covering more than half of it (the referent or one of ``others``), else
+        "no object" (class C). Background cells weigh ``no_object_weight`` (as unmatched proposals do: most cells
+        are background); per sample the weighted mean, then the batch mean."""
+        batch, num_labels, height, width = pixel_class_logits.shape
+        objects = ops.concat((target.expand_dims(1), others.astype(ms.float32)), axis=1)  # (B, K', H, W)
+        cover = (area_downsample(objects, height, width) > 0.5).astype(ms.float32)  # (B, K', h, w)
+        cover = cover.reshape(batch, -1, height * width).transpose(0, 2, 1)  # (B, hw, K')
+        labels = ops.one_hot(categories.astype(ms.int32), num_labels, ops.ones((), ms.float32),
+                             ops.zeros((), ms.float32))  # (B, K', C + 1)
+        goal = ops.bmm(cover, labels)  # (B, hw, C + 1): the covering object's category, zeros on background
+        covered = ops.minimum(goal.sum(axis=2), 1.0)  # (B, hw); visible masks do not overlap
+        goal = goal / ops.maximum(goal.sum(axis=2, keepdims=True), 1.0)
+        goal = ops.concat((goal[:, :, :num_labels - 1], goal[:, :, num_labels - 1:] + (1.0 - covered).expand_dims(2)),
+                          axis=2)  # (B, hw, C + 1)
+        logits = pixel_class_logits.reshape(batch, num_labels, height * width).transpose(0, 2, 1)  # (B, hw, C + 1)
+        nll = -(goal * ops.log_softmax(logits, axis=-1)).sum(axis=2)  # (B, hw)
+        weight = covered + self.no_object_weight * (1.0 - covered)  # (B, hw)
+        return ((weight * nll).sum(axis=1) / weight.sum(axis=1)).mean()
+
     def construct(self, logits_per_layer, target, pixel_embed, target_embed, fg_keys=None, bg_keys=None,
-                  mask_embeds=None, sma_scores=None, others=None, class_logits=None, categories=None):
+                  mask_embeds=None, sma_scores=None, others=None, class_logits=None, categories=None,
+                  pixel_class_logits=None):
         target = target.astype(ms.float32)
         seg = self.seg_loss(logits_per_layer, target)
         zero = ops.zeros((), ms.float32)
@@ -526,6 +558,8 @@ class CoupAlignCriterion(nn.Cell):
                                                      class_logits, categories)  # (proposal, class)
             else:
                 parts = parts + (self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others),)
+        if self.pixel_classes:
+            parts = parts + (self.pixel_class_loss(pixel_class_logits, target, others, categories),)
         total = parts[0] * self.loss_weights[0]
         for i in range(1, len(parts)):
             total = total + parts[i] * self.loss_weights[i]
@@ -543,4 +577,5 @@ def build_criterion(loss, deep_supervision: bool = True, use_sma: bool = True, n
                               proposal_targets=loss.proposal_targets, proposal_weight=loss.proposal_weight,
                               sma_ce_weight=loss.sma_ce_weight, match_score_weight=loss.match_score_weight,
                               num_classes=num_classes if use_sma else 0, class_weight=loss.class_weight,
-                              no_object_weight=loss.no_object_weight)
+                              no_object_weight=loss.no_object_weight,
+                              pixel_class_weight=loss.pixel_class_weight if use_sma else 0.0)

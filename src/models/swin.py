@@ -37,10 +37,11 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import mindspore as ms
 from mindspore import Parameter, nn, ops
-from mindspore.common.initializer import TruncatedNormal, initializer
+from mindspore.common.initializer import HeNormal, TruncatedNormal, initializer
 from src.errors import ConfigError
 
 from src.models.layers import DropPath, LayerNorm, Mlp, trunc_normal_dense
+from src.models.layers.norm import group_norm
 from src.models.swin_arch import SWIN_PRESETS, swin_arch
 
 __all__ = [
@@ -345,6 +346,52 @@ class PatchEmbed(nn.Cell):
         return x, Wh, Ww
 
 
+class ConvStem(nn.Cell):
+    """Overlapping convolutional stem with the stride of a patch embedding (Xiao et al., "Early Convolutions Help
+    Transformers See Better", NeurIPS 2021): log2(patch_size) 3x3 stride-2 convolutions, each followed by a
+    GroupNorm and a ReLU (channels embed_dim / 2^(k-1-j) for conv j of k), then a 1x1 projection to embed_dim
+    and the optional LayerNorm. Same interface and output grid as PatchEmbed (ceil(H / patch) tokens per
+    side), other parameter names (`patch_embed.convs.*`, `patch_embed.proj.*` is 1x1): a released Swin
+    checkpoint does not load into it. For Swins trained from scratch (the CPU quickstart): a 4x4 patch
+    projection sees each 4x4 cell alone, and measured on the quickstart the stage features then did not
+    tell the shape categories apart (README, "Training health").
+    """
+
+    def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, patch_norm: bool = True):
+        super().__init__()
+        steps = int(round(np.log2(patch_size)))
+        if patch_size < 2 or 2 ** steps != patch_size:
+            raise ValueError(f"a convolutional stem needs a power-of-two patch size >= 2, got {patch_size}")
+        self.patch_size = patch_size
+        self.embed_dim = embed_dim
+        widths = [max(embed_dim // 2 ** (steps - 1 - j), 1) for j in range(steps)]
+        convs, norms = [], []
+        channels = in_chans
+        for width in widths:
+            convs.append(nn.Conv2d(channels, width, 3, stride=2, pad_mode="pad", padding=1, has_bias=False,
+                                   weight_init=HeNormal(mode="fan_out", nonlinearity="relu")))
+            norms.append(group_norm(width, max_groups=8))
+            channels = width
+        self.convs = nn.CellList(convs)
+        self.norms = nn.CellList(norms)
+        self.proj = nn.Conv2d(channels, embed_dim, 1, has_bias=True, pad_mode="valid")
+        self.norm = LayerNorm(embed_dim) if patch_norm else None
+
+    def construct(self, x):
+        """x: (B, C_in, H, W) -> tokens (B, Wh*Ww, embed_dim), Wh = ceil(H / patch), Ww = ceil(W / patch)."""
+        for conv, norm in zip(self.convs, self.norms):
+            x = ops.relu(norm(conv(x)))  # (B, width_j, ceil(H / 2^(j+1)), ceil(W / 2^(j+1)))
+        x = self.proj(x)  # (B, C0, Wh, Ww)
+        B, C, Wh, Ww = x.shape
+        x = x.reshape(B, C, Wh * Ww).transpose(0, 2, 1)  # (B, Wh*Ww, C0)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x, Wh, Ww
+
+
+STEMS = {"patch": PatchEmbed, "conv": ConvStem}
+
+
 class BasicLayer(nn.Cell):
     """One Swin stage: ``depth`` blocks alternating regular / shifted windows, plus optional merging.
 
@@ -405,6 +452,7 @@ class SwinTransformer(nn.Cell):
         attn_drop_rate: dropout on attention weights.
         drop_path_rate: stochastic depth of the last block; rates grow linearly from 0 over all blocks.
         patch_norm: LayerNorm after the patch projection.
+        stem: "patch" (Swin's non-overlapping patch projection) or "conv" (ConvStem, same output grid).
 
     ``construct(x: (B, in_chans, H, W)) -> tuple`` of 4 NCHW maps ``(B, num_features[i], H/4/2^i, W/4/2^i)``
     (sizes rounded up). See the module docstring for the stage-by-stage API.
@@ -414,7 +462,7 @@ class SwinTransformer(nn.Cell):
                  num_heads: Sequence[int] = (4, 8, 16, 32), window_size: int = 12, patch_size: int = 4,
                  in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.3, patch_norm: bool = True,
-                 ape_grid: Optional[Tuple[int, int]] = None):
+                 ape_grid: Optional[Tuple[int, int]] = None, stem: str = "patch"):
         super().__init__()
         depths = tuple(int(d) for d in depths)
         num_heads = tuple(int(h) for h in num_heads)
@@ -428,7 +476,10 @@ class SwinTransformer(nn.Cell):
         self.patch_size = patch_size
         self.num_features = [int(embed_dim * 2 ** i) for i in range(self.num_layers)]
 
-        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, patch_norm)
+        if stem not in STEMS:
+            raise ValueError(f"unknown Swin stem {stem!r}; expected one of {sorted(STEMS)}")
+        self.stem = stem
+        self.patch_embed = STEMS[stem](patch_size, in_chans, embed_dim, patch_norm)
         # Swin's `ape` option: a learned absolute position embedding added to the patch tokens, one per cell of
         # the (static) ape_grid = (H/patch, W/patch). Off in the released Swin-B; without it no layer knows
         # where in the image a token lies (relative bias within windows only).

@@ -31,5 +31,6 @@ def swin_arch(section) -> Dict[str, Any]:
     if len(arch["depths"]) != 4 or len(arch["num_heads"]) != 4:
         raise ConfigError("model.swin.depths and model.swin.num_heads must have 4 entries (one per stage)")
     arch.update(window_size=section.window_size, patch_size=section.patch_size, mlp_ratio=section.mlp_ratio,
-                qkv_bias=section.qkv_bias, drop_path_rate=section.drop_path_rate, patch_norm=section.patch_norm)
+                qkv_bias=section.qkv_bias, drop_path_rate=section.drop_path_rate, patch_norm=section.patch_norm,
+                stem=section.stem)
     return arch
