@@ -55,6 +55,13 @@ class SwinSection:
 
 
 @dataclass
+class ConvNetSection:
+    # model.image_encoder: convnet only (src/models/convnet.py): channels and residual blocks of the 4 stages.
+    widths: List[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    depths: List[int] = field(default_factory=lambda: [2, 2, 2, 2])
+
+
+@dataclass
 class BertSection(BertConfig):
     """BERT's architecture (`BertConfig`'s fields and defaults, named as in HF config.json) plus where to load
     it from. With `pretrained` set, the checkpoint carries its own architecture and vocabulary and the
@@ -140,7 +147,11 @@ class ModelSection:
     # The registered fusion module run at every encoder stage (src/models/wpa.py): wpa (CoupAlign's
     # word-pixel alignment, options in model.wpa).
     fusion: str = "wpa"
+    # The registered image encoder (src/models/registry.py, IMAGE_ENCODERS): swin (the paper's; model.swin) or
+    # convnet (a small residual CNN, model.convnet, for encoders trained from scratch: README, "Training health").
+    image_encoder: str = "swin"
     swin: SwinSection = field(default_factory=SwinSection)
+    convnet: ConvNetSection = field(default_factory=ConvNetSection)
     bert: BertSection = field(default_factory=BertSection)
     wpa: WPASection = field(default_factory=WPASection)
     mask_generator: MaskGeneratorSection = field(default_factory=MaskGeneratorSection)
@@ -517,6 +528,11 @@ def _check_choices(cfg: Config) -> None:
                                                          flat["loss.proposal_loss"] == "matched"):
         raise ConfigError("config key 'model.mask_generator.num_classes' > 0 classifies the matched proposals: it needs "
                           "model.sma.enabled=true and loss.proposal_loss='matched' (or set num_classes=0)")
+    if flat["model.image_encoder"] == "convnet":
+        widths, depths = flat["model.convnet.widths"], flat["model.convnet.depths"]
+        if len(widths) != 4 or len(depths) != 4 or min(depths) < 0 or any(w < 8 or w % 8 for w in widths):
+            raise ConfigError(f"config keys 'model.convnet.widths' = {widths} and 'model.convnet.depths' = {depths}: "
+                              "expected 4 widths, each a multiple of 8 (GroupNorm of 8 groups), and 4 depths >= 0")
     if flat["loss.pixel_class_weight"] < 0:
         raise ConfigError(f"config key 'loss.pixel_class_weight' = {flat['loss.pixel_class_weight']}; expected >= 0")
     if flat["loss.pixel_class_weight"] and not (flat["model.mask_generator.num_classes"] and

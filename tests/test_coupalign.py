@@ -239,3 +239,40 @@ def test_paper_configuration_parameter_count(capsys):
         print(f"\nparameters, paper configuration: total {total:,} = Swin-B {counts['swin']:,} + BERT-base "
               f"{counts['bert']:,} + WPA {counts['wpa']:,} + pixel decoder {counts['pixel_decoder']:,} + "
               f"transformer decoder {counts['transformer_decoder']:,} + SMA {counts['head']:,}")
+
+
+
+def test_convnet_image_encoder_has_swins_stage_api_and_trains():
+    """model.image_encoder=convnet: the registered CNN gives maps at the Swin's strides through the same stage API
+    (its construct is that loop), CoupAlign trains with it (one step moves every parameter of the encoder), bad
+    sizes are config errors naming the keys, and the benchmark says it has no analytic count for it."""
+    from src.config import ConfigError
+    from src.models.bert import bert_config_from
+    from src.models.convnet import ConvNetEncoder
+    from tools.benchmark import part_costs
+
+    encoder = ConvNetEncoder(widths=(8, 16, 24, 32), depths=(1, 0, 1, 1))
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 3, 36, 28)).astype(np.float32))
+    maps = encoder(x)
+    assert [tuple(m.shape) for m in maps] == [(2, 8, 9, 7), (2, 16, 5, 4), (2, 24, 3, 2), (2, 32, 2, 1)]
+    tokens, h, w = encoder.embed(x)
+    tokens = encoder.run_stage(0, tokens, h, w)
+    np.testing.assert_allclose(encoder.stage_output(0, tokens, h, w).asnumpy(), maps[0].asnumpy(), rtol=1e-5, atol=1e-6)
+
+    cfg = tiny_config(image_encoder="convnet", **{"convnet.widths": [8, 16, 32, 32], "convnet.depths": [1, 1, 1, 1]})
+    net = CoupAlign(cfg.model)
+    assert isinstance(net.swin, ConvNetEncoder)
+    with_loss = CoupAlignWithLoss(net, build_criterion(cfg.loss))
+    step = TrainStep(with_loss, AdamW(param_groups(with_loss.trainable_params(), 0.01), learning_rate=1e-3))
+    before = {p.name: p.asnumpy().copy() for p in net.swin.trainable_params()}
+    loss = step(*[Tensor(a) for a in make_train_batch()])[0]
+    assert np.isfinite(float(loss.asnumpy()))
+    unmoved = [p.name for p in net.swin.trainable_params() if np.array_equal(p.asnumpy(), before[p.name])]
+    assert not unmoved, unmoved
+
+    with pytest.raises(ConfigError, match="model.convnet.widths"):
+        tiny_config(image_encoder="convnet", **{"convnet.widths": [8, 16, 20, 32]})
+    with pytest.raises(ConfigError, match="did you mean 'convnet'"):
+        CoupAlign(tiny_config(image_encoder="convnett").model)
+    with pytest.raises(NotImplementedError, match="convnet"):
+        part_costs(cfg.model, bert_config_from(cfg.model.bert), 64, 64)

@@ -63,3 +63,26 @@ def test_tool_runs_on_a_trained_checkpoint(trained, tmp_path):
     assert result["train_objects"] + result["val_objects"] <= len(instances["annotations"])
     assert result["val_objects"] > 0 and result["label"] == "color"
     run("tools/probe_categories.py", "--data_root", trained["data"], expect=1)  # neither checkpoint nor --random_init
+
+
+def test_pretrain_visual_writes_an_encoder_checkpoint_that_train_loads(trained, tmp_path):
+    """tools/pretrain_visual.py on the tiny config: a few steps of category segmentation, the val accuracies
+    printed, and a checkpoint whose names are the Swin's own, which CoupAlign loads strictly as
+    model.swin.pretrained (every Swin parameter replaced)."""
+    import mindspore as ms
+
+    from src.config import load_config
+    from src.models import create_model
+    from test_entry_scripts import run
+
+    out = str(tmp_path / "swin.ckpt")
+    proc = run("tools/pretrain_visual.py", "--config_path", trained["config"], "--data_root", trained["data"],
+               "--out", out, "--steps", "2", "--eval_every", "2", "--batch_size", "2")
+    assert "val foreground-pixel accuracy" in proc.stdout
+    saved = ms.load_checkpoint(out)
+    cfg = load_config(trained["config"], [f"--model.swin.pretrained={out}", "--model.bert.pretrained="])
+    model = create_model(cfg)
+    own = {p.name: p for p in model.swin.get_parameters()}
+    assert {f"swin.{k}" for k in saved} == set(own)
+    name = "swin.layers.0.blocks.0.attn.qkv.weight"
+    np.testing.assert_array_equal(own[name].asnumpy(), saved[name[len("swin."):]].asnumpy())

@@ -169,6 +169,9 @@ def part_costs(model_cfg, bert_config, height: int, width: int) -> "OrderedDict[
     from src.models.registry import FUSIONS, PIXEL_DECODERS, TRANSFORMER_DECODERS, discover
 
     discover()
+    if model_cfg.image_encoder != "swin":  # every count below reads the Swin's geometry
+        raise NotImplementedError(f"tools/benchmark.py's analytic counts cover the Swin image encoder only; "
+                                  f"model.image_encoder = {model_cfg.image_encoder!r} has none (train.py logs its measured step time)")
     arch = swin_arch(model_cfg.swin)
     geometry = CostGeometry(tuple(swin_stage_sizes(height, width, arch["patch_size"])),
                             tuple(arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)),

@@ -1,5 +1,6 @@
-"""Pretrain the visual encoder (Swin) on the object categories of the train split, for configurations that
-have no pretrained Swin (the CPU quickstart): a stand-in for the ImageNet pretraining the paper starts from.
+"""Pretrain the image encoder on the object categories of the train split, for configurations that have no
+pretrained Swin (the CPU quickstart): a stand-in for the ImageNet pretraining the paper starts from, and a
+measure of how fast an encoder learns the shapes at all.
 
     python tools/pretrain_visual.py --config_path configs/quickstart_cpu.yaml --data_root data/synthetic \
         --out pretrained/swin_synthetic.ckpt [--steps 3000] [--lr 5e-4] [--batch_size 8] [--eval_every 500]
@@ -8,12 +9,13 @@ have no pretrained Swin (the CPU quickstart): a stand-in for the ImageNet pretra
 The task is category segmentation: every stride-4 cell is labelled with the category of the annotated object
 covering more than half of it (instances.json of the train split: the same annotations the proposal loss
 reads), background weighted 0.1 as "no object" is in the training loss. The encoder is the config's
-`model.swin` (its stem, sizes and window); a light head (a 1x1 projection of each stage to 64 channels,
-summed at stride 4, a 1x1 classifier) is thrown away. Images are resized to model.image_size and flipped
-left-right at random (no sentences here, so a flip changes no label). Every --eval_every steps it prints
+`model.image_encoder` (the Swin of `model.swin` with its stem, sizes and window, or the `convnet`); a light
+head (a 1x1 projection of each stage to 64 channels, summed at stride 4, a 1x1 classifier) is thrown away.
+Images are resized to model.image_size and flipped left-right at random (no sentences here, so a flip changes
+no label). Every --eval_every steps it prints
 the val split's foreground-pixel accuracy and per-object accuracy (majority vote over the object's cells);
-the written checkpoint holds the Swin's parameters under SwinTransformer's names, which
-`model.swin.pretrained` loads. The images are held in memory: meant for small data sets (--max_images).
+the written checkpoint holds the encoder's parameters under its own names (for the Swin: what
+`model.swin.pretrained` loads). The images are held in memory: meant for small data sets (--max_images).
 """
 import os
 import sys
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
 
     from src.config import ConfigError, load_config
     from src.data.base import build_dataset
-    from src.models.swin import SwinTransformer
+    from src.models.registry import IMAGE_ENCODERS, discover
     from src.utils.runtime import setup_context
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -100,7 +102,7 @@ def main(argv=None) -> int:
     cfg = load_config(options["config_path"] or None, rest)
     setup_context(cfg)
     ms.set_seed(cfg.seed)
-    size, stride = cfg.model.image_size, cfg.model.swin.patch_size
+    size, stride = cfg.model.image_size, 4  # every registered image encoder's first map is at stride 4
     if size % (stride * 8):
         raise ConfigError(f"model.image_size = {size}: tools/pretrain_visual.py needs a multiple of {stride * 8}")
     train = build_dataset(cfg, cfg.data.train_split)
@@ -116,18 +118,19 @@ def main(argv=None) -> int:
     val_x, val_y = load_split(val, size, stride, class_index, max_images)
     print(f"{len(train_x)} train / {len(val_x)} val images, {background} categories, {time.time() - start:.0f} s")
 
-    swin = SwinTransformer.from_config(cfg.model.swin, size)
+    discover()
+    encoder = IMAGE_ENCODERS.get(cfg.model.image_encoder)(cfg.model)
     cells = size // stride
 
     class Segmenter(nn.Cell):
         def __init__(self):
             super().__init__()
-            self.swin = swin
-            self.lateral = nn.CellList([nn.Conv2d(c, HEAD_DIM, 1, has_bias=True) for c in swin.num_features])
+            self.encoder = encoder
+            self.lateral = nn.CellList([nn.Conv2d(c, HEAD_DIM, 1, has_bias=True) for c in encoder.num_features])
             self.classifier = nn.Conv2d(HEAD_DIM, background + 1, 1, has_bias=True)
 
         def construct(self, x):
-            features = self.swin(x)  # 4 NCHW maps, strides 4 .. 32
+            features = self.encoder(x)  # 4 NCHW maps, strides 4 .. 32
             y = self.lateral[0](features[0])  # (B, 64, S/4, S/4)
             for s in range(1, len(features)):
                 y = y + ops.interpolate(self.lateral[s](features[s]), size=(cells, cells), mode="bilinear",
@@ -173,9 +176,10 @@ def main(argv=None) -> int:
             print(f"step {step}/{steps} loss {float(loss.asnumpy()):.3f} | val foreground-pixel accuracy {pixel:.3f} "
                   f"object accuracy {per_object:.3f} | {time.time() - start:.0f} s", flush=True)
     os.makedirs(os.path.dirname(os.path.abspath(options["out"])), exist_ok=True)
-    ms.save_checkpoint([{"name": name[len("swin."):], "data": p} for name, p in net.parameters_and_names()
-                        if name.startswith("swin.")], options["out"])
-    print(f"wrote {options['out']} (load with --model.swin.pretrained={options['out']})")
+    ms.save_checkpoint([{"name": name[len("encoder."):], "data": p} for name, p in net.parameters_and_names()
+                        if name.startswith("encoder.")], options["out"])
+    print(f"wrote {options['out']}" + (f" (load with --model.swin.pretrained={options['out']})"
+                                       if cfg.model.image_encoder == "swin" else ""))
     return 0
 
 

@@ -21,9 +21,8 @@ from mindspore import nn, ops
 from src.config import ConfigError, ModelSection
 from src.models.bert import BertConfig, BertModel, bert_config_from
 from src.models.criterion import CoupAlignCriterion, build_criterion  # noqa: F401  (build_criterion re-exported)
-from src.models.registry import FUSIONS, PIXEL_DECODERS, TRANSFORMER_DECODERS, discover
+from src.models.registry import FUSIONS, IMAGE_ENCODERS, PIXEL_DECODERS, TRANSFORMER_DECODERS, discover
 from src.models.sma import SentenceMaskAlignment, SentencePixelHead, pool_sentence
-from src.models.swin import SwinTransformer
 
 NUM_STAGES = 4
 
@@ -46,7 +45,9 @@ class CoupAlign(nn.Cell):
         self.deep_supervision = cfg.sma.deep_supervision
         self.sentence_pool = cfg.sma.sentence_pool
 
-        self.swin = SwinTransformer.from_config(cfg.swin, cfg.image_size)
+        # The image encoder (model.image_encoder; the paper's Swin by default) sits at `swin` whatever its kind, so
+        # the Swin configurations keep their checkpoint names.
+        self.swin = IMAGE_ENCODERS.get(cfg.image_encoder)(cfg)
         bert_config = bert_config or bert_config_from(cfg.bert)
         if cfg.max_tokens > bert_config.max_position_embeddings:
             raise ConfigError(f"model.max_tokens = {cfg.max_tokens} exceeds BERT's max_position_embeddings "

@@ -1,5 +1,6 @@
 """The registries that choose CoupAlign's parts by name (src/registry.py), one per kind of part.
 
+    IMAGE_ENCODERS        model.image_encoder                        swin, convnet (src/models/swin.py, convnet.py)
     FUSIONS               model.fusion                               wpa          (src/models/wpa.py)
     PIXEL_DECODERS        model.mask_generator.pixel_decoder         msdeform, fpn (src/models/pixel_decoder.py)
     TRANSFORMER_DECODERS  model.mask_generator.transformer_decoder   masked_attention (src/models/transformer_decoder.py)
@@ -18,6 +19,10 @@ import pkgutil
 
 from src.registry import Registry
 
+# build(model_cfg: ModelSection) -> Cell with Swin's stage API (embed, run_stage, stage_output, downsample,
+# num_features; src/models/swin.py). CoupAlign keeps it at `swin` whatever its kind, so checkpoints of the
+# Swin configurations keep their parameter names.
+IMAGE_ENCODERS = Registry("image encoder", "model.image_encoder")
 # from_config(model_cfg: ModelSection, stage: int, visual_dim: int, text_dim: int) -> Cell with
 # construct(vis (B, HW, C), words (B, T, D_text), attention_mask (B, T)) -> (V' (B, HW, C), F (B, HW, C),
 # L' (B, T, D_text)): the next stage's pixels, the aligned features for the mask generator, the next words.

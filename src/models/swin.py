@@ -42,6 +42,7 @@ from src.errors import ConfigError
 
 from src.models.layers import DropPath, LayerNorm, Mlp, trunc_normal_dense
 from src.models.layers.norm import group_norm
+from src.models.registry import IMAGE_ENCODERS
 from src.models.swin_arch import SWIN_PRESETS, swin_arch
 
 __all__ = [
@@ -548,6 +549,12 @@ class SwinTransformer(nn.Cell):
             outs = outs + (self.stage_output(i, tokens, H, W),)
             tokens, H, W = self.downsample(i, tokens, H, W)
         return outs
+
+
+@IMAGE_ENCODERS.register("swin")
+def swin_encoder(model_cfg) -> SwinTransformer:
+    """The image encoder of the paper: `model.swin` at `model.image_size` (registered as model.image_encoder: swin)."""
+    return SwinTransformer.from_config(model_cfg.swin, model_cfg.image_size)
 
 
 def build_swin(preset: Optional[str] = None, **overrides) -> SwinTransformer:
