@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from tools.probe_categories import accuracy, fit_softmax_regression, mask_pooled, probe
 
@@ -48,6 +49,7 @@ def test_mask_pooling_weighs_cells_by_the_share_the_object_covers():
     np.testing.assert_allclose(mask_pooled(feature, mask), expected)
 
 
+@pytest.mark.slow  # the tools end to end (~1.5 min together); the default suite keeps their unit tests
 def test_tool_runs_on_a_trained_checkpoint(trained, tmp_path):
     from test_entry_scripts import run
 
@@ -65,6 +67,7 @@ def test_tool_runs_on_a_trained_checkpoint(trained, tmp_path):
     run("tools/probe_categories.py", "--data_root", trained["data"], expect=1)  # neither checkpoint nor --random_init
 
 
+@pytest.mark.slow
 def test_pretrain_visual_writes_an_encoder_checkpoint_that_train_loads(trained, tmp_path):
     """tools/pretrain_visual.py on the tiny config: a few steps of category segmentation, the val accuracies
     printed, and a checkpoint whose names are the Swin's own, which CoupAlign loads strictly as
