@@ -24,6 +24,7 @@ apply_cpu_env_defaults()  # before MindSpore is imported
 
 def main(argv=None) -> int:
     from src.config import ConfigError
+    from src.utils.cli import split_options
     from src.data.base import build_dataset
     from src.engine import diagnostics
     from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
@@ -32,20 +33,7 @@ def main(argv=None) -> int:
 
     args = list(sys.argv[1:] if argv is None else argv)
     options = {"pairs": "32", "output": "", "split": "val"}
-    rest = []
-    i = 0
-    while i < len(args):  # the tool's own options; everything else is a config key
-        key, _, value = args[i][2:].partition("=")
-        if args[i].startswith("--") and key in options:
-            if not value:
-                i += 1
-                if i >= len(args):
-                    raise ConfigError(f"option '--{key}' has no value")
-                value = args[i]
-            options[key] = value
-        else:
-            rest.append(args[i])
-        i += 1
+    rest = split_options(args, options)  # the tool's own options; the rest are config keys
     cfg = load_inference_config(rest)
     if not cfg.checkpoint_path:
         raise ConfigError("tools/diagnose.py needs --checkpoint_path=<a train.py checkpoint>")

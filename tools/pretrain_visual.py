@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     from mindspore import nn, ops
 
     from src.config import ConfigError, load_config
+    from src.utils.cli import split_options
     from src.data.base import build_dataset
     from src.models.registry import IMAGE_ENCODERS, discover
     from src.utils.runtime import setup_context
@@ -83,20 +84,7 @@ def main(argv=None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     options = {"out": "", "steps": "3000", "lr": "5e-4", "batch_size": "8", "eval_every": "500",
                "max_images": "100000", "config_path": ""}
-    rest = []
-    i = 0
-    while i < len(args):  # the tool's own options; everything else is a config key
-        key, _, value = args[i][2:].partition("=")
-        if args[i].startswith("--") and key in options:
-            if not value:
-                i += 1
-                if i >= len(args):
-                    raise ConfigError(f"option '--{key}' has no value")
-                value = args[i]
-            options[key] = value
-        else:
-            rest.append(args[i])
-        i += 1
+    rest = split_options(args, options)  # the tool's own options; the rest are config keys
     if not options["out"]:
         raise ConfigError("tools/pretrain_visual.py needs --out <checkpoint to write>")
     cfg = load_config(options["config_path"] or None, rest)

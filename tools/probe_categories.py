@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     from mindspore import nn
 
     from src.config import ConfigError
+    from src.utils.cli import split_options
     from src.data.base import build_dataset
     from src.data.transforms import preprocess_image, resize_mask
     from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
@@ -95,20 +96,7 @@ def main(argv=None) -> int:
     options = {"train_images": "250", "sentence": "the object", "output": "", "label": "category_id"}
     random_init = "--random_init" in args
     args = [a for a in args if a != "--random_init"]
-    rest = []
-    i = 0
-    while i < len(args):  # the tool's own options; everything else is a config key
-        key, _, value = args[i][2:].partition("=")
-        if args[i].startswith("--") and key in options:
-            if not value:
-                i += 1
-                if i >= len(args):
-                    raise ConfigError(f"option '--{key}' has no value")
-                value = args[i]
-            options[key] = value
-        else:
-            rest.append(args[i])
-        i += 1
+    rest = split_options(args, options)  # the tool's own options; the rest are config keys
     cfg = load_inference_config(rest)
     setup_context(cfg)
     if random_init:

@@ -38,3 +38,25 @@ def run_main(main: Callable[[], int]) -> None:
         print(f"error: {e}", file=sys.stderr)
         code = exit_code(e)
     sys.exit(code)
+
+
+def split_options(args, options: dict) -> list:
+    """Takes a tool's own `--name value` / `--name=value` options (the keys of `options`, whose values are
+    replaced in place) out of `args`; returns the other arguments (config keys) in order."""
+    from src.errors import ConfigError
+
+    rest = []
+    i = 0
+    while i < len(args):
+        key, _, value = args[i][2:].partition("=")
+        if args[i].startswith("--") and key in options:
+            if not value:
+                i += 1
+                if i >= len(args):
+                    raise ConfigError(f"option '--{key}' has no value")
+                value = args[i]
+            options[key] = value
+        else:
+            rest.append(args[i])
+        i += 1
+    return rest
