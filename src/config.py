@@ -59,6 +59,8 @@ class ConvNetSection:
     # model.image_encoder: convnet only (src/models/convnet.py): channels and residual blocks of the 4 stages.
     widths: List[int] = field(default_factory=lambda: [32, 64, 128, 256])
     depths: List[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    # An encoder checkpoint written by tools/pretrain_visual.py; empty = random initialisation.
+    pretrained: str = ""
 
 
 @dataclass
@@ -459,7 +461,8 @@ def parse_value(text: str) -> Any:
 # relative to the directory the user ran the script from (ARGS_CWD_ENV), although the launcher runs
 # Python from the repository root; paths inside config files stay relative to the working directory
 # (the repository root for every launcher), as default_config.yaml's pretrained/... paths expect.
-PATH_KEYS = ("output_dir", "checkpoint_path", "data.data_root", "model.swin.pretrained", "model.bert.pretrained",
+PATH_KEYS = ("output_dir", "checkpoint_path", "data.data_root", "model.swin.pretrained", "model.convnet.pretrained",
+             "model.bert.pretrained",
              "model.bert.vocab_path", "eval.output_dir", "export.file_name")
 ARGS_CWD_ENV = "COUPALIGN_ARGS_CWD"
 # Names every entry script accepts: `--ckpt_file` is the model zoo's name for the trained weights.

@@ -276,3 +276,30 @@ def test_convnet_image_encoder_has_swins_stage_api_and_trains():
         CoupAlign(tiny_config(image_encoder="convnett").model)
     with pytest.raises(NotImplementedError, match="convnet"):
         part_costs(cfg.model, bert_config_from(cfg.model.bert), 64, 64)
+
+
+def test_convnet_pretrained_loads_into_the_image_encoder_and_a_missing_file_names_the_key(tmp_path):
+    """model.convnet.pretrained (what tools/pretrain_visual.py writes for the CNN): create_model replaces every
+    encoder parameter with the checkpoint's, under the encoder's own names; a wrong path names the key and the
+    tool that writes the file."""
+    from src.models import create_model
+    from src.models.convnet import ConvNetEncoder
+
+    sizes = {"convnet.widths": [8, 16, 32, 32], "convnet.depths": [1, 1, 1, 1]}
+    ms.set_seed(1)
+    source = ConvNetEncoder(sizes["convnet.widths"], sizes["convnet.depths"])
+    path = str(tmp_path / "convnet.ckpt")
+    ms.save_checkpoint([{"name": p.name, "data": p} for p in source.get_parameters()], path)
+    saved = ms.load_checkpoint(path)
+
+    ms.set_seed(2)
+    net = create_model(tiny_config(image_encoder="convnet", **sizes, **{"convnet.pretrained": path}))
+    own = {p.name[len("swin."):]: p.asnumpy() for p in net.swin.get_parameters()}
+    assert set(own) == set(saved)
+    for name, value in own.items():
+        np.testing.assert_array_equal(value, saved[name].asnumpy(), err_msg=name)
+    fresh = create_model(tiny_config(image_encoder="convnet", **sizes))  # the control: without the key, other weights
+    assert not np.array_equal(fresh.swin.stem[0].conv.weight.asnumpy(), saved["stem.0.conv.weight"].asnumpy())
+
+    with pytest.raises(FileNotFoundError, match=r"model\.convnet\.pretrained: .*tools/pretrain_visual\.py"):
+        create_model(tiny_config(image_encoder="convnet", **sizes, **{"convnet.pretrained": str(tmp_path / "no.ckpt")}))

@@ -201,3 +201,28 @@ def test_path_keys_are_config_keys():
     keys = all_keys()
     assert all(keys[k] is str for k in PATH_KEYS)
     assert load_config(QUICKSTART, ["--ckpt_file=/x/best.ckpt"]).checkpoint_path == "/x/best.ckpt"
+
+
+# ------------------------------------------------------------------------------------------------
+# environment set-up (scripts/_venv.sh)
+# ------------------------------------------------------------------------------------------------
+def test_venv_setup_on_a_small_disk_fails_at_once_naming_the_space(tmp_path):
+    """A real 8 MB tmpfs holds the environment (an existing venv whose install stamp is missing): the set-up
+    stops before pip with the space it needs and has, and how to put the environment elsewhere."""
+    import shutil
+
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"]).returncode != 0:
+        pytest.skip("no mount namespace here (unshare -rm) to mount a small filesystem")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    script = (f'mount -t tmpfs -o size=8m tmpfs "{venv}" && mkdir "{venv}/bin" && '
+              f'ln -s "{sys.executable}" "{venv}/bin/python" && '
+              f'COUPALIGN_VENV="{venv}" bash -c \'source "{ROOT}/scripts/_venv.sh" requirements.txt '
+              f'requirements-dev.txt; echo "not reached"\'')
+    started = time.time()
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "not reached" not in proc.stdout and "installing" not in proc.stdout
+    assert "needs about 9 GB free" in proc.stderr and "the disk has 0 GB" in proc.stderr
+    assert "COUPALIGN_VENV" in proc.stderr
+    assert time.time() - started < 30  # before pip, not minutes into it

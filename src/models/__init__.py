@@ -75,14 +75,19 @@ def _build_coupalign(cfg, load_pretrained: bool = True, bert_config=None):
     model = CoupAlign(cfg.model, bert_config)
     if not load_pretrained:
         return model
-    sources = (("swin", cfg.model.swin.pretrained, model.swin), ("bert", bert_section.pretrained, model.bert))
+    # The image encoder sits at model.swin whichever is chosen; its weights come from its own config section.
+    image_part = cfg.model.image_encoder
+    image_path = getattr(cfg.model, image_part).pretrained
+    sources = ((image_part, image_path, model.swin), ("bert", bert_section.pretrained, model.bert))
+    writers = {"swin": "convert one with tools/convert_swin.py", "bert": "convert one with tools/convert_bert.py"}
     for part, path, encoder in sources:
         if not path:
             logger.info("%s: no pretrained checkpoint configured; random initialisation", part)
             continue
         if not os.path.isfile(path):
+            writer = writers.get(part, "write one with tools/pretrain_visual.py")
             raise FileNotFoundError(f"model.{part}.pretrained: checkpoint not found: {path} "
-                                    f"(convert one with tools/convert_{part}.py, or set model.{part}.pretrained='')")
+                                    f"({writer}, or set model.{part}.pretrained='')")
         params = bert_params if part == "bert" else ms.load_checkpoint(path)
         missing, unused = load_into(encoder, params, f"model.{part}.pretrained={path}")
         logger.info("%s: loaded %d tensors from %s; %d model parameters not in the checkpoint%s; "

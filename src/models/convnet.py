@@ -10,13 +10,9 @@ it (WPA at every stage, pixel decoder, proposals, SMA) is unchanged.
 
 Stages (strides 4, 8, 16, 32, channels ``model.convnet.widths``): a stem of two 3x3 stride-2 convolutions,
 then per stage ``depths[i]`` basic residual blocks (3x3 conv, GroupNorm, ReLU, 3x3 conv, GroupNorm, + input,
-ReLU); between stages a 3x3 stride-2 convolution with GroupNorm and ReLU. The API is Swin's (see
-src/models/swin.py): tokens (B, H*W, C) between the calls, so a fusion module rewrites them the same way::
-
-    tokens, H, W = encoder.embed(image)
-    tokens = encoder.run_stage(i, tokens, H, W)
-    feature_i = encoder.stage_output(i, tokens, H, W)   # LayerNorm over channels, NCHW
-    tokens, H, W = encoder.downsample(i, tokens, H, W)
+ReLU); between stages a 3x3 stride-2 convolution with GroupNorm and ReLU. The API is every image
+encoder's (src/models/layers/stages.py): tokens (B, H*W, C) between the calls, so a fusion module rewrites
+them the same way as Swin's.
 """
 from __future__ import annotations
 
@@ -27,6 +23,7 @@ from mindspore.common.initializer import HeNormal
 
 from src.models.layers import LayerNorm
 from src.models.layers.norm import group_norm
+from src.models.layers.stages import StagedEncoder, map_to_tokens, tokens_to_map
 from src.models.registry import IMAGE_ENCODERS
 
 NORM_GROUPS = 8
@@ -35,16 +32,6 @@ NORM_GROUPS = 8
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, pad_mode="pad", padding=1, has_bias=False,
                      weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
-
-
-def _to_map(tokens, H: int, W: int):
-    B, _, C = tokens.shape
-    return tokens.transpose(0, 2, 1).reshape(B, C, H, W)  # (B, C, H, W)
-
-
-def _to_tokens(x):
-    B, C, H, W = x.shape
-    return x.reshape(B, C, H * W).transpose(0, 2, 1), H, W  # (B, H*W, C)
 
 
 class ConvNormReLU(nn.Cell):
@@ -70,8 +57,8 @@ class BasicBlock(nn.Cell):
         return ops.relu(x + self.norm2(self.conv2(self.conv1(x))))
 
 
-class ConvNetEncoder(nn.Cell):
-    """Four stages of residual convolutions at strides 4..32 with Swin's stage API (module docstring)."""
+class ConvNetEncoder(StagedEncoder):
+    """Four stages of residual convolutions at strides 4..32 with the image encoders' stage API (module docstring)."""
 
     def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), depths: Sequence[int] = (2, 2, 2, 2),
                  in_chans: int = 3):
@@ -96,27 +83,15 @@ class ConvNetEncoder(nn.Cell):
 
     def embed(self, x):
         """Image (B, 3, H, W) -> (tokens (B, ceil(H/4) * ceil(W/4), C_0), H/4, W/4)."""
-        return _to_tokens(self.stem(x))
+        return map_to_tokens(self.stem(x))
 
     def run_stage(self, i: int, tokens, H: int, W: int):
-        return _to_tokens(self.stages[i](_to_map(tokens, H, W)))[0]  # (B, H*W, C_i)
-
-    def stage_output(self, i: int, tokens, H: int, W: int):
-        return _to_map(getattr(self, "norm" + str(i))(tokens), H, W)  # (B, C_i, H, W)
+        return map_to_tokens(self.stages[i](tokens_to_map(tokens, H, W)))[0]  # (B, H*W, C_i)
 
     def downsample(self, i: int, tokens, H: int, W: int):
         if i >= self.num_layers - 1:
             return tokens, H, W
-        return _to_tokens(self.downsamples[i](_to_map(tokens, H, W)))
-
-    def construct(self, x):
-        tokens, H, W = self.embed(x)
-        outs = ()
-        for i in range(self.num_layers):
-            tokens = self.run_stage(i, tokens, H, W)
-            outs = outs + (self.stage_output(i, tokens, H, W),)
-            tokens, H, W = self.downsample(i, tokens, H, W)
-        return outs
+        return map_to_tokens(self.downsamples[i](tokens_to_map(tokens, H, W)))
 
 
 IMAGE_ENCODERS.register("convnet")(ConvNetEncoder.from_config)

@@ -23,7 +23,8 @@ a stage and before its patch merging (the CoupAlign early-fusion point)::
         feature_i = swin.stage_output(i, tokens, H, W)   # (B, C_i, H, W), after norm_i
         tokens, H, W = swin.downsample(i, tokens, H, W)  # merging after stage i (identity for the last)
 
-``SwinTransformer.construct`` is exactly this loop without fusion, so there is one code path.
+``SwinTransformer.construct`` is exactly this loop without fusion, so there is one code path; it and
+``stage_output`` are shared by every image encoder (``StagedEncoder``, src/models/layers/stages.py).
 
 Parameter names follow the official Swin checkpoints (``patch_embed.proj.weight``,
 ``layers.0.blocks.0.attn.qkv.weight``, ``layers.0.downsample.reduction.weight``, ``norm0.weight``, ...), so
@@ -42,6 +43,7 @@ from src.errors import ConfigError
 
 from src.models.layers import DropPath, LayerNorm, Mlp, trunc_normal_dense
 from src.models.layers.norm import group_norm
+from src.models.layers.stages import StagedEncoder, map_to_tokens
 from src.models.registry import IMAGE_ENCODERS
 from src.models.swin_arch import SWIN_PRESETS, swin_arch
 
@@ -339,12 +341,10 @@ class PatchEmbed(nn.Cell):
         pad_r = (p - W % p) % p
         if pad_b > 0 or pad_r > 0:
             x = _pad_end(_pad_end(x, 3, pad_r), 2, pad_b)  # NCHW, zeros bottom/right
-        x = self.proj(x)  # (B, C0, Wh, Ww)
-        B, C, Wh, Ww = x.shape
-        x = x.reshape(B, C, Wh * Ww).transpose(0, 2, 1)  # (B, Wh*Ww, C0)
+        tokens, Wh, Ww = map_to_tokens(self.proj(x))  # (B, Wh*Ww, C0)
         if self.norm is not None:
-            x = self.norm(x)
-        return x, Wh, Ww
+            tokens = self.norm(tokens)
+        return tokens, Wh, Ww
 
 
 class ConvStem(nn.Cell):
@@ -382,12 +382,10 @@ class ConvStem(nn.Cell):
         """x: (B, C_in, H, W) -> tokens (B, Wh*Ww, embed_dim), Wh = ceil(H / patch), Ww = ceil(W / patch)."""
         for conv, norm in zip(self.convs, self.norms):
             x = ops.relu(norm(conv(x)))  # (B, width_j, ceil(H / 2^(j+1)), ceil(W / 2^(j+1)))
-        x = self.proj(x)  # (B, C0, Wh, Ww)
-        B, C, Wh, Ww = x.shape
-        x = x.reshape(B, C, Wh * Ww).transpose(0, 2, 1)  # (B, Wh*Ww, C0)
+        tokens, Wh, Ww = map_to_tokens(self.proj(x))  # (B, Wh*Ww, C0)
         if self.norm is not None:
-            x = self.norm(x)
-        return x, Wh, Ww
+            tokens = self.norm(tokens)
+        return tokens, Wh, Ww
 
 
 STEMS = {"patch": PatchEmbed, "conv": ConvStem}
@@ -438,7 +436,7 @@ class BasicLayer(nn.Cell):
         return x
 
 
-class SwinTransformer(nn.Cell):
+class SwinTransformer(StagedEncoder):
     """Swin Transformer backbone returning the four normalised stage maps (strides 4, 8, 16, 32).
 
     Args:
@@ -535,20 +533,7 @@ class SwinTransformer(nn.Cell):
             return tokens, H, W
         return layer.downsample(tokens, H, W), (H + 1) // 2, (W + 1) // 2
 
-    def stage_output(self, i: int, tokens, H: int, W: int):
-        """Apply ``norm{i}`` and reshape (B, H*W, C_i) -> (B, C_i, H, W)."""
-        x = getattr(self, "norm" + str(i))(tokens)
-        B, L, C = x.shape
-        return x.reshape(B, H, W, C).transpose(0, 3, 1, 2)
-
-    def construct(self, x):
-        tokens, H, W = self.embed(x)
-        outs = ()
-        for i in range(self.num_layers):
-            tokens = self.run_stage(i, tokens, H, W)
-            outs = outs + (self.stage_output(i, tokens, H, W),)
-            tokens, H, W = self.downsample(i, tokens, H, W)
-        return outs
+    # stage_output and construct: StagedEncoder's (src/models/layers/stages.py).
 
 
 @IMAGE_ENCODERS.register("swin")
