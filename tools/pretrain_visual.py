@@ -12,15 +12,16 @@ The task is segmentation by annotation field: every stride-4 cell is labelled wi
 the annotated object covering more than half of it (instances.json of the train split: the same annotations
 the proposal loss reads), background weighted 0.1 as "no object" is in the training loss. Category alone
 teaches a CNN the shapes and lets it forget the colours the sentences also name (README, "Training health");
-`--fields category_id,color` keeps both where the annotations carry a colour (the synthetic data does). The encoder is the config's
-`model.image_encoder` (the Swin of `model.swin` with its stem, sizes and window, or the `convnet`); a light
-head (a 1x1 projection of each stage to 64 channels, summed at stride 4, a 1x1 classifier per field) is thrown
-away.
-Images are resized to model.image_size and flipped left-right at random (no sentences here, so a flip changes
-no label). Every --eval_every steps it prints,
-per field, the val split's foreground-pixel accuracy and per-object accuracy (majority vote over the object's
-cells); the written checkpoint holds the encoder's parameters under its own names: what
-`model.<image_encoder>.pretrained` loads (`model.swin.pretrained`, `model.convnet.pretrained`). The images are held in memory: meant for small data sets (--max_images).
+`--fields category_id,color` keeps both where the annotations carry a colour (the synthetic data does).
+
+The encoder is the config's `model.image_encoder` (the Swin of `model.swin` with its stem, sizes and window,
+or the `convnet`); a light head (a 1x1 projection of each stage to 64 channels, summed at stride 4, a 1x1
+classifier per field) is thrown away. Images are resized to model.image_size and flipped left-right at random
+(no sentences here, so a flip changes no label). Every --eval_every steps it prints, per field, the val
+split's foreground-pixel accuracy and per-object accuracy (majority vote over the object's cells); the written
+checkpoint holds the encoder's parameters under its own names: what `model.<image_encoder>.pretrained` loads
+(`model.swin.pretrained`, `model.convnet.pretrained`). The images are held in memory: meant for small data
+sets (--max_images).
 """
 import os
 import sys
@@ -38,18 +39,29 @@ HEAD_DIM = 64
 BACKGROUND_WEIGHT = 0.1
 
 
-def field_cells(refer, image_id: int, size: int, stride: int, field: str, class_index) -> np.ndarray:
-    """(size/stride, size/stride) int32: the class index of the annotation field `field` of the object covering
-    more than half of each cell of the image resized to (size, size), or len(class_index) (background; also a
-    value the train split never has)."""
+def covered_cells(refer, image_id: int, size: int, stride: int):
+    """[(annotation id, (size/stride, size/stride) bool: the cells its mask covers more than half of)] for the
+    image resized to (size, size). Read once per image, whatever the number of fields labelled from it."""
     from src.data.transforms import resize_mask
 
     cells = size // stride
-    label = np.full((cells, cells), len(class_index), np.int32)
+    covered = []
     for ann in refer.image_annotations(image_id):
         mask = resize_mask(refer.load_mask(ann), (size, size)).astype(np.float32)
-        share = mask.reshape(cells, stride, cells, stride).mean(axis=(1, 3))
-        label[share > 0.5] = class_index.get(refer.annotations[ann].get(field), len(class_index))
+        covered.append((ann, mask.reshape(cells, stride, cells, stride).mean(axis=(1, 3)) > 0.5))
+    return covered
+
+
+def field_cells(refer, image_id: int, size: int, stride: int, field: str, class_index, covered=None) -> np.ndarray:
+    """(size/stride, size/stride) int32: the class index of the annotation field `field` of the object covering
+    more than half of each cell of the image resized to (size, size), or len(class_index) (background; also a
+    value the train split never has). `covered`: covered_cells of the image, when already computed."""
+    if covered is None:
+        covered = covered_cells(refer, image_id, size, stride)
+    cells = size // stride
+    label = np.full((cells, cells), len(class_index), np.int32)
+    for ann, cells_of_ann in covered:
+        label[cells_of_ann] = class_index.get(refer.annotations[ann].get(field), len(class_index))
     return label
 
 
@@ -76,7 +88,8 @@ def load_split(refer, size: int, stride: int, fields, class_indices, max_images:
     images, labels = [], []
     for image_id in refer.image_ids[:max_images]:
         images.append(preprocess_image(refer.load_image(image_id), size))
-        labels.append(np.stack([field_cells(refer, image_id, size, stride, field, class_indices[field])
+        covered = covered_cells(refer, image_id, size, stride)
+        labels.append(np.stack([field_cells(refer, image_id, size, stride, field, class_indices[field], covered)
                                 for field in fields]))
     return np.stack(images), np.stack(labels)
 
