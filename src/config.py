@@ -140,6 +140,10 @@ class SMASection:
     # weighted mix a = sum_n w_n Q_n, which blurs the mask when the weights are not one-hot. Training
     # always supervises the mix (the paper's SMA); false keeps the paper's inference.
     select_at_inference: bool = False
+    # The registered SMA head (src/models/registry.py, SMA_HEADS): mixture (the paper read literally: the output
+    # is the sentence-weighted mix of the proposals, M = (sum_n w_n Q_n) . P) or coupled (SMA's selected masks
+    # added to the word-pixel path through a zero-initialised gate; src/models/coupled_head.py, docs/method.md).
+    head: str = "mixture"
 
 
 @dataclass
@@ -194,6 +198,9 @@ class LossSection:
     # background as "no object" weighted no_object_weight). 0 = off (the paper). A from-scratch Swin learned no
     # shape categories without it (README, "Training health": tools/probe_categories.py).
     pixel_class_weight: float = 0.0
+    # model.sma.head = coupled only: weight of CE + Dice on SMA's own map (the selected proposal masks), summed over
+    # the decoder layers after the initial queries (src/models/coupled_head.py).
+    sma_map_weight: float = 1.0
 
 
 @dataclass
@@ -530,6 +537,13 @@ def _check_choices(cfg: Config) -> None:
                                                          flat["loss.proposal_loss"] == "matched"):
         raise ConfigError("config key 'model.mask_generator.num_classes' > 0 classifies the matched proposals: it needs "
                           "model.sma.enabled=true and loss.proposal_loss='matched' (or set num_classes=0)")
+    if flat["model.sma.head"] == "coupled" and (flat["model.sma.weighting"] != "softmax"
+                                                 or flat["model.sma.select_at_inference"]):
+        raise ConfigError("config key 'model.sma.head' = 'coupled' weights the proposals by a softmax and always adds "
+                          "the word-pixel path: it needs model.sma.weighting='softmax' and "
+                          "model.sma.select_at_inference=false")
+    if flat["loss.sma_map_weight"] < 0:
+        raise ConfigError(f"config key 'loss.sma_map_weight' = {flat['loss.sma_map_weight']}; expected >= 0")
     if flat["model.image_encoder"] == "convnet":
         widths, depths = flat["model.convnet.widths"], flat["model.convnet.depths"]
         if len(widths) != 4 or len(depths) != 4 or min(depths) < 0 or any(w < 8 or w % 8 for w in widths):

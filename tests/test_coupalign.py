@@ -88,10 +88,11 @@ def test_padding_tokens_have_no_influence(model):
 
 def test_heads_shapes_and_deep_supervision(model):
     image, ids, mask, _ = make_batch()
-    stage_logits, pixel_embed, target_embed, _, _ = model.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
+    stage_logits, pixel_embed, target_embed, _, _, maps = model.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
     # 3 decoder layers + the learnable queries before the first = 4 supervised stages, stride 4
     assert stage_logits.shape == (4, 2, 1, IMAGE // 4, IMAGE // 4)
     assert pixel_embed.shape == (2, 32, IMAGE // 4, IMAGE // 4) and target_embed.shape == (2, 32)
+    np.testing.assert_array_equal(maps.asnumpy(), stage_logits.asnumpy())  # the mixture is SMA's own map
     # The final stage, upsampled, is exactly the inference output.
     final = ms.ops.interpolate(stage_logits[-1], size=(IMAGE, IMAGE), mode="bilinear", align_corners=False)
     np.testing.assert_allclose(final.asnumpy(), model(Tensor(image), Tensor(ids), Tensor(mask)).asnumpy(),
@@ -147,7 +148,7 @@ def test_ablation_switches_change_the_structure():
     image, ids, mask, _ = make_batch()
     out = one_way(Tensor(image), Tensor(ids), Tensor(mask))
     assert out.shape == (2, 1, IMAGE, IMAGE) and np.isfinite(out.asnumpy()).all()
-    stage_logits, _, _, _, _ = one_way.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
+    stage_logits, _, _, _, _, _ = one_way.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
     assert stage_logits.shape[0] == 1  # no proposals, no deep supervision
 
 
@@ -303,3 +304,34 @@ def test_convnet_pretrained_loads_into_the_image_encoder_and_a_missing_file_name
 
     with pytest.raises(FileNotFoundError, match=r"model\.convnet\.pretrained: .*tools/pretrain_visual\.py"):
         create_model(tiny_config(image_encoder="convnet", **sizes, **{"convnet.pretrained": str(tmp_path / "no.ckpt")}))
+
+
+def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate():
+    """model.sma.head = coupled: the final stage's combined logits once (the inference output, upsampled), SMA's
+    own maps of the 3 decoder layers after the initial queries, a criterion with sma_map_loss; one compiled step
+    moves the gate, the temperature and the pixel query (from gate 0, so the gate gets a gradient at once)."""
+    ms.set_seed(1)
+    cfg = tiny_config(**{"sma.head": "coupled", "mask_generator.num_classes": 3})
+    net = CoupAlign(cfg.model)
+    image, ids, mask, _ = make_batch()
+    stage_logits, _, _, _, scores, maps = net.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
+    assert stage_logits.shape == (1, 2, 1, IMAGE // 4, IMAGE // 4) and maps.shape == (3, 2, 1, IMAGE // 4, IMAGE // 4)
+    assert scores.shape == (4, 2, 8)
+    net.set_train(False)
+    final = ms.ops.interpolate(stage_logits[-1], size=(IMAGE, IMAGE), mode="bilinear", align_corners=False)
+    np.testing.assert_allclose(final.asnumpy(), net(Tensor(image), Tensor(ids), Tensor(mask)).asnumpy(),
+                               rtol=1e-5, atol=1e-5)
+    net.set_train(True)
+    criterion = build_criterion(cfg.loss, num_classes=3, coupled=True)
+    assert criterion.loss_names[-1] == "sma_map_loss" and criterion.loss_weights[-1] == cfg.loss.sma_map_weight
+    with_loss = CoupAlignWithLoss(net, criterion)
+    step = TrainStep(with_loss, AdamW(param_groups(with_loss.trainable_params(), 0.0), learning_rate=1e-3))
+    watched = ("head.gate", "head.log_temperature", "head.pixel_query.weight")
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params() if p.name in watched}
+    assert len(before) == 3 and float(before["head.gate"]) == 0.0
+    categories = np.array([[0, 1, 2, 3], [2, 0, 1, 3]], np.int32)
+    losses = step(*[Tensor(a) for a in make_train_batch()], Tensor(categories))
+    assert all(np.isfinite(float(v.asnumpy())) for v in losses) and float(losses[-1].asnumpy()) > 0
+    moved = {p.name for p in net.trainable_params() if p.name in watched
+             and not np.array_equal(p.asnumpy(), before[p.name])}
+    assert moved == set(watched)

@@ -20,6 +20,7 @@ Rows (each on the recipe of --config_path; `--set` adds overrides to all of them
 | sma_sum | + mask generator and SMA, only the weighted sum supervised (loss.proposal_loss=none) |
 | sma | + mask generator and SMA with the config's proposal loss, no auxiliary loss |
 | coupalign | + auxiliary contrast: the full model = the config as given |
+| mixture | the full model with the mixture SMA head (the output is the weighted mix of the proposals; docs/method.md) |
 | paper_sma | the full model with the paper's SMA scores `Q_n . g` only: no category head, mask geometry or reasoning layers |
 | n4, n16, n64 | the full model with 4 / 16 / 64 proposals (the one equal to the config's N reuses coupalign) |
 
@@ -47,6 +48,7 @@ ROWS: Dict[str, Dict[str, object]] = {
     "sma_sum": {"loss.aux_enabled": False, "loss.proposal_loss": "none"},
     "sma": {"loss.aux_enabled": False},
     "coupalign": {},
+    "mixture": {"model.sma.head": "mixture"},
     "paper_sma": {"model.mask_generator.num_classes": 0, "model.sma.mask_geometry": False,
                   "model.sma.reasoning_layers": 0},
     "n4": {"model.mask_generator.num_queries": 4},
@@ -60,6 +62,7 @@ LABELS = {
     "sma_sum": "3a. + mask generator + SMA, weighted sum only supervised",
     "sma": "3. + mask generator + SMA (proposal loss)",
     "coupalign": "4. + auxiliary contrast = CoupAlign",
+    "mixture": "4m. CoupAlign with the mixture SMA head (SMA's mix is the only output path)",
     "paper_sma": "4p. CoupAlign with the paper's SMA scores only (no category head, geometry, reasoning)",
     "n4": "5. CoupAlign, N = 4",
     "n16": "5. CoupAlign, N = 16",

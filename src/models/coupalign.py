@@ -21,8 +21,8 @@ from mindspore import nn, ops
 from src.config import ConfigError, ModelSection
 from src.models.bert import BertConfig, BertModel, bert_config_from
 from src.models.criterion import CoupAlignCriterion, build_criterion  # noqa: F401  (build_criterion re-exported)
-from src.models.registry import FUSIONS, IMAGE_ENCODERS, PIXEL_DECODERS, TRANSFORMER_DECODERS, discover
-from src.models.sma import SentenceMaskAlignment, SentencePixelHead, pool_sentence
+from src.models.registry import FUSIONS, IMAGE_ENCODERS, PIXEL_DECODERS, SMA_HEADS, TRANSFORMER_DECODERS, discover
+from src.models.sma import SentencePixelHead, pool_sentence
 
 NUM_STAGES = 4
 
@@ -67,7 +67,9 @@ class CoupAlign(nn.Cell):
         self.pixel_decoder = PIXEL_DECODERS.get(mg.pixel_decoder).from_config(mg, channels)
         if self.use_sma:
             self.transformer_decoder = TRANSFORMER_DECODERS.get(mg.transformer_decoder).from_config(mg)
-            self.head = SentenceMaskAlignment.from_config(cfg, text_dim)
+            # model.sma.head: mixture (the proposals' weighted mix is the output) or coupled (SMA's selected masks
+            # added to the word-pixel path through a zero-initialised gate; src/models/coupled_head.py).
+            self.head = SMA_HEADS.get(cfg.sma.head).from_config(cfg, text_dim)
             # Category of each proposal, read off its mask embedding (the vector SMA scores against the
             # sentence), so that what a proposal is (a star, a person) is written into that vector. Used by
             # the training loss only (config model.mask_generator.num_classes; Mask2Former's class_embed).
@@ -145,11 +147,13 @@ class CoupAlign(nn.Cell):
         return sentence, pixel_embed, mask_embeds, words
 
     def forward_heads(self, image, input_ids, attention_mask):
-        """-> (SMA logits per supervised stage (S, B, 1, h, w), P (B, D, h, w), target embedding a (B, D)
-        of the final stage, mask embeddings Q (S, B, N, D), SMA scores (S, B, N)).
+        """-> (referring logits per supervised stage (S', B, 1, h, w), P (B, D, h, w), target embedding a (B, D)
+        of the final stage, mask embeddings Q (S, B, N, D), SMA scores (S, B, N), SMA's own maps (S'', B, 1, h, w)).
 
-        Without SMA there are no proposals: Q is the target embedding as a single "proposal"
-        (1, B, 1, D) and the scores are zeros (1, B, 1).
+        The mixture head supervises its output at every stage and its map is that output; the coupled head
+        outputs the final stage once and SMA's maps separately (src/models/coupled_head.py). Without SMA there
+        are no proposals: Q is the target embedding as a single "proposal" (1, B, 1, D), the scores are zeros
+        (1, B, 1) and the map is the output.
         """
         sentence, pixel_embed, mask_embeds, words = self.forward_features(image, input_ids, attention_mask)
         return self.forward_head(sentence, pixel_embed, mask_embeds, words, attention_mask)
@@ -158,24 +162,21 @@ class CoupAlign(nn.Cell):
         """`forward_heads` from `forward_features`' outputs (the benchmark times this part alone)."""
         if mask_embeds is None:
             logits, _, target_embed, scores = self.head.forward_with_scores(None, pixel_embed, sentence)
-            return (logits.expand_dims(0), pixel_embed, target_embed, target_embed.expand_dims(0).expand_dims(2),
-                    scores.expand_dims(0))
-        stage_logits = ()
-        stage_scores = ()
-        target_embed = None
-        for s in range(mask_embeds.shape[0]):
-            logits, _, target_embed, scores = self.head.forward_with_scores(mask_embeds[s], pixel_embed, sentence,
-                                                                            words, attention_mask)
-            stage_logits = stage_logits + (logits,)
-            stage_scores = stage_scores + (scores,)
-        return ops.stack(stage_logits), pixel_embed, target_embed, mask_embeds, ops.stack(stage_scores)
+            logits = logits.expand_dims(0)  # (1, B, 1, h, w)
+            return (logits, pixel_embed, target_embed, target_embed.expand_dims(0).expand_dims(2),
+                    scores.expand_dims(0), logits)
+        class_logits = None if self.class_embed is None else self.class_embed(mask_embeds)  # (S, B, N, C + 1)
+        stage_logits, target_embed, scores, map_logits = self.head.forward_train(mask_embeds, pixel_embed, sentence,
+                                                                                 words, attention_mask, class_logits)
+        return stage_logits, pixel_embed, target_embed, mask_embeds, scores, map_logits
 
     def predict(self, sentence, pixel_embed, mask_embeds, words, attention_mask, height, width):
         """The final stage's target logits, upsampled to (height, width) -> (B, 1, H, W). Two ints, not a
         (H, W) tuple: with a tuple argument here graph mode failed to compile ("the function has 6
         parameters but 3 were provided", MindSpore 2.10)."""
         mask_embed = None if mask_embeds is None else mask_embeds[-1]  # final stage only
-        logits, _, _ = self.head(mask_embed, pixel_embed, sentence, words, attention_mask)  # (B, 1, H/4, W/4)
+        class_logits = None if self.class_embed is None else self.class_embed(mask_embed)  # (B, N, C + 1)
+        logits, _, _ = self.head(mask_embed, pixel_embed, sentence, words, attention_mask, class_logits)  # (B, 1, h, w)
         return ops.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
 
     def construct(self, image, input_ids, attention_mask):
@@ -199,7 +200,7 @@ class CoupAlignWithLoss(nn.Cell):
         self.classify = bool(criterion.num_classes)
 
     def construct(self, image, input_ids, attention_mask, target, *extra):
-        stage_logits, pixel_embed, target_embed, mask_embeds, scores = self.model.forward_heads(
+        stage_logits, pixel_embed, target_embed, mask_embeds, scores, map_logits = self.model.forward_heads(
             image, input_ids, attention_mask)
         categories = extra[-1] if self.classify else None
         others = extra[0] if len(extra) > int(self.classify) else None
@@ -208,4 +209,4 @@ class CoupAlignWithLoss(nn.Cell):
         if self.criterion.pixel_classes:  # the proposals' classifier read at every pixel embedding
             pixel_class_logits = self.model.class_embed(pixel_embed.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # (B, C + 1, h, w)
         return self.criterion(stage_logits, target, pixel_embed, target_embed, None, None, mask_embeds, scores,
-                              others, class_logits, categories, pixel_class_logits)
+                              others, class_logits, categories, pixel_class_logits, map_logits)

@@ -344,10 +344,13 @@ class CoupAlignCriterion(nn.Cell):
         categories: ``(B, 1 + K)`` int class of the referent, then of each of ``others`` (C in empty slots).
         pixel_class_logits: ``(B, C + 1, h, w)`` category logits of every pixel embedding (``pixel_class_weight``
             > 0 only).
+        sma_map_logits: ``(S'', B, 1, h, w)`` SMA's own maps of the coupled head (``sma_map_weight`` > 0 only):
+            CE + Dice toward the referent summed over its stages, so SMA must select whatever the gate is.
 
     Returns:
         a tuple of float32 scalars named by ``loss_names``: ``(loss, seg_loss, aux_loss, proposal_loss)``, and
-        ``class_loss`` when ``num_classes`` > 0, ``pixel_class_loss`` last when ``pixel_class_weight`` > 0;
+        ``class_loss`` when ``num_classes`` > 0, ``pixel_class_loss`` when ``pixel_class_weight`` > 0,
+        ``sma_map_loss`` last when ``sma_map_weight`` > 0;
         ``loss`` is the weighted total. ``seg_loss`` and
         ``aux_loss`` are unweighted, ``proposal_loss`` is its contribution to the total, ``class_loss`` is
         unweighted.
@@ -375,6 +378,7 @@ class CoupAlignCriterion(nn.Cell):
         class_weight=2.0,
         no_object_weight=0.1,
         pixel_class_weight=0.0,
+        sma_map_weight=0.0,
     ):
         super().__init__()
         if num_classes and proposal_loss != "matched":
@@ -388,10 +392,13 @@ class CoupAlignCriterion(nn.Cell):
         self.no_object_weight = float(no_object_weight)
         # The outputs: the total, then each part; the total is sum(weight * part) over loss_weights (the
         # proposal loss applies its own weights inside: matched mask losses and the SMA cross-entropy).
+        self.sma_map = bool(sma_map_weight)
         self.loss_names = (("loss", "seg_loss", "aux_loss", "proposal_loss") + (("class_loss",) if num_classes else ())
-                           + (("pixel_class_loss",) if self.pixel_classes else ()))
+                           + (("pixel_class_loss",) if self.pixel_classes else ())
+                           + (("sma_map_loss",) if self.sma_map else ()))
         self.loss_weights = ((1.0, float(aux_weight) if use_aux else 0.0, 1.0) + ((float(class_weight),) if num_classes else ())
-                             + ((float(pixel_class_weight),) if self.pixel_classes else ()))
+                             + ((float(pixel_class_weight),) if self.pixel_classes else ())
+                             + ((float(sma_map_weight),) if self.sma_map else ()))
         if proposal_loss not in PROPOSAL_LOSSES:
             raise ValueError(f"unknown proposal_loss {proposal_loss!r}; expected one of {PROPOSAL_LOSSES}")
         if proposal_targets not in PROPOSAL_TARGETS:
@@ -414,12 +421,16 @@ class CoupAlignCriterion(nn.Cell):
     def from_config(cls, cfg) -> "CoupAlignCriterion":
         """From a whole Config: `loss`, plus what the model supervises (deep supervision, SMA, category head)."""
         return build_criterion(cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled,
-                               cfg.model.mask_generator.num_classes)
+                               cfg.model.mask_generator.num_classes, coupled=cfg.model.sma.head == "coupled")
 
     def seg_loss(self, logits_per_layer, target):
         """Sum over stages of ``CE + dice_weight * Dice`` at input resolution; returns a scalar."""
         if not self.deep_supervision:
             logits_per_layer = logits_per_layer[-1:]
+        return self.ce_dice(logits_per_layer, target)
+
+    def ce_dice(self, logits_per_layer, target):
+        """``CE + dice_weight * Dice`` of ``(S, B, 1, h, w)`` logits upsampled to the target's size, summed over S."""
         num_stages, batch, _, height, width = logits_per_layer.shape
         out_h, out_w = target.shape[1], target.shape[2]
         logits = logits_per_layer.reshape(num_stages * batch, 1, height, width)
@@ -540,7 +551,7 @@ class CoupAlignCriterion(nn.Cell):
 
     def construct(self, logits_per_layer, target, pixel_embed, target_embed, fg_keys=None, bg_keys=None,
                   mask_embeds=None, sma_scores=None, others=None, class_logits=None, categories=None,
-                  pixel_class_logits=None):
+                  pixel_class_logits=None, sma_map_logits=None):
         target = target.astype(ms.float32)
         seg = self.seg_loss(logits_per_layer, target)
         zero = ops.zeros((), ms.float32)
@@ -560,15 +571,19 @@ class CoupAlignCriterion(nn.Cell):
                 parts = parts + (self.proposal_losses(mask_embeds, sma_scores, pixel_embed, target, others),)
         if self.pixel_classes:
             parts = parts + (self.pixel_class_loss(pixel_class_logits, target, others, categories),)
+        if self.sma_map:
+            parts = parts + (self.ce_dice(sma_map_logits, target),)
         total = parts[0] * self.loss_weights[0]
         for i in range(1, len(parts)):
             total = total + parts[i] * self.loss_weights[i]
         return (total,) + parts
 
 
-def build_criterion(loss, deep_supervision: bool = True, use_sma: bool = True, num_classes: int = 0) -> CoupAlignCriterion:
+def build_criterion(loss, deep_supervision: bool = True, use_sma: bool = True, num_classes: int = 0,
+                    coupled: bool = False) -> CoupAlignCriterion:
     """The criterion of a `loss` section (src.config.LossSection); without SMA (the "no SMA" ablation) there are
-    no proposals to supervise. `num_classes` > 0 (model.mask_generator.num_classes) adds the category loss."""
+    no proposals to supervise. `num_classes` > 0 (model.mask_generator.num_classes) adds the category loss;
+    `coupled` (model.sma.head = coupled) the loss on SMA's own map (loss.sma_map_weight)."""
     return CoupAlignCriterion(ce_weights=(loss.ce_weight_bg, loss.ce_weight_fg), dice_weight=loss.dice_weight,
                               aux_weight=loss.aux_weight, aux_temperature=loss.aux_temperature,
                               aux_num_fg=loss.aux_num_fg, aux_num_bg=loss.aux_num_bg,
@@ -578,4 +593,5 @@ def build_criterion(loss, deep_supervision: bool = True, use_sma: bool = True, n
                               sma_ce_weight=loss.sma_ce_weight, match_score_weight=loss.match_score_weight,
                               num_classes=num_classes if use_sma else 0, class_weight=loss.class_weight,
                               no_object_weight=loss.no_object_weight,
-                              pixel_class_weight=loss.pixel_class_weight if use_sma else 0.0)
+                              pixel_class_weight=loss.pixel_class_weight if use_sma else 0.0,
+                              sma_map_weight=loss.sma_map_weight if use_sma and coupled else 0.0)

@@ -4,6 +4,7 @@
     FUSIONS               model.fusion                               wpa          (src/models/wpa.py)
     PIXEL_DECODERS        model.mask_generator.pixel_decoder         msdeform, fpn (src/models/pixel_decoder.py)
     TRANSFORMER_DECODERS  model.mask_generator.transformer_decoder   masked_attention (src/models/transformer_decoder.py)
+    SMA_HEADS             model.sma.head                             mixture, coupled (src/models/sma.py, coupled_head.py)
     MODELS                create_model(cfg, name)                    coupalign    (src/models/__init__.py)
 
 Each registered class builds itself from the config through a `from_config` classmethod next to it; the
@@ -33,6 +34,11 @@ PIXEL_DECODERS = Registry("pixel decoder", "model.mask_generator.pixel_decoder")
 # from_config(section: MaskGeneratorSection) -> Cell with construct(multi_scale (3 maps), P) ->
 # mask embeddings (L + 1, B, N, mask_dim), one set per decoder layer plus the initial queries.
 TRANSFORMER_DECODERS = Registry("transformer decoder", "model.mask_generator.transformer_decoder")
+# from_config(model_cfg: ModelSection, text_dim: int) -> Cell with forward_train(Q (S, B, N, D), P (B, D, h, w),
+# L_g (B, D_text), words, word_mask, class_logits (S, B, N, C + 1) or None) -> (referring logits per supervised
+# stage (S', B, 1, h, w), target embedding a (B, D), scores (S, B, N), SMA's own maps (S'', B, 1, h, w)),
+# forward_with_scores (one stage) and construct (inference, the final stage).
+SMA_HEADS = Registry("SMA head", "model.sma.head")
 # fn(cfg: Config, load_pretrained: bool, bert_config) -> Cell.
 MODELS = Registry("model", "create_model(name=...)")
 

@@ -18,6 +18,7 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
+from .registry import SMA_HEADS
 from .transformer_decoder import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
 __all__ = ["ProposalReasoning", "SentenceMaskAlignment", "SentencePixelHead", "mask_geometry", "pool_sentence"]
@@ -102,6 +103,7 @@ class ProposalReasoning(nn.Cell):
         return keys
 
 
+@SMA_HEADS.register("mixture")
 class SentenceMaskAlignment(nn.Cell):
     """Weights the ``N`` mask proposals by their agreement with the sentence.
 
@@ -144,10 +146,10 @@ class SentenceMaskAlignment(nn.Cell):
                    reasoning_layers=sma.reasoning_layers, reasoning_heads=mg.decoder_heads,
                    select_at_inference=sma.select_at_inference)
 
-    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
-        """``construct``'s outputs plus the pre-normalisation scores ``Q g / sqrt(D)`` ``(B, N)``, which the
-        proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal).
-        ``words (B, T, D_text)`` and ``word_mask (B, T)`` are used by the reasoning layers only."""
+    def sentence_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
+        """The sentence's agreement with each proposal, ``Q_n . g / sqrt(D)`` ``(B, N)`` (with the geometry and
+        reasoning keys where configured). ``words (B, T, D_text)`` and ``word_mask (B, T)`` are used by the
+        reasoning layers only."""
         # mask_embed: (B, N, D); pixel_embed: (B, D, h, w); sentence: (B, D_text)
         query = self.sentence_proj(sentence)  # (B, D), g
         keys = mask_embed
@@ -155,7 +157,13 @@ class SentenceMaskAlignment(nn.Cell):
             keys = mask_embed + self.geometry_proj(mask_geometry(mask_embed, pixel_embed))  # (B, N, D)
         if self.reasoning is not None:
             keys = self.reasoning(keys, words, word_mask)  # (B, N, D)
-        scores = ops.bmm(keys, query.expand_dims(-1)).squeeze(-1) * self.scale  # (B, N)
+        return ops.bmm(keys, query.expand_dims(-1)).squeeze(-1) * self.scale  # (B, N)
+
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+        """``construct``'s outputs plus the pre-normalisation scores ``(B, N)`` (`sentence_scores`), which the
+        proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal).
+        ``class_logits`` is read by the coupled head only (its objectness); accepted here for one interface."""
+        scores = self.sentence_scores(mask_embed, pixel_embed, sentence, words, word_mask)  # (B, N)
         if self.use_softmax:
             weights = self.softmax(scores)
         else:
@@ -164,7 +172,22 @@ class SentenceMaskAlignment(nn.Cell):
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w), M
         return logits, weights, target_embed, scores
 
-    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
+    def forward_train(self, mask_embeds, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+        """Every supervised stage (the registry's interface): the mix of each stage's proposals is both the
+        referring output and SMA's own map -> (logits (S, B, 1, h, w), a of the final stage (B, D), scores
+        (S, B, N), the same logits)."""
+        stage_logits = ()
+        stage_scores = ()
+        target_embed = None
+        for s in range(mask_embeds.shape[0]):
+            logits, _, target_embed, scores = self.forward_with_scores(mask_embeds[s], pixel_embed, sentence, words,
+                                                                       word_mask)
+            stage_logits = stage_logits + (logits,)
+            stage_scores = stage_scores + (scores,)
+        stage_logits = ops.stack(stage_logits)  # (S, B, 1, h, w)
+        return stage_logits, target_embed, ops.stack(stage_scores), stage_logits
+
+    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
         """Inference (`CoupAlign.predict`): the weighted mix, or with ``select_at_inference`` the top proposal."""
         logits, weights, target_embed, scores = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
                                                                          word_mask)
@@ -191,7 +214,7 @@ class SentencePixelHead(nn.Cell):
     def from_config(cls, model_cfg, text_dim: int) -> "SentencePixelHead":
         return cls(text_dim, model_cfg.mask_generator.mask_dim)
 
-    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
         """The same interface as SMA's; the one "proposal" is the target embedding, its score 0."""
         # mask_embed, words and word_mask are accepted for interface parity and ignored.
         target_embed = self.sentence_proj(sentence)  # (B, D)
@@ -199,6 +222,6 @@ class SentencePixelHead(nn.Cell):
         weights = ops.zeros((sentence.shape[0], 1), ms.float32)  # placeholder
         return logits, weights, target_embed, weights
 
-    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
+    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
         logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence)
         return logits, weights, target_embed

@@ -1,0 +1,115 @@
+"""The coupled SMA head (``model.sma.head: coupled``): word-pixel path plus SMA's selected proposal masks.
+
+docs/method.md, "Two readings of SMA". The abstract says the proposals are weighted by the sentence "and
+finally projected back to aggregate the pixels for the target"; the mixture head (src/models/sma.py) reads
+that as the only output path, ``M = (sum_n w_n Q_n) . P``. This head reads it as *coupling*: SMA's selected
+masks are projected back onto the per-pixel (word-pixel aligned) logits and added to them::
+
+    g_p = Linear_p(L_g)                                     # the sentence as a pixel query
+    M_pix = g_p . P                                         # word-pixel path (the "no SMA" head's logits)
+    s_n = exp(t) * (K_n . g / sqrt(D)) + log(1 - p_n(no object))   # t learnable (0 at init), objectness prior
+    w = softmax_n(s)
+    M_sma = logit(sum_n w_n sigmoid(Q_n . P))               # SMA's map: the selected proposal masks
+    M = M_pix + alpha * M_sma                               # alpha learnable, 0 at init
+
+At ``alpha = 0`` the output is exactly the per-pixel head's (tested), so SMA can only add to it; ``M_sma``
+gets a loss of its own (``loss.sma_map_weight``, src/models/criterion.py) so SMA must select whatever
+alpha is. The objectness prior comes from the proposals' class head (no gradient through it: the class
+head learns categories, not the referent); without a class head it is 0. Deep supervision: the combined
+output is supervised once (the word-pixel path is one map), SMA's own map at every decoder layer after the
+first; the initial learnable queries are the same for every image, so a referring loss on them would train
+"one fixed query is the referent" (issue #21, finding 3).
+"""
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from .registry import SMA_HEADS
+from .sma import SentenceMaskAlignment, _project_to_pixels
+
+__all__ = ["CoupledSentenceMaskHead", "no_object_log_prior"]
+
+# sigmoid mixtures are clipped to [eps, 1 - eps] before the logit: |M_sma| <= ln((1 - eps) / eps) ~ 9.2.
+_MIX_EPS = 1e-4
+
+
+def no_object_log_prior(class_logits):
+    """``log(1 - p(no object))`` per proposal from the class head's logits ``(B, N, C + 1)`` (the last class is
+    "no object") -> ``(B, N)``, as ``logsumexp(real classes) - logsumexp(all)``; no gradient."""
+    class_logits = ops.stop_gradient(class_logits)
+    num_real = class_logits.shape[-1] - 1
+    return ops.logsumexp(class_logits[:, :, :num_real], -1) - ops.logsumexp(class_logits, -1)
+
+
+@SMA_HEADS.register("coupled")
+class CoupledSentenceMaskHead(SentenceMaskAlignment):
+    """SMA coupled to the word-pixel path through a zero-initialised gate (module docstring).
+
+    Scores use `SentenceMaskAlignment.sentence_scores` (with its geometry and reasoning options), softmax
+    weighting only. Parameters added to the mixture head's: ``pixel_query`` (Linear_p), ``log_temperature``
+    (t) and ``gate`` (alpha).
+    """
+
+    def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4):
+        super().__init__(text_dim, mask_dim, weighting="softmax", geometry=geometry,
+                         reasoning_layers=reasoning_layers, reasoning_heads=reasoning_heads)
+        self.pixel_query = nn.Dense(text_dim, mask_dim)
+        self.log_temperature = Parameter(Tensor(0.0, ms.float32), name="log_temperature")
+        self.gate = Parameter(Tensor(0.0, ms.float32), name="gate")
+
+    @classmethod
+    def from_config(cls, model_cfg, text_dim: int) -> "CoupledSentenceMaskHead":
+        sma, mg = model_cfg.sma, model_cfg.mask_generator
+        return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
+                   reasoning_heads=mg.decoder_heads)
+
+    def pixel_logits(self, pixel_embed, sentence):
+        """``M_pix = Linear_p(L_g) . P`` ``(B, 1, h, w)``: the word-pixel path."""
+        return _project_to_pixels(self.pixel_query(sentence), pixel_embed)
+
+    def sma_map(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+        """SMA on one stage -> (``M_sma (B, 1, h, w)``, weights ``w (B, N)``, target embedding ``a = sum_n w_n Q_n
+        (B, D)``, scores ``s (B, N)``: what the softmax normalises, supervised by the criterion's SMA CE)."""
+        scores = ops.exp(self.log_temperature) * self.sentence_scores(mask_embed, pixel_embed, sentence, words,
+                                                                      word_mask)  # (B, N)
+        if class_logits is not None:
+            scores = scores + no_object_log_prior(class_logits)  # (B, N)
+        weights = ops.softmax(scores, axis=-1)  # (B, N)
+        target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D)
+        batch, dim, height, width = pixel_embed.shape
+        proposals = ops.sigmoid(ops.bmm(mask_embed, pixel_embed.reshape(batch, dim, height * width)))  # (B, N, hw)
+        mix = ops.bmm(weights.expand_dims(1), proposals)  # (B, 1, hw)
+        mix = ops.clip_by_value(mix, _MIX_EPS, 1.0 - _MIX_EPS)
+        sma_logits = (ops.log(mix) - ops.log(1.0 - mix)).reshape(batch, 1, height, width)  # (B, 1, h, w)
+        return sma_logits, weights, target_embed, scores
+
+    def combine(self, pixel_logits, sma_logits):
+        """``M = M_pix + alpha * M_sma``."""
+        return pixel_logits + self.gate * sma_logits
+
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+        sma_logits, weights, target_embed, scores = self.sma_map(mask_embed, pixel_embed, sentence, words, word_mask,
+                                                                 class_logits)
+        return self.combine(self.pixel_logits(pixel_embed, sentence), sma_logits), weights, target_embed, scores
+
+    def forward_train(self, mask_embeds, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+        """-> (the combined logits of the final stage (1, B, 1, h, w), a (B, D), scores (S, B, N), SMA's maps of
+        the stages after the initial queries (S - 1, B, 1, h, w); of the one stage when S = 1)."""
+        num_stages = mask_embeds.shape[0]
+        stage_maps = ()
+        stage_scores = ()
+        target_embed = None
+        sma_logits = None
+        for s in range(num_stages):
+            stage_class = None if class_logits is None else class_logits[s]
+            sma_logits, _, target_embed, scores = self.sma_map(mask_embeds[s], pixel_embed, sentence, words,
+                                                               word_mask, stage_class)
+            stage_scores = stage_scores + (scores,)
+            if s > 0 or num_stages == 1:
+                stage_maps = stage_maps + (sma_logits,)
+        logits = self.combine(self.pixel_logits(pixel_embed, sentence), sma_logits)  # (B, 1, h, w), final stage
+        return logits.expand_dims(0), target_embed, ops.stack(stage_scores), ops.stack(stage_maps)
+
+    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+        logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
+                                                                    word_mask, class_logits)
+        return logits, weights, target_embed

@@ -1,0 +1,122 @@
+"""The coupled SMA head (model.sma.head = coupled) against NumPy, and at gate 0 the per-pixel head exactly."""
+import math
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Tensor
+
+from src.models.coupled_head import CoupledSentenceMaskHead, no_object_log_prior
+from src.models.sma import SentencePixelHead
+
+B, N, D, H, W, D_TEXT, C = 2, 6, 8, 5, 4, 12, 3
+RTOL, ATOL = 1e-5, 1e-5
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((B, N, D)).astype(np.float32)
+    pixels = rng.standard_normal((B, D, H, W)).astype(np.float32)
+    sentence = rng.standard_normal((B, D_TEXT)).astype(np.float32)
+    class_logits = rng.standard_normal((B, N, C + 1)).astype(np.float32) * 2
+    return queries, pixels, sentence, class_logits
+
+
+def _head(seed, gate, log_temperature):
+    head = CoupledSentenceMaskHead(D_TEXT, D)
+    rng = np.random.default_rng(seed)
+    for param in head.get_parameters():
+        param.set_data(Tensor(rng.uniform(-0.8, 0.8, size=param.shape).astype(np.float32)))
+    head.gate.set_data(Tensor(gate, ms.float32))
+    head.log_temperature.set_data(Tensor(log_temperature, ms.float32))
+    return head
+
+
+def _dense(cell, x):
+    return x.astype(np.float64) @ cell.weight.asnumpy().astype(np.float64).T + cell.bias.asnumpy()
+
+
+def _reference(head, queries, pixels, sentence, class_logits):
+    """Literal: each proposal's sigmoid mask, weighted and summed, then the logit; plus g_p . P."""
+    q64, p64 = queries.astype(np.float64), pixels.astype(np.float64)
+    g = _dense(head.sentence_proj, sentence)  # (B, D)
+    g_pix = _dense(head.pixel_query, sentence)
+    tau = math.exp(float(head.log_temperature.asnumpy()))
+    scores = tau * np.einsum("bnd,bd->bn", q64, g) / math.sqrt(D)
+    if class_logits is not None:
+        e = np.exp(class_logits.astype(np.float64))
+        scores = scores + np.log(e[..., :C].sum(-1) / e.sum(-1))  # log(1 - p(no object))
+    w = np.exp(scores - scores.max(1, keepdims=True))
+    w = w / w.sum(1, keepdims=True)
+    mix = np.zeros((B, H, W))
+    for b in range(B):
+        for n in range(N):
+            mix[b] += w[b, n] / (1 + np.exp(-np.einsum("d,dhw->hw", q64[b, n], p64[b])))
+    mix = np.clip(mix, 1e-4, 1 - 1e-4)
+    sma = np.log(mix / (1 - mix))[:, None]
+    pixel = np.einsum("bd,bdhw->bhw", g_pix, p64)[:, None]
+    gate = float(head.gate.asnumpy())
+    return pixel + gate * sma, sma, w, scores, np.einsum("bn,bnd->bd", w, q64)
+
+
+@pytest.mark.parametrize("with_classes", [True, False])
+def test_coupled_head_matches_numpy(inputs, with_classes):
+    queries, pixels, sentence, class_logits = inputs
+    class_logits = class_logits if with_classes else None
+    head = _head(1, gate=0.7, log_temperature=0.4)
+    args = (Tensor(queries), Tensor(pixels), Tensor(sentence), None, None,
+            None if class_logits is None else Tensor(class_logits))
+    logits, weights, target_embed, scores = head.forward_with_scores(*args)
+    ref_logits, _, ref_w, ref_scores, ref_a = _reference(head, queries, pixels, sentence, class_logits)
+    np.testing.assert_allclose(scores.asnumpy(), ref_scores, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(weights.asnumpy(), ref_w, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(target_embed.asnumpy(), ref_a, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(logits.asnumpy(), ref_logits, rtol=1e-4, atol=1e-4)
+    assert np.ptp(ref_w, axis=1).min() > 1e-2  # non-uniform weights: the scores are really tested
+
+
+def test_forward_train_supervises_the_final_output_once_and_sma_maps_after_the_queries(inputs):
+    queries, pixels, sentence, class_logits = inputs
+    head = _head(2, gate=0.5, log_temperature=0.0)
+    stages = np.stack([queries, queries[:, ::-1], queries * 0.5])  # (S=3, B, N, D)
+    classes = np.stack([class_logits] * 3)
+    logits, target_embed, scores, maps = head.forward_train(Tensor(stages), Tensor(pixels), Tensor(sentence),
+                                                           None, None, Tensor(classes))
+    assert logits.shape == (1, B, 1, H, W) and scores.shape == (3, B, N) and maps.shape == (2, B, 1, H, W)
+    for s in range(3):
+        ref_logits, ref_sma, _, ref_scores, ref_a = _reference(head, stages[s], pixels, sentence, class_logits)
+        np.testing.assert_allclose(scores.asnumpy()[s], ref_scores, rtol=RTOL, atol=ATOL)
+        if s > 0:  # stage 0 (the initial queries, the same for every image) gets no referring loss
+            np.testing.assert_allclose(maps.asnumpy()[s - 1], ref_sma, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits.asnumpy()[0], ref_logits, rtol=1e-4, atol=1e-4)  # the final stage's
+    np.testing.assert_allclose(target_embed.asnumpy(), ref_a, rtol=RTOL, atol=ATOL)
+
+
+def test_gate_zero_gives_exactly_the_per_pixel_heads_logits(inputs):
+    queries, pixels, sentence, class_logits = inputs
+    head = _head(3, gate=0.0, log_temperature=0.3)
+    pixel_head = SentencePixelHead(D_TEXT, D)
+    pixel_head.sentence_proj.weight.set_data(head.pixel_query.weight.data.copy())
+    pixel_head.sentence_proj.bias.set_data(head.pixel_query.bias.data.copy())
+    coupled, _, _ = head(Tensor(queries), Tensor(pixels), Tensor(sentence), None, None, Tensor(class_logits))
+    plain, _, _ = pixel_head(None, Tensor(pixels), Tensor(sentence))
+    np.testing.assert_array_equal(coupled.asnumpy(), plain.asnumpy())
+    # and the gate is what separates them: opened, the output moves
+    head.gate.set_data(Tensor(0.5, ms.float32))
+    opened, _, _ = head(Tensor(queries), Tensor(pixels), Tensor(sentence), None, None, Tensor(class_logits))
+    assert np.abs(opened.asnumpy() - plain.asnumpy()).max() > 0.1
+
+
+def test_objectness_prior_is_log_one_minus_no_object_and_has_no_gradient():
+    logits = np.array([[[0.0, 0.0, 0.0, 50.0], [3.0, -1.0, 0.5, -20.0]]], np.float32)  # (1, 2, C + 1)
+    prior = no_object_log_prior(Tensor(logits)).asnumpy()
+    e = np.exp(logits.astype(np.float64) - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(prior, np.log(e[..., :C].sum(-1) / e.sum(-1)), rtol=1e-5, atol=1e-5)
+    assert prior[0, 0] < -45 and prior[0, 1] > -1e-6  # "no object" all but vetoes a proposal
+    def total(x):
+        return no_object_log_prior(x).sum()
+
+    grad = ms.grad(total)(Tensor(logits))
+    np.testing.assert_array_equal(grad.asnumpy(), 0.0)
