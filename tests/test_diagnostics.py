@@ -65,6 +65,34 @@ def test_healthy_model_passes(probe):
     assert sum(k.startswith("wpa_lang_spread_") for k in metrics) == 4  # one per stage
     assert not _sma_text_wpa_warnings(metrics), diagnostics.format_report(metrics)
     assert metrics["sma_entropy"] < 0.5 and metrics["top_proposal_changes"] >= 0.5
+    assert 0 <= metrics["selection_accuracy"] <= 1 and 0 <= metrics["oracle_iou"] <= 1
+    assert "gate" not in metrics  # the mixture head has none
+
+
+def test_selection_at_the_stride4_grid():
+    """Target cells (0-1, 0-1) of a 4 x 4 grid; proposals: those cells (IoU 1), half of them (0.5), elsewhere (0).
+    Sample 0 weights the wrong one most, sample 1 the right one."""
+    target = np.zeros((2, 16, 16), np.float32)
+    target[:, :8, :8] = 1  # -> stride-4 labels: cells (0-1, 0-1)
+    proposals = np.full((2, 3, 4, 4), -1.0, np.float32)
+    proposals[:, 0, :2, :2] = 1
+    proposals[:, 1, :2, :1] = 1
+    proposals[:, 2, 2:, 2:] = 1
+    weights = np.array([[0.2, 0.1, 0.7], [0.5, 0.3, 0.2]], np.float32)
+    chosen = diagnostics._selections(weights, proposals, Tensor(target))
+    assert [c["selection_correct"] for c in chosen] == [0.0, 1.0]
+    assert [c["iou_best"] for c in chosen] == [1.0, 1.0] and chosen[0]["iou_top"] == 0.0
+    swapped = diagnostics._selections(weights[:, ::-1].copy(), proposals, Tensor(target))  # a broken input
+    assert [c["selection_correct"] for c in swapped] == [1.0, 0.0]
+
+
+def test_coupled_head_reports_its_gate(probe):
+    ms.set_seed(0)
+    net = CoupAlign(tiny_config(**{"sma.head": "coupled"}).model)
+    net.head.gate.set_data(Tensor(0.25, ms.float32))
+    metrics = diagnostics.collect(net, probe)
+    assert metrics["gate"] == pytest.approx(0.25)
+    assert 0 <= metrics["selection_accuracy"] <= 1 and 0 <= metrics["oracle_iou"] <= 1
 
 
 def test_collapsed_model_is_flagged_by_part(probe):

@@ -16,9 +16,16 @@ to two different objects of it, so "does the choice follow the sentence" is meas
 | ``sentence_cross_cosine`` | mean cosine of the sentence feature L_g between different sentences | > 0.98: one vector for every sentence |
 | ``wpa_lang_spread_<i>`` | spread over pixels of WPA's language term (pixel-to-word attention ``A v``), std over pixels / std over words | < 0.05: every pixel reads the same words |
 | ``aux_chance_ratio`` | auxiliary contrast loss / its chance value ln(1 + number of negatives) | > 0.9: fg and bg not separated |
+| ``selection_accuracy`` | share of samples whose top-weighted proposal is the best one or within 0.05 IoU of it | no threshold: a measurement |
+| ``oracle_iou`` | mean IoU of the best proposal (what a perfect selection would reach) | no threshold: a measurement |
+| ``gate`` | the coupled head's gate alpha, the weight of SMA's map in the output (``model.sma.head: coupled``) | no threshold: a measurement |
 
 The thresholds mark a collapse, not a target: the trained quickstart aims at an entropy <= 0.5 and a
-mask-embedding cosine < 0.9 (issue #12). SMA keys are absent for the "no SMA" ablation.
+mask-embedding cosine < 0.9 (issue #12). SMA keys are absent for the "no SMA" ablation, ``gate`` for the
+mixture head. ``selection_accuracy`` and ``oracle_iou`` are the error decomposition of
+src/engine/decomposition.py on the probe set, computed here at the stride-4 grid (proposal masks
+``Q_n . P > 0`` against the target's stride-4 labels, `stride4_labels`: no upsampling in the training
+loop); tools/decompose.py gives them per sample at input resolution.
 """
 from __future__ import annotations
 
@@ -31,9 +38,11 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor
 
+from src.engine.decomposition import head_kind, proposal_ious, proposal_selection
 from src.errors import DataError
 from src.models.criterion import stride4_labels
 from src.models.sma import pool_sentence
+from src.models.transformer_decoder import proposal_logits
 
 # key -> (comparison, threshold, the part named in the warning)
 THRESHOLDS: Dict[str, Tuple[str, float, str]] = {
@@ -186,21 +195,40 @@ def _collect_batch(model, probe, start, stop, criterion, parts) -> None:
         add(f"wpa_lang_spread_{stage}", _lang_spread(model, stage, vis, stage_words, mask))
     add("sentence", pool_sentence(words, mask, model.sentence_pool).asnumpy())
     last = None if mask_embeds is None else mask_embeds[-1]
-    _, weights, target_embed, _ = model.head.forward_with_scores(last, pixel_embed, sentence, words, mask)
+    # The class head's logits as at inference: the coupled head's weights include its objectness prior.
+    class_logits = None if last is None or model.class_embed is None else model.class_embed(last)  # (B, N, C + 1)
+    _, weights, target_embed, _ = model.head.forward_with_scores(last, pixel_embed, sentence, words, mask,
+                                                                 class_logits)
     add("target_embed", target_embed.asnumpy())
     if mask_embeds is not None:
         add("weights", weights.asnumpy())
         add("mask_embed", last.asnumpy())
+        for chosen in _selections(weights.asnumpy(), proposal_logits(last, pixel_embed).asnumpy(),
+                                  Tensor(probe.target[start:stop])):
+            add("selection_correct", chosen["selection_correct"])
+            add("oracle_iou", chosen["iou_best"])
+    if head_kind(model) == "coupled":
+        add("gate", float(model.head.gate.asnumpy()))
     if criterion is not None:
         add("aux_chance_ratio", _aux_chance_ratio(criterion, pixel_embed, target_embed,
                                                   Tensor(probe.target[start:stop])))
 
 
+def _selections(weights: np.ndarray, proposals: np.ndarray, target) -> List[Dict[str, float]]:
+    """`proposal_selection` of every sample at the stride-4 grid: SMA's weights (B, N), proposal logits
+    (B, N, h, w), the target at input resolution (B, H, W) Tensor, labelled per stride-4 cell."""
+    labels = stride4_labels(target, proposals.shape[2], proposals.shape[3]).asnumpy() > 0.5  # (B, h, w)
+    return [proposal_selection(w, proposal_ious(p > 0, t)) for w, p, t in zip(weights, proposals, labels)]
+
+
 def _summarise(parts, probe: ProbeSet) -> Dict[str, float]:
     out: Dict[str, float] = {}
     for key, values in parts.items():
-        if key.startswith(("token_self_similarity_", "wpa_lang_spread_")) or key == "aux_chance_ratio":
+        if key.startswith(("token_self_similarity_", "wpa_lang_spread_")) or key in ("aux_chance_ratio", "oracle_iou",
+                                                                                     "gate"):
             out[key] = float(np.nanmean(values))
+    if "selection_correct" in parts:
+        out["selection_accuracy"] = float(np.mean(parts["selection_correct"]))
     images = probe.image_ids
     other_image = images[:, None] != images[None, :]
     out["sentence_cross_cosine"] = _mean_off_diagonal(_cosine_matrix(np.concatenate(parts["sentence"])))
