@@ -21,6 +21,7 @@ from src.engine import diagnostics
 from src.engine.checkpoint import (CheckpointManager, CheckpointMismatchError, TrainState, check_shapes,
                                    list_checkpoints, read_checkpoint, split_meta)
 from src.engine.evaluator import evaluate, format_table, gather_shards
+from src.engine.grad_shares import gradient_shares, summary_line
 from src.engine.optimizer import PolyLR
 from src.engine.train_step import build_train_step
 from src.models import create_model
@@ -30,6 +31,10 @@ from src.errors import DataError, TrainingError
 from src.utils.runtime import RunContext
 
 logger = logging.getLogger(__name__)
+
+# Samples of the run's first training batch on which each loss term's share of the trunk gradient is measured
+# (src/engine/grad_shares.py), at the start, the middle and the end of the run.
+GRAD_SHARE_SAMPLES = 4
 
 
 class TrainingDiverged(TrainingError):
@@ -158,6 +163,10 @@ class Trainer:
         self.ckpt = CheckpointManager(ckpt_dir, tc.keep_last, artifacts=artifacts)
         self.log = JsonLog(os.path.join(cfg.output_dir, "train_log.jsonl") if ctx.is_main else None)
         self.state = TrainState()
+        # The gradient shares go with the diagnostics (no switch of their own): validating, diagnostics_pairs > 0,
+        # rank 0 (the other ranks wait at the next step's gradient reduction, seconds).
+        self.grad_shares_on = bool(tc.validate and tc.diagnostics_pairs and ctx.is_main)
+        self.grad_batch = None  # the fixed batch they are measured on, kept from the first step of the run
         if tc.resume:
             self._resume()
 
@@ -219,6 +228,22 @@ class Trainer:
             logger.info("new best val oIoU %.2f -> %s", metrics["overall_iou"], path)
         return metrics
 
+    def _log_grad_shares(self, when: str) -> None:
+        """Each loss term's share of the gradient on the shared trunk, on `grad_batch` (forward and backward
+        only, the parameters unchanged), into train_log.jsonl and one log line. A failure here is logged, not
+        raised: it must not end the run."""
+        if self.grad_batch is None:
+            return
+        try:
+            shares = gradient_shares(self.net_with_loss, self.grad_batch)
+        except (RuntimeError, ValueError, MemoryError) as e:
+            logger.warning("gradient shares at step %d (%s) skipped: %s", self.state.step, when, e, exc_info=True)
+            return
+        self.log.write({"type": "grad_shares", "step": self.state.step, "epoch": self.state.epoch, "when": when,
+                        "grad_shares": shares})
+        logger.info("gradient shares on the shared trunk at step %d (%s): %s", self.state.step, when,
+                    summary_line(shares))
+
     def _check_finite(self, losses: Dict[str, float], finite: bool) -> None:
         if all(math.isfinite(v) for v in losses.values()) and finite:
             return
@@ -259,6 +284,7 @@ class Trainer:
         start_time = time.time()
         window_start, window_steps = time.time(), 0
         last_metrics = None
+        middle_logged = False
         sampler = self.train_data.refer_sampler
         max_epochs = tc.epochs if not tc.max_steps else 10**9  # max_steps, when set, decides alone
         while self.state.step < self.total_updates and self.state.epoch < max_epochs:
@@ -269,6 +295,10 @@ class Trainer:
                 if batch_id < skip:  # resumed mid-epoch: these batches were consumed before the stop
                     continue
                 self._count_bad_samples(bad.asnumpy())
+                if self.grad_shares_on and self.grad_batch is None:  # before the run's first step
+                    self.grad_batch = tuple(x.asnumpy()[:GRAD_SHARE_SAMPLES]
+                                            for x in (image, input_ids, attention_mask, target, *others))
+                    self._log_grad_shares("start")
                 update = (batch_id + 1) % accumulate == 0
                 *values, finite = self.step_cell(image, input_ids, attention_mask, target, *others, update=update)
                 losses = {name: float(v.asnumpy()) for name, v in zip(self.loss_names, values)}
@@ -304,9 +334,13 @@ class Trainer:
                 self.state.batch_in_epoch = 0
             if tc.validate:
                 last_metrics = self._validate()
+                if not middle_logged and 2 * self.state.step >= self.total_updates > self.state.step:
+                    self._log_grad_shares("middle")  # at the first validation past half the steps
+                    middle_logged = True
             self._save()
             if self.state.step >= self.total_updates:
                 break
+        self._log_grad_shares("end")
         if self.ctx.is_main and self.log.records:
             plot_curves(self.log.records, os.path.join(cfg.output_dir, "curves.png"))
         return {"steps": self.state.step, "epochs": self.state.epoch, "seconds": time.time() - start_time,
