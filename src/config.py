@@ -144,6 +144,10 @@ class SMASection:
     # is the sentence-weighted mix of the proposals, M = (sum_n w_n Q_n) . P) or coupled (SMA's selected masks
     # added to the word-pixel path through a zero-initialised gate; src/models/coupled_head.py, docs/method.md).
     head: str = "mixture"
+    # The proposal branch (transformer decoder inputs, the proposals' mask losses) reads the trunk's maps through a
+    # gradient scale: 1.0 = full gradient; < 1 limits how much the proposals' losses shape the shared trunk
+    # (encoders, WPA, pixel decoder), which the word-pixel path also reads.
+    proposal_grad_scale: float = 1.0
 
 
 @dataclass
@@ -542,6 +546,9 @@ def _check_choices(cfg: Config) -> None:
         raise ConfigError("config key 'model.sma.head' = 'coupled' weights the proposals by a softmax and always adds "
                           "the word-pixel path: it needs model.sma.weighting='softmax' and "
                           "model.sma.select_at_inference=false")
+    if not 0.0 <= flat["model.sma.proposal_grad_scale"] <= 1.0:
+        raise ConfigError(f"config key 'model.sma.proposal_grad_scale' = {flat['model.sma.proposal_grad_scale']}; "
+                          "expected a value in [0, 1]")
     if flat["loss.sma_map_weight"] < 0:
         raise ConfigError(f"config key 'loss.sma_map_weight' = {flat['loss.sma_map_weight']}; expected >= 0")
     if flat["model.image_encoder"] == "convnet":

@@ -335,3 +335,11 @@ def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate():
     moved = {p.name for p in net.trainable_params() if p.name in watched
              and not np.array_equal(p.asnumpy(), before[p.name])}
     assert moved == set(watched)
+    # build_train_step gives the two scalars the head's learning-rate multiplier (Adam moves a scalar ~lr per step)
+    from src.engine.optimizer import PolyLR
+    from src.engine.train_step import build_train_step
+
+    built = build_train_step(cfg, net, PolyLR(1e-3, 10, 0.9, 0))
+    scales = {p.name: float(x.asnumpy()) for p, x in zip(built.optimizer.parameters, built.optimizer.lr_scales)}
+    assert scales["head.gate"] == scales["head.log_temperature"] == 10.0
+    assert scales["head.pixel_query.weight"] == 1.0

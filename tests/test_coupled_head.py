@@ -120,3 +120,43 @@ def test_objectness_prior_is_log_one_minus_no_object_and_has_no_gradient():
 
     grad = ms.grad(total)(Tensor(logits))
     np.testing.assert_array_equal(grad.asnumpy(), 0.0)
+
+
+def test_scale_gradient_is_the_identity_forward_and_scales_the_gradient():
+    from src.models.layers import scale_gradient
+
+    x = Tensor(np.random.default_rng(4).standard_normal((3, 5)).astype(np.float32))
+    np.testing.assert_array_equal(scale_gradient(x, 0.25).asnumpy(), x.asnumpy())
+
+    def loss(t, scale):
+        return (scale_gradient(t, scale) ** 2).sum()
+
+    full = ms.grad(loss)(x, 1.0).asnumpy()
+    np.testing.assert_allclose(full, 2 * x.asnumpy(), rtol=1e-6)
+    np.testing.assert_allclose(ms.grad(loss)(x, 0.25).asnumpy(), 0.25 * full, rtol=1e-6)
+    np.testing.assert_array_equal(ms.grad(loss)(x, 0.0).asnumpy(), 0.0)
+
+
+def test_proposal_grad_scale_scales_only_the_proposal_losses_pull_on_the_pixel_embeddings():
+    """The criterion's matched proposal loss reads P through the scale; the referring loss does not."""
+    from src.models.criterion import CoupAlignCriterion
+
+    rng = np.random.default_rng(5)
+    pixels = Tensor(rng.standard_normal((B, D, 8, 8)).astype(np.float32))
+    queries = Tensor(rng.standard_normal((1, B, N, D)).astype(np.float32))
+    scores = Tensor(rng.standard_normal((1, B, N)).astype(np.float32))
+    target = np.zeros((B, 32, 32), np.float32)
+    target[:, 4:20, 6:18] = 1
+    target = Tensor(target)
+
+    def proposal_grad(scale):
+        criterion = CoupAlignCriterion(proposal_loss="matched", proposal_grad_scale=scale, use_aux=False)
+
+        def proposal_part(p):
+            return criterion.proposal_losses(queries, scores, p, target)
+
+        return ms.grad(proposal_part)(pixels).asnumpy()
+
+    full, quarter = proposal_grad(1.0), proposal_grad(0.25)
+    assert np.abs(full).max() > 1e-4
+    np.testing.assert_allclose(quarter, 0.25 * full, rtol=1e-4, atol=1e-7)

@@ -135,6 +135,9 @@ def build_train_step(cfg, model: nn.Cell, schedule, distributed: bool = False, o
     from src.models.criterion import CoupAlignCriterion
 
     tc = cfg.train
+    # A part may ask for learning-rate multipliers of its own parameters (`param_lr_scales`, names relative to the part;
+    # the coupled SMA head's scalar gate and temperature).
+    head_scales = {f"head.{name}": scale for name, scale in getattr(model.head, "param_lr_scales", {}).items()}
     if tc.amp_level != "O0":
         # Mixed precision for Ascend/GPU (fp16 compute); pair it with train.loss_scale > 1.
         # Not measurable on the CPU this project is tested on.
@@ -142,7 +145,7 @@ def build_train_step(cfg, model: nn.Cell, schedule, distributed: bool = False, o
     net_with_loss = CoupAlignWithLoss(model, CoupAlignCriterion.from_config(cfg))
     net_with_loss.set_train(True)
     groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
-                          lr_scales={"bert.": tc.text_encoder_lr_scale})
+                          lr_scales={"bert.": tc.text_encoder_lr_scale, **head_scales})
     if optimizer == "adamw":
         update = AdamW(groups, learning_rate=schedule)
     elif optimizer == "ms_adamweightdecay":

@@ -21,6 +21,7 @@ from mindspore import nn, ops
 from src.config import ConfigError, ModelSection
 from src.models.bert import BertConfig, BertModel, bert_config_from
 from src.models.criterion import CoupAlignCriterion, build_criterion  # noqa: F401  (build_criterion re-exported)
+from src.models.layers import scale_gradient
 from src.models.registry import FUSIONS, IMAGE_ENCODERS, PIXEL_DECODERS, SMA_HEADS, TRANSFORMER_DECODERS, discover
 from src.models.sma import SentencePixelHead, pool_sentence
 
@@ -44,6 +45,7 @@ class CoupAlign(nn.Cell):
         self.use_sma = cfg.sma.enabled
         self.deep_supervision = cfg.sma.deep_supervision
         self.sentence_pool = cfg.sma.sentence_pool
+        self.proposal_grad_scale = float(cfg.sma.proposal_grad_scale)
 
         # The image encoder (model.image_encoder; the paper's Swin by default) sits at `swin` whatever its kind, so
         # the Swin configurations keep their checkpoint names.
@@ -123,7 +125,13 @@ class CoupAlign(nn.Cell):
         stage (S, B, N, D) or None without SMA). Shared by inference, training and the diagnostics."""
         sentence = self.sentence_feature(words, attention_mask)  # L_g (B, D_text)
         pixel_embed, multi_scale = self.pixel_decoder(features)  # P (B, D, H/4, W/4)
-        return sentence, pixel_embed, self.generate_masks(multi_scale, pixel_embed)
+        # The proposal branch reads the trunk's maps through a gradient scale (model.sma.proposal_grad_scale; the
+        # criterion scales its proposal masks' pull on P by the same factor): its losses can then shape the
+        # trunk only that much.
+        memory = ()
+        for level in multi_scale:
+            memory = memory + (scale_gradient(level, self.proposal_grad_scale),)
+        return sentence, pixel_embed, self.generate_masks(memory, scale_gradient(pixel_embed, self.proposal_grad_scale))
 
     def sentence_feature(self, words, attention_mask):
         """L_g (B, D_text): the sentence as SMA reads it (model.sma.sentence_pool)."""

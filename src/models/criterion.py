@@ -28,6 +28,7 @@ carried by 0/1 validity weights instead of by variable-length index lists.
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from .layers import scale_gradient
 from .transformer_decoder import proposal_logits
 
 __all__ = [
@@ -344,6 +345,8 @@ class CoupAlignCriterion(nn.Cell):
         categories: ``(B, 1 + K)`` int class of the referent, then of each of ``others`` (C in empty slots).
         pixel_class_logits: ``(B, C + 1, h, w)`` category logits of every pixel embedding (``pixel_class_weight``
             > 0 only).
+        proposal_grad_scale: the proposal masks' gradient into ``P`` is multiplied by this (model.sma.proposal_grad_scale;
+            the model scales the transformer decoder's inputs by the same factor).
         sma_map_logits: ``(S'', B, 1, h, w)`` SMA's own maps of the coupled head (``sma_map_weight`` > 0 only):
             CE + Dice toward the referent summed over its stages, so SMA must select whatever the gate is.
 
@@ -379,6 +382,7 @@ class CoupAlignCriterion(nn.Cell):
         no_object_weight=0.1,
         pixel_class_weight=0.0,
         sma_map_weight=0.0,
+        proposal_grad_scale=1.0,
     ):
         super().__init__()
         if num_classes and proposal_loss != "matched":
@@ -393,6 +397,7 @@ class CoupAlignCriterion(nn.Cell):
         # The outputs: the total, then each part; the total is sum(weight * part) over loss_weights (the
         # proposal loss applies its own weights inside: matched mask losses and the SMA cross-entropy).
         self.sma_map = bool(sma_map_weight)
+        self.proposal_grad_scale = float(proposal_grad_scale)
         self.loss_names = (("loss", "seg_loss", "aux_loss", "proposal_loss") + (("class_loss",) if num_classes else ())
                            + (("pixel_class_loss",) if self.pixel_classes else ())
                            + (("sma_map_loss",) if self.sma_map else ()))
@@ -421,7 +426,8 @@ class CoupAlignCriterion(nn.Cell):
     def from_config(cls, cfg) -> "CoupAlignCriterion":
         """From a whole Config: `loss`, plus what the model supervises (deep supervision, SMA, category head)."""
         return build_criterion(cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled,
-                               cfg.model.mask_generator.num_classes, coupled=cfg.model.sma.head == "coupled")
+                               cfg.model.mask_generator.num_classes, coupled=cfg.model.sma.head == "coupled",
+                               proposal_grad_scale=cfg.model.sma.proposal_grad_scale)
 
     def seg_loss(self, logits_per_layer, target):
         """Sum over stages of ``CE + dice_weight * Dice`` at input resolution; returns a scalar."""
@@ -485,8 +491,9 @@ class CoupAlignCriterion(nn.Cell):
         if self.num_classes:
             labels = ops.one_hot(categories[:, :soft.shape[1]].astype(ms.int32), self.num_classes + 1,
                                  Tensor(1.0, ms.float32), Tensor(0.0, ms.float32))  # (B, K', C + 1)
+        proposal_pixels = scale_gradient(pixel_embed, self.proposal_grad_scale)  # the proposals' pull on P, scaled
         for s in range(mask_embeds.shape[0]):
-            logits = proposal_logits(mask_embeds[s], pixel_embed)  # (B, N, h, w)
+            logits = proposal_logits(mask_embeds[s], proposal_pixels)  # (B, N, h, w)
             if self.proposal_loss == "weighted":
                 own = pairwise_mask_losses(logits, soft[:, :1]).squeeze(2)  # (B, N) vs the referent
                 weights = ops.softmax(sma_scores[s], axis=-1)  # (B, N)
@@ -580,7 +587,7 @@ class CoupAlignCriterion(nn.Cell):
 
 
 def build_criterion(loss, deep_supervision: bool = True, use_sma: bool = True, num_classes: int = 0,
-                    coupled: bool = False) -> CoupAlignCriterion:
+                    coupled: bool = False, proposal_grad_scale: float = 1.0) -> CoupAlignCriterion:
     """The criterion of a `loss` section (src.config.LossSection); without SMA (the "no SMA" ablation) there are
     no proposals to supervise. `num_classes` > 0 (model.mask_generator.num_classes) adds the category loss;
     `coupled` (model.sma.head = coupled) the loss on SMA's own map (loss.sma_map_weight)."""
@@ -594,4 +601,5 @@ def build_criterion(loss, deep_supervision: bool = True, use_sma: bool = True, n
                               num_classes=num_classes if use_sma else 0, class_weight=loss.class_weight,
                               no_object_weight=loss.no_object_weight,
                               pixel_class_weight=loss.pixel_class_weight if use_sma else 0.0,
-                              sma_map_weight=loss.sma_map_weight if use_sma and coupled else 0.0)
+                              sma_map_weight=loss.sma_map_weight if use_sma and coupled else 0.0,
+                              proposal_grad_scale=proposal_grad_scale)

@@ -13,6 +13,7 @@ conversion is a rename-free copy; the names are part of the checkpoint format an
 * Feed-forward: `Mlp` (Linear-GELU-Linear, timm's) or `MLP` (DETR's ReLU stack).
 * `gelu` / `GELU`: the exact erf GELU (MindSpore's default is the tanh approximation); `AccurateTanh`;
   `DropPath`; `InstanceNormOverPixels`; `Embedding` (a table named `weight`).
+* `scale_gradient`: identity forward, gradient times a constant (the proposal branch's pull on the trunk).
 * Image encoders: subclass `StagedEncoder` (the stage-by-stage API, its `construct` and `stage_output`);
   `map_to_tokens` / `tokens_to_map` reshape between (B, C, H, W) and (B, H*W, C).
 """
@@ -21,10 +22,11 @@ from src.models.layers.attention import MultiHeadAttention
 from src.models.layers.conv import C2_XAVIER, ConvNormAct
 from src.models.layers.drop import DropPath
 from src.models.layers.embedding import Embedding
+from src.models.layers.grad import scale_gradient
 from src.models.layers.mlp import MLP, Mlp, trunc_normal_dense
 from src.models.layers.norm import GroupNorm, InstanceNormOverPixels, LayerNorm, group_norm
 from src.models.layers.stages import StagedEncoder, map_to_tokens, tokens_to_map
 
 __all__ = ["GELU", "AccurateTanh", "gelu", "MultiHeadAttention", "C2_XAVIER", "ConvNormAct", "DropPath", "Embedding",
            "MLP", "Mlp", "trunc_normal_dense", "GroupNorm", "InstanceNormOverPixels", "LayerNorm", "group_norm",
-           "StagedEncoder", "map_to_tokens", "tokens_to_map"]
+           "StagedEncoder", "map_to_tokens", "tokens_to_map", "scale_gradient"]
