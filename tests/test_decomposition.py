@@ -105,6 +105,10 @@ def test_selection_within_tolerance_counts_as_correct():
 def test_coupled_maps_and_no_proposals():
     row = dec.decompose_sample(OUTPUT, TARGET, OTHERS, PROPOSALS, WEIGHTS, pixel=PROPOSALS[1], sma=PROPOSALS[2])
     assert row["iou_pixel_path"] == pytest.approx(0.75) and row["iou_sma_map"] == 0.0
+    assert (row["intersection_pixel_path"], row["union_pixel_path"]) == (12, 16)
+    other = dict(row, intersection_pixel_path=2, union_pixel_path=24, iou_pixel_path=2 / 24)
+    # the oIoU with the gate forced to 0 sums intersections and unions (14 / 40), not the mean of the IoUs
+    assert dec.group_summary([row, other])["oiou_pixel_path"] == pytest.approx(100 * 14 / 40)
     lavt = dec.decompose_sample(OUTPUT, TARGET, OTHERS)
     _check_output(lavt)
     _check_leakage(lavt)
@@ -161,7 +165,7 @@ def test_summary_means_and_groups():
     assert overall["iou_output"] == pytest.approx(100 * (0.5 + 0.9 + 0.05) / 3)
     assert overall["selection_accuracy"] == pytest.approx(100 / 3)
     assert overall["iou_best"] == pytest.approx(100 * 1.9 / 3)
-    assert overall["iou_pixel_path"] is None and overall["compare_iou"] is None
+    assert overall["iou_pixel_path"] is None and overall["oiou_pixel_path"] is None and overall["compare_iou"] is None
     assert summary["pair"]["oiou_output"] == pytest.approx(70.0) and summary["pair"]["selection_accuracy"] == 50.0
     assert "| pair | 2 |" in dec.format_table(summary, "mixture")
 

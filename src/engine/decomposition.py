@@ -56,7 +56,7 @@ logger = logging.getLogger(__name__)
 # proposals of one object differ by a few boundary pixels, and choosing either is not a selection error.
 SELECTION_TOLERANCE = 0.05
 PROPOSAL_COLUMNS = ("top", "best", "iou_top", "iou_best", "selection_correct", "weight_on_best")
-COUPLED_COLUMNS = ("iou_pixel_path", "iou_sma_map")
+COUPLED_COLUMNS = ("iou_pixel_path", "intersection_pixel_path", "union_pixel_path", "iou_sma_map")
 METRIC_COLUMNS = (("iou_output", "intersection_output", "union_output", "leakage") + PROPOSAL_COLUMNS
                   + COUPLED_COLUMNS)
 CSV_COLUMNS = ("ref_id", "sent_id", "sentence") + METRIC_COLUMNS + ("compare_iou",)
@@ -115,7 +115,9 @@ def decompose_sample(output: np.ndarray, target: np.ndarray, others: np.ndarray,
     if proposals is not None:
         row.update(proposal_selection(weights, proposal_ious(proposals > 0, target)))
     if pixel is not None:
-        row["iou_pixel_path"] = float(proposal_ious((pixel > 0)[None], target)[0])
+        pixel_inter, pixel_union = intersection_union(pixel > 0, target)
+        row.update(iou_pixel_path=pixel_inter / pixel_union if pixel_union else 0.0,
+                   intersection_pixel_path=pixel_inter, union_pixel_path=pixel_union)
         row["iou_sma_map"] = float(proposal_ious((sma > 0)[None], target)[0])
     return row
 
@@ -343,6 +345,10 @@ def group_summary(rows: Sequence[Dict]) -> Dict[str, Optional[float]]:
         "n": len(rows),
         "oiou_output": 100.0 * sum(r["intersection_output"] for r in rows) / union if union else None,
     }
+    pixel_rows = [r for r in rows if not math.isnan(r.get("union_pixel_path", math.nan))]
+    pixel_union = sum(r["union_pixel_path"] for r in pixel_rows)
+    out["oiou_pixel_path"] = (100.0 * sum(r["intersection_pixel_path"] for r in pixel_rows) / pixel_union
+                              if pixel_union else None)  # the oIoU with the gate forced to 0
     for column in ("iou_output", "iou_top", "iou_best", "iou_pixel_path", "iou_sma_map", "weight_on_best",
                    "leakage", "compare_iou"):
         out[column] = _mean_percent(rows, column)
@@ -371,6 +377,7 @@ TABLE_COLUMNS = (
     ("iou_best", "best proposal mIoU (oracle)", ("mixture", "coupled")),
     ("selection_accuracy", "selection acc.", ("mixture", "coupled")),
     ("weight_on_best", "weight on best", ("mixture", "coupled")),
+    ("oiou_pixel_path", "oIoU at gate 0", ("coupled",)),
     ("iou_pixel_path", "pixel path mIoU", ("coupled",)),
     ("iou_sma_map", "SMA map mIoU", ("coupled",)),
     ("leakage", "leakage", ("none", "mixture", "coupled")),
