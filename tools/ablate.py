@@ -6,7 +6,7 @@
 
 Every (row, seed) is one process per step (train.py, eval.py on the validation split, eval.py with every
 sentence replaced by one of another object in the same image = the grounding control,
-tools/diagnose.py), written under OUT/<row>/seed<k>/. A finished run leaves result.json and is not
+tools/diagnose.py, tools/decompose.py), written under OUT/<row>/seed<k>/. A finished run leaves result.json and is not
 run again; an interrupted one resumes from its last checkpoint (train.py --train.resume=true). After
 every run the table is rewritten: OUT/ablation.md and OUT/ablation.json (per-seed values, mean and
 spread, diagnostics of each run).
@@ -148,12 +148,17 @@ def run_one(args, row: str, seed: int, cfg, keys: set) -> Dict:
     _run([py, "tools/diagnose.py", *config_args, f"--checkpoint_path={ckpt}", f"--output={diag_path}"], log)
     with open(diag_path, encoding="utf-8") as f:
         diag = json.load(f)
+    dec_dir = os.path.join(run_dir, "decompose_val")  # proposals vs selection vs output (src/engine/decomposition.py)
+    _run([py, "tools/decompose.py", *config_args, f"--checkpoint_path={ckpt}", "--split=val", f"--out={dec_dir}"], log)
+    with open(os.path.join(dec_dir, "summary.json"), encoding="utf-8") as f:
+        decomposition = json.load(f)
     health = dict(diag["metrics"])
     tokens = [v for k, v in health.items() if k.startswith("token_self_similarity_")]
     health["max_token_self_similarity"] = max(tokens) if tokens else float("nan")
     result = {"row": row, "seed": seed, "overrides": overrides, "val": evals["val"], "control": evals["control"],
               "same_category": subset_metrics(os.path.join(run_dir, "eval_val", "per_sample.csv"), keys),
-              "diagnostics": health, "warnings": diag["warnings"], "train_seconds": train_seconds}
+              "diagnostics": health, "warnings": diag["warnings"], "decomposition": decomposition,
+              "train_seconds": train_seconds}
     with open(result_path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     return result
@@ -170,9 +175,24 @@ def _cell(values: List[float]) -> str:
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}"
 
 
+# (group, key) of tools/decompose.py's summary shown in the table; "gate" is the coupled head's alpha.
+DECOMPOSITION = ((None, "gate"), ("overall", "oiou_pixel_path"), ("overall", "iou_best"),
+                 ("same category", "selection_accuracy"), ("overall", "leakage"))
+
+
+def _decomposition(result: Dict, group, key) -> float:
+    """A value of the run's error decomposition (NaN where the run has none, e.g. rows run before it existed)."""
+    summary = result.get("decomposition")
+    if not summary:
+        return float("nan")
+    value = summary.get(key) if group is None else summary["groups"].get(group, {}).get(key)
+    return float("nan") if value is None else float(value)
+
+
 def write_table(args, results: Dict[str, List[Dict]], machine: str) -> str:
     header = ("| row | seeds | oIoU | mIoU | P@0.5 | P@0.9 | control oIoU | same-category oIoU (n) | "
-              "SMA entropy / ln N | mask-embedding cosine | top proposal follows sentence | max token self-sim |")
+              "SMA entropy / ln N | mask-embedding cosine | top proposal follows sentence | max token self-sim | "
+              "gate | oIoU at gate 0 | oracle (best proposal) mIoU | selection acc. (same-category) | leakage |")
     lines = [f"Ablation on `{args.config_path}` + `{' '.join(f'--{k}={v}' for k, v in args.set.items()) or '-'}`, "
              f"data `{args.data_root}` (val split), mean ± std over seeds. {machine}.", "", header,
              "|" + "---|" * (header.count("|") - 1)]
@@ -185,6 +205,7 @@ def write_table(args, results: Dict[str, List[Dict]], machine: str) -> str:
         cells += [_cell([r["control"]["overall_iou"] for r in runs]),
                   f"{_cell([r['same_category']['overall_iou'] for r in runs])} ({n_subset})"]
         cells += [_cell([r["diagnostics"].get(k, float("nan")) for r in runs]) for k in HEALTH]
+        cells += [_cell([_decomposition(r, *key) for r in runs]) for key in DECOMPOSITION]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(args.out, "ablation.md"), "w", encoding="utf-8") as f:
