@@ -148,6 +148,9 @@ class SMASection:
     # gradient scale: 1.0 = full gradient; < 1 limits how much the proposals' losses shape the shared trunk
     # (encoders, WPA, pixel decoder), which the word-pixel path also reads.
     proposal_grad_scale: float = 1.0
+    # head = coupled only: each proposal's score also gets beta * the word-pixel path's mean logit inside its mask
+    # (beta learnable, 1 at init; no gradient through the read-out): the pixel path votes for the proposal it covers.
+    pixel_agreement: bool = False
 
 
 @dataclass
@@ -549,6 +552,9 @@ def _check_choices(cfg: Config) -> None:
     if not 0.0 <= flat["model.sma.proposal_grad_scale"] <= 1.0:
         raise ConfigError(f"config key 'model.sma.proposal_grad_scale' = {flat['model.sma.proposal_grad_scale']}; "
                           "expected a value in [0, 1]")
+    if flat["model.sma.pixel_agreement"] and flat["model.sma.head"] != "coupled":
+        raise ConfigError("config key 'model.sma.pixel_agreement' = True needs model.sma.head='coupled' (the word-pixel "
+                          f"path it reads), got {flat['model.sma.head']!r}")
     if flat["loss.sma_map_weight"] < 0:
         raise ConfigError(f"config key 'loss.sma_map_weight' = {flat['loss.sma_map_weight']}; expected >= 0")
     if flat["model.image_encoder"] == "convnet":

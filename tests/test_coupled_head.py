@@ -24,8 +24,8 @@ def inputs():
     return queries, pixels, sentence, class_logits
 
 
-def _head(seed, gate, log_temperature):
-    head = CoupledSentenceMaskHead(D_TEXT, D)
+def _head(seed, gate, log_temperature, pixel_agreement=False):
+    head = CoupledSentenceMaskHead(D_TEXT, D, pixel_agreement=pixel_agreement)
     rng = np.random.default_rng(seed)
     for param in head.get_parameters():
         param.set_data(Tensor(rng.uniform(-0.8, 0.8, size=param.shape).astype(np.float32)))
@@ -45,6 +45,11 @@ def _reference(head, queries, pixels, sentence, class_logits):
     g_pix = _dense(head.pixel_query, sentence)
     tau = math.exp(float(head.log_temperature.asnumpy()))
     scores = tau * np.einsum("bnd,bd->bn", q64, g) / math.sqrt(D)
+    pixel = np.einsum("bd,bdhw->bhw", g_pix, p64)[:, None]
+    if head.use_pixel_agreement:  # beta * the pixel path's mean logit inside each soft proposal mask
+        masks = 1.0 / (1.0 + np.exp(-np.einsum("bnd,bdhw->bnhw", q64, p64)))
+        agreement = (masks * pixel).sum(axis=(2, 3)) / (masks.sum(axis=(2, 3)) + 1.0)
+        scores = scores + float(head.agreement_weight.asnumpy()) * agreement
     if class_logits is not None:
         e = np.exp(class_logits.astype(np.float64))
         scores = scores + np.log(e[..., :C].sum(-1) / e.sum(-1))  # log(1 - p(no object))
@@ -56,16 +61,17 @@ def _reference(head, queries, pixels, sentence, class_logits):
             mix[b] += w[b, n] / (1 + np.exp(-np.einsum("d,dhw->hw", q64[b, n], p64[b])))
     mix = np.clip(mix, 1e-4, 1 - 1e-4)
     sma = np.log(mix / (1 - mix))[:, None]
-    pixel = np.einsum("bd,bdhw->bhw", g_pix, p64)[:, None]
     gate = float(head.gate.asnumpy())
     return pixel + gate * sma, sma, w, scores, np.einsum("bn,bnd->bd", w, q64)
 
 
-@pytest.mark.parametrize("with_classes", [True, False])
-def test_coupled_head_matches_numpy(inputs, with_classes):
+@pytest.mark.parametrize("with_classes,pixel_agreement", [(True, False), (False, False), (True, True)])
+def test_coupled_head_matches_numpy(inputs, with_classes, pixel_agreement):
     queries, pixels, sentence, class_logits = inputs
     class_logits = class_logits if with_classes else None
-    head = _head(1, gate=0.7, log_temperature=0.4)
+    head = _head(1, gate=0.7, log_temperature=0.4, pixel_agreement=pixel_agreement)
+    if pixel_agreement:
+        head.agreement_weight.set_data(Tensor(0.6, ms.float32))
     args = (Tensor(queries), Tensor(pixels), Tensor(sentence), None, None,
             None if class_logits is None else Tensor(class_logits))
     logits, weights, target_embed, scores = head.forward_with_scores(*args)
@@ -160,3 +166,20 @@ def test_proposal_grad_scale_scales_only_the_proposal_losses_pull_on_the_pixel_e
     full, quarter = proposal_grad(1.0), proposal_grad(0.25)
     assert np.abs(full).max() > 1e-4
     np.testing.assert_allclose(quarter, 0.25 * full, rtol=1e-4, atol=1e-7)
+
+
+def test_pixel_agreement_is_the_mean_pixel_logit_inside_each_mask_without_gradient():
+    from src.models.coupled_head import pixel_agreement
+
+    masks = np.zeros((1, 2, 4), np.float32)
+    masks[0, 0, :2] = 1.0  # proposal 0 covers pixels 0, 1; proposal 1 covers pixel 3 at half strength
+    masks[0, 1, 3] = 0.5
+    pixel = np.array([[[[4.0, 2.0], [-1.0, -6.0]]]], np.float32)  # (1, 1, 2, 2): pixels 0..3 = 4, 2, -1, -6
+    got = pixel_agreement(Tensor(masks), Tensor(pixel)).asnumpy()
+    np.testing.assert_allclose(got, [[(4 + 2) / (2 + 1), (0.5 * -6) / (0.5 + 1)]], rtol=1e-6)
+
+    def total(m, p):
+        return pixel_agreement(m, p).sum()
+
+    grads = ms.grad(total, grad_position=(0, 1))(Tensor(masks), Tensor(pixel))
+    assert all(np.array_equal(g.asnumpy(), np.zeros_like(g.asnumpy())) for g in grads)

@@ -8,6 +8,8 @@ masks are projected back onto the per-pixel (word-pixel aligned) logits and adde
     g_p = Linear_p(L_g)                                     # the sentence as a pixel query
     M_pix = g_p . P                                         # word-pixel path (the "no SMA" head's logits)
     s_n = exp(t) * (K_n . g / sqrt(D)) + log(1 - p_n(no object))   # t learnable (0 at init), objectness prior
+          [+ beta * <M_pix>_n]                              # model.sma.pixel_agreement: the word-pixel path's
+                                                            # mean logit inside proposal n, beta learnable (1 at init)
     w = softmax_n(s)
     M_sma = logit(sum_n w_n sigmoid(Q_n . P))               # SMA's map: the selected proposal masks
     M = M_pix + alpha * M_sma                               # alpha learnable, 0 at init
@@ -15,7 +17,10 @@ masks are projected back onto the per-pixel (word-pixel aligned) logits and adde
 At ``alpha = 0`` the output is exactly the per-pixel head's (tested), so SMA can only add to it; ``M_sma``
 gets a loss of its own (``loss.sma_map_weight``, src/models/criterion.py) so SMA must select whatever
 alpha is. The objectness prior comes from the proposals' class head (no gradient through it: the class
-head learns categories, not the referent); without a class head it is 0. Deep supervision: the combined
+head learns categories, not the referent); without a class head it is 0. With ``pixel_agreement`` the
+word-pixel path also votes for the proposal it already covers (the coupling in the other direction: a read-out,
+no gradient through it), so SMA starts from the pixel path's localisation and its own scores learn what that
+misses. Deep supervision: the combined
 output is supervised once (the word-pixel path is one map), SMA's own map at every decoder layer after the
 first; the initial learnable queries are the same for every image, so a referring loss on them would train
 "one fixed query is the referent" (issue #21, finding 3).
@@ -26,7 +31,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from .registry import SMA_HEADS
 from .sma import SentenceMaskAlignment, _project_to_pixels
 
-__all__ = ["CoupledSentenceMaskHead", "no_object_log_prior"]
+__all__ = ["CoupledSentenceMaskHead", "no_object_log_prior", "pixel_agreement"]
 
 # sigmoid mixtures are clipped to [eps, 1 - eps] before the logit: |M_sma| <= ln((1 - eps) / eps) ~ 9.2.
 _MIX_EPS = 1e-4
@@ -38,6 +43,15 @@ def no_object_log_prior(class_logits):
     class_logits = ops.stop_gradient(class_logits)
     num_real = class_logits.shape[-1] - 1
     return ops.logsumexp(class_logits[:, :, :num_real], -1) - ops.logsumexp(class_logits, -1)
+
+
+def pixel_agreement(proposals, pixel_logits):
+    """The word-pixel path's mean logit inside each proposal: ``sum_hw m_n M_pix / (sum_hw m_n + 1)`` with the soft
+    masks ``m_n = sigmoid(Q_n . P)`` ``(B, N, hw)`` and ``M_pix (B, 1, h, w)`` -> ``(B, N)``; no gradient (a read-out)."""
+    proposals = ops.stop_gradient(proposals)
+    batch = pixel_logits.shape[0]
+    pixels = ops.stop_gradient(pixel_logits).reshape(batch, -1, 1)  # (B, hw, 1)
+    return ops.bmm(proposals, pixels).squeeze(-1) / (proposals.sum(axis=-1) + 1.0)  # (B, N)
 
 
 @SMA_HEADS.register("coupled")
@@ -52,36 +66,44 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
     # Adam moves a parameter by about lr per step whatever its gradient: at the quickstart's lr (5e-4, decaying) a
     # scalar can travel at most ~0.18 in its 708 steps, and the gate had reached 0.03 after 354 (2026-12-07). The
     # optimizer gives these two scalars 10x the learning rate (src/engine/train_step.py reads this).
-    param_lr_scales = {"gate": 10.0, "log_temperature": 10.0}
+    param_lr_scales = {"gate": 10.0, "log_temperature": 10.0, "agreement_weight": 10.0}
 
-    def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4):
+    def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4,
+                 pixel_agreement=False):
         super().__init__(text_dim, mask_dim, weighting="softmax", geometry=geometry,
                          reasoning_layers=reasoning_layers, reasoning_heads=reasoning_heads)
         self.pixel_query = nn.Dense(text_dim, mask_dim)
         self.log_temperature = Parameter(Tensor(0.0, ms.float32), name="log_temperature")
         self.gate = Parameter(Tensor(0.0, ms.float32), name="gate")
+        self.use_pixel_agreement = bool(pixel_agreement)
+        self.agreement_weight = (Parameter(Tensor(1.0, ms.float32), name="agreement_weight") if pixel_agreement
+                                 else None)
 
     @classmethod
     def from_config(cls, model_cfg, text_dim: int) -> "CoupledSentenceMaskHead":
         sma, mg = model_cfg.sma, model_cfg.mask_generator
         return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
-                   reasoning_heads=mg.decoder_heads)
+                   reasoning_heads=mg.decoder_heads, pixel_agreement=sma.pixel_agreement)
 
     def pixel_logits(self, pixel_embed, sentence):
         """``M_pix = Linear_p(L_g) . P`` ``(B, 1, h, w)``: the word-pixel path."""
         return _project_to_pixels(self.pixel_query(sentence), pixel_embed)
 
-    def sma_map(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def sma_map(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None,
+                pixel_logits=None):
         """SMA on one stage -> (``M_sma (B, 1, h, w)``, weights ``w (B, N)``, target embedding ``a = sum_n w_n Q_n
-        (B, D)``, scores ``s (B, N)``: what the softmax normalises, supervised by the criterion's SMA CE)."""
+        (B, D)``, scores ``s (B, N)``: what the softmax normalises, supervised by the criterion's SMA CE).
+        ``pixel_logits`` ``M_pix (B, 1, h, w)`` is read with ``pixel_agreement`` only."""
+        batch, dim, height, width = pixel_embed.shape
+        proposals = ops.sigmoid(ops.bmm(mask_embed, pixel_embed.reshape(batch, dim, height * width)))  # (B, N, hw)
         scores = ops.exp(self.log_temperature) * self.sentence_scores(mask_embed, pixel_embed, sentence, words,
                                                                       word_mask)  # (B, N)
         if class_logits is not None:
             scores = scores + no_object_log_prior(class_logits)  # (B, N)
+        if self.use_pixel_agreement:
+            scores = scores + self.agreement_weight * pixel_agreement(proposals, pixel_logits)  # (B, N)
         weights = ops.softmax(scores, axis=-1)  # (B, N)
         target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D)
-        batch, dim, height, width = pixel_embed.shape
-        proposals = ops.sigmoid(ops.bmm(mask_embed, pixel_embed.reshape(batch, dim, height * width)))  # (B, N, hw)
         mix = ops.bmm(weights.expand_dims(1), proposals)  # (B, 1, hw)
         mix = ops.clip_by_value(mix, _MIX_EPS, 1.0 - _MIX_EPS)
         sma_logits = (ops.log(mix) - ops.log(1.0 - mix)).reshape(batch, 1, height, width)  # (B, 1, h, w)
@@ -92,9 +114,10 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
         return pixel_logits + self.gate * sma_logits
 
     def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+        pixel_logits = self.pixel_logits(pixel_embed, sentence)  # (B, 1, h, w)
         sma_logits, weights, target_embed, scores = self.sma_map(mask_embed, pixel_embed, sentence, words, word_mask,
-                                                                 class_logits)
-        return self.combine(self.pixel_logits(pixel_embed, sentence), sma_logits), weights, target_embed, scores
+                                                                 class_logits, pixel_logits)
+        return self.combine(pixel_logits, sma_logits), weights, target_embed, scores
 
     def forward_train(self, mask_embeds, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
         """-> (the combined logits of the final stage (1, B, 1, h, w), a (B, D), scores (S, B, N), SMA's maps of
@@ -104,14 +127,15 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
         stage_scores = ()
         target_embed = None
         sma_logits = None
+        pixel_logits = self.pixel_logits(pixel_embed, sentence)  # (B, 1, h, w)
         for s in range(num_stages):
             stage_class = None if class_logits is None else class_logits[s]
             sma_logits, _, target_embed, scores = self.sma_map(mask_embeds[s], pixel_embed, sentence, words,
-                                                               word_mask, stage_class)
+                                                               word_mask, stage_class, pixel_logits)
             stage_scores = stage_scores + (scores,)
             if s > 0 or num_stages == 1:
                 stage_maps = stage_maps + (sma_logits,)
-        logits = self.combine(self.pixel_logits(pixel_embed, sentence), sma_logits)  # (B, 1, h, w), final stage
+        logits = self.combine(pixel_logits, sma_logits)  # (B, 1, h, w), final stage
         return logits.expand_dims(0), target_embed, ops.stack(stage_scores), ops.stack(stage_maps)
 
     def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
