@@ -309,9 +309,11 @@ def test_convnet_pretrained_loads_into_the_image_encoder_and_a_missing_file_name
 def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate():
     """model.sma.head = coupled: the final stage's combined logits once (the inference output, upsampled), SMA's
     own maps of the 3 decoder layers after the initial queries, a criterion with sma_map_loss; one compiled step
-    moves the gate, the temperature and the pixel query (from gate 0, so the gate gets a gradient at once)."""
+    moves the gate, the temperature, the pixel-agreement weight and the pixel query (from gate 0, so the gate gets a
+    gradient at once), with the proposal branch's gradient into the trunk scaled."""
     ms.set_seed(1)
-    cfg = tiny_config(**{"sma.head": "coupled", "mask_generator.num_classes": 3})
+    cfg = tiny_config(**{"sma.head": "coupled", "mask_generator.num_classes": 3, "sma.pixel_agreement": True,
+                         "sma.proposal_grad_scale": 0.5})
     net = CoupAlign(cfg.model)
     image, ids, mask, _ = make_batch()
     stage_logits, _, _, _, scores, maps = net.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
@@ -326,9 +328,9 @@ def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate():
     assert criterion.loss_names[-1] == "sma_map_loss" and criterion.loss_weights[-1] == cfg.loss.sma_map_weight
     with_loss = CoupAlignWithLoss(net, criterion)
     step = TrainStep(with_loss, AdamW(param_groups(with_loss.trainable_params(), 0.0), learning_rate=1e-3))
-    watched = ("head.gate", "head.log_temperature", "head.pixel_query.weight")
+    watched = ("head.gate", "head.log_temperature", "head.pixel_query.weight", "head.agreement_weight")
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params() if p.name in watched}
-    assert len(before) == 3 and float(before["head.gate"]) == 0.0
+    assert len(before) == 4 and float(before["head.gate"]) == 0.0
     categories = np.array([[0, 1, 2, 3], [2, 0, 1, 3]], np.int32)
     losses = step(*[Tensor(a) for a in make_train_batch()], Tensor(categories))
     assert all(np.isfinite(float(v.asnumpy())) for v in losses) and float(losses[-1].asnumpy()) > 0
@@ -341,5 +343,5 @@ def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate():
 
     built = build_train_step(cfg, net, PolyLR(1e-3, 10, 0.9, 0))
     scales = {p.name: float(x.asnumpy()) for p, x in zip(built.optimizer.parameters, built.optimizer.lr_scales)}
-    assert scales["head.gate"] == scales["head.log_temperature"] == 10.0
+    assert scales["head.gate"] == scales["head.log_temperature"] == scales["head.agreement_weight"] == 10.0
     assert scales["head.pixel_query.weight"] == 1.0
