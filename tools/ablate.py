@@ -48,7 +48,7 @@ ROWS: Dict[str, Dict[str, object]] = {
     "sma_sum": {"loss.aux_enabled": False, "loss.proposal_loss": "none"},
     "sma": {"loss.aux_enabled": False},
     "coupalign": {},
-    "mixture": {"model.sma.head": "mixture"},
+    "mixture": {"model.sma.head": "mixture", "model.sma.pixel_agreement": False},
     "paper_sma": {"model.mask_generator.num_classes": 0, "model.sma.mask_geometry": False,
                   "model.sma.reasoning_layers": 0},
     "n4": {"model.mask_generator.num_queries": 4},
