@@ -228,7 +228,7 @@ def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("decompose")
     data = str(base / "data")
     generate_synthetic_refer(data, num_images=8, seed=7)  # val: 9 sentences, 6 of them same-category
-    cfg = _tiny_cfg(data, str(base / "run"), **{"model.sma.head": "coupled"})
+    cfg = _tiny_cfg(data, str(base / "run"), **{"model.sma.head": "coupled", "model.sma.pixel_agreement": True})
     ckpt = str(base / "coupled.ckpt")
     model = _save_tiny_checkpoint(cfg, ckpt, gate=0.5)
     return {"base": base, "data": data, "cfg": cfg, "ckpt": ckpt, "model": model}

@@ -203,9 +203,10 @@ class FinalStageMaps(nn.Cell):
                                                     class_logits)  # (B, N)
         if self.kind == "mixture":
             return output, proposals, weights
-        pixel = self._upsample(head.pixel_logits(pixel_embed, sentence), height, width)  # (B, 1, S, S)
-        sma, _, _, _ = head.sma_map(last, pixel_embed, sentence, words, attention_mask, class_logits)
-        return output, proposals, weights, pixel, self._upsample(sma, height, width)  # M_sma (B, 1, S, S)
+        pixel_logits = head.pixel_logits(pixel_embed, sentence)  # M_pix (B, 1, h, w); the pixel agreement reads it
+        sma, _, _, _ = head.sma_map(last, pixel_embed, sentence, words, attention_mask, class_logits, pixel_logits)
+        return (output, proposals, weights, self._upsample(pixel_logits, height, width),
+                self._upsample(sma, height, width))  # M_pix, M_sma (B, 1, S, S)
 
 
 # ----------------------------------------------------------------------------------------------------------
