@@ -170,6 +170,25 @@ def test_summary_means_and_groups():
     assert "| pair | 2 |" in dec.format_table(summary, "mixture")
 
 
+def test_same_category_subset_against_brute_force(tmp_path):
+    """same_category_indices: the samples whose image holds another annotated object of the referent's category."""
+    from src.data.refer import ReferDataset
+    from src.data.synthetic import generate_synthetic_refer
+
+    root = str(tmp_path / "data")
+    generate_synthetic_refer(root, num_images=24, seed=5)
+    refer = ReferDataset(root, "refcoco", "unc", "train")
+    keys = dec.same_category_indices(refer)
+    by_image = {}
+    for ann in refer.annotations.values():
+        by_image.setdefault(ann["image_id"], []).append(ann["category_id"])
+    for ref in refer.refs:
+        category = refer.annotations[ref.ann_id]["category_id"]
+        expected = by_image[ref.image_id].count(category) >= 2
+        assert all(((ref.ref_id, s.sent_id) in keys) == expected for s in ref.sentences)
+    assert 0 < len(keys) < len(refer.samples())  # both kinds occur, so the subset is a real subset
+
+
 def test_comparison_is_matched_by_sample(tmp_path):
     path = str(tmp_path / "per_sample.csv")
     with open(path, "w", newline="") as f:  # eval.py's layout, rows in another order

@@ -1,4 +1,4 @@
-"""README "Extending", checked as written: the fusion module of its worked example, one file that registers
+"""docs/developer.md "Extending", checked as written: the fusion module of its worked example, one file that registers
 itself, is chosen by one config line (`model.fusion`), built by CoupAlign through its `from_config`, and trains."""
 import importlib.util
 import os
@@ -22,11 +22,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def readme_example(tmp_dir):
-    """The Python block of README "Extending", saved as its own module and imported (so it registers itself).
+    """The Python block of docs/developer.md "Extending", saved as its own module and imported (so it registers itself).
     A file, not exec(): graph mode reads a Cell's source to compile it, like any module in src/models/."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    section = readme[readme.index("## Extending"):readme.index("## Tests")]
+    with open(os.path.join(ROOT, "docs", "developer.md"), encoding="utf-8") as f:
+        guide = f.read()
+    start = guide.index("## Extending")
+    section = guide[start:guide.index("\n## ", start + 1)]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     path = os.path.join(tmp_dir, "readme_sentence_gate.py")
     with open(path, "w", encoding="utf-8") as f:

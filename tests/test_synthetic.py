@@ -211,3 +211,23 @@ def test_evaluate_semantics_by_hand():
     text = syn.realise(D("circle", "red", select=("position", "left")), np.random.default_rng(0))
     assert "red" in text and ("circle" in text or "disc" in text)
     assert re.search(r"left", text)
+
+
+@pytest.mark.parametrize("sentence,kind", [
+    ("the red circle to the left of the blue square", "relation"), ("Star next to the ring.", "relation"),
+    ("the leftmost square", "position"), ("circle at the top", "position"), ("the big triangle", "size"),
+    ("the square that is green", "colour"), ("the ring", "category"), ("the red one", "colour only"),
+])
+def test_kinds_of_handwritten_expressions(sentence, kind):
+    """src/data/expression_kinds.py reads the kind of a synthetic expression back from its words."""
+    from src.data.expression_kinds import expression_kind
+
+    assert expression_kind(sentence) == kind
+
+
+def test_a_sentence_the_generator_does_not_write_has_no_kind():
+    from src.data.expression_kinds import expression_kind
+    from src.errors import DataError
+
+    with pytest.raises(DataError, match=r"val.csv: sentence 'a man in a hat' is not one the synthetic generator"):
+        expression_kind("a man in a hat", "val.csv")

@@ -40,8 +40,9 @@ tests/test_benchmark.py checks the Swin and BERT counts against torch.utils.flop
 
 Pretrained checkpoints that do not exist are dropped with a note (timing does not depend on weight
 values), and the data pipeline's workers are capped at the core count (MindSpore's limit). Every
-timing run whose numbers are reported should hold the machine alone; on a shared machine wrap it in
-``flock /tmp/cpu.lock python tools/benchmark.py ...``. docs/performance.md holds measured results.
+timing run whose numbers are reported should hold the machine alone (on a shared machine, serialise the
+timing runs, e.g. with ``flock <lock file> python tools/benchmark.py ...``). docs/performance.md holds measured
+results.
 """
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ scores it): the output's IoU, the top-weighted and the best proposal's IoU, whet
 (within 0.05 IoU), SMA's weight on the best one, the share of the output on other objects (leakage) and, for
 the coupled head, the IoU of the word-pixel path and of SMA's map alone. Writes OUT/per_sample.csv and
 OUT/summary.json and prints a Markdown table of the means (percent) overall, on the same-category subset
-(another object of the referent's category in the image, tools/ablate.py) and per kind of expression
-(tools/expression_kinds.py; synthetic data only: the kinds are left out for sentences of other datasets).
+(another object of the referent's category in the image, `same_category_indices` in src/engine/decomposition.py)
+and per kind of expression (src/data/expression_kinds.py; synthetic data only: the kinds are left out for
+sentences of other datasets).
 
 The comparison column is another model's IoU on the same samples, with the mean difference per group:
 --compare_per_sample reads eval.py's per_sample.csv (or this tool's); --compare_checkpoint scores a
@@ -28,8 +29,8 @@ apply_cpu_env_defaults()  # before MindSpore is imported
 
 
 def expression_groups(rows):
-    """{"kind: <kind>": keys} from tools/expression_kinds.py, or {} when a sentence is not a synthetic one."""
-    from expression_kinds import KINDS, expression_kind
+    """{"kind: <kind>": keys} from src/data/expression_kinds.py, or {} when a sentence is not a synthetic one."""
+    from src.data.expression_kinds import KINDS, expression_kind
 
     from src.errors import DataError
 
@@ -67,8 +68,6 @@ def compare_checkpoint_ious(path, cfg, refer):
 
 
 def main(argv=None) -> int:
-    from ablate import same_category_indices
-
     from src.config import ConfigError
     from src.data.base import build_dataset
     from src.data.dataset import create_refer_dataset
@@ -109,7 +108,7 @@ def main(argv=None) -> int:
     if compare_ious is not None:
         decomposition.attach_comparison(result.rows, compare_ious, compare_source)
 
-    groups = {"same category": same_category_indices(refer), **expression_groups(result.rows)}
+    groups = {"same category": decomposition.same_category_indices(refer), **expression_groups(result.rows)}
     summary = decomposition.summarise(result.rows, groups)
     header = {"checkpoint": cfg.checkpoint_path, "dataset": cfg.data.dataset, "split_by": cfg.data.split_by,
               "split": split, "compare": compare_source or None}

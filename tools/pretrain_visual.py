@@ -11,8 +11,9 @@ The task is segmentation by annotation field: every stride-4 cell is labelled wi
 (default `category_id`; several fields, comma-separated, get one classifier each and their losses add up) of
 the annotated object covering more than half of it (instances.json of the train split: the same annotations
 the proposal loss reads), background weighted 0.1 as "no object" is in the training loss. Category alone
-teaches a CNN the shapes and lets it forget the colours the sentences also name (README, "Training health");
-`--fields category_id,color` keeps both where the annotations carry a colour (the synthetic data does).
+teaches a CNN the shapes and lets it forget the colours the sentences also name (research/NOTEBOOK.md,
+"Training health"); `--fields category_id,color` keeps both where the annotations carry a colour (the
+synthetic data does).
 
 The encoder is the config's `model.image_encoder` (the Swin of `model.swin` with its stem, sizes and window,
 or the `convnet`); a light head (a 1x1 projection of each stage to 64 channels, summed at stride 4, a 1x1

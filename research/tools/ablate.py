@@ -1,6 +1,6 @@
 """The ablation table of CoupAlign (the paper's Table 3 layout) on a synthetic or real refer dataset.
 
-    python tools/ablate.py --config_path configs/quickstart_cpu.yaml --data_root data/synthetic \
+    python research/tools/ablate.py --config_path configs/quickstart_cpu.yaml --data_root data/synthetic \
         [--seeds 0,1] [--rows lavt,bidir,sma,coupalign,n4,n64] [--out outputs/ablation/quickstart] \
         [--set train.epochs=2 ...]
 
@@ -25,7 +25,8 @@ Rows (each on the recipe of --config_path; `--set` adds overrides to all of them
 | n4, n16, n64 | the full model with 4 / 16 / 64 proposals (the one equal to the config's N reuses coupalign) |
 
 "same-category" is the subset of validation samples whose image holds another annotated object of the
-referent's category: the cases the paper says CoupAlign is best at.
+referent's category (`same_category_indices` in src/engine/decomposition.py): the cases the paper says
+CoupAlign is best at.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import sys
 import time
 from typing import Dict, List
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 ROWS: Dict[str, Dict[str, object]] = {
@@ -96,18 +97,6 @@ def _run(cmd: List[str], log_path: str) -> None:
                                env=dict(os.environ, GLOG_v=os.environ.get("GLOG_v", "3")))
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd[:2])} failed with exit code {code}; see {log_path}")
-
-
-def same_category_indices(refer) -> set:
-    """(ref_id, sent_id) of samples whose image holds another annotated object of the referent's category."""
-    keys = set()
-    for ref in refer.refs:
-        category = refer.annotations[ref.ann_id].get("category_id")
-        peers = [a for a in refer.image_annotations(ref.image_id)
-                 if a != ref.ann_id and refer.annotations[a].get("category_id") == category]
-        if peers:
-            keys.update((ref.ref_id, s.sent_id) for s in ref.sentences)
-    return keys
 
 
 def subset_metrics(per_sample_csv: str, keys: set) -> Dict[str, float]:
@@ -258,6 +247,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     from src.config import load_config
     from src.data.base import build_dataset
+    from src.engine.decomposition import same_category_indices
 
     args = parse_args(argv)
     cfg = load_config(args.config_path, [f"--data_root={args.data_root}"] + [f"--{k}={v}" for k, v in args.set.items()])

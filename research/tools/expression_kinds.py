@@ -1,16 +1,9 @@
 """Where a model trained on the synthetic dataset fails: its evaluation split by the kind of expression.
 
-    python tools/expression_kinds.py --per_sample OUT/eval_val/per_sample.csv [--per_sample ANOTHER.csv ...]
+    python research/tools/expression_kinds.py --per_sample OUT/eval_val/per_sample.csv [--per_sample ANOTHER.csv ...]
 
-Every synthetic expression is one of a few kinds (src/data/synthetic.py: a category and/or colour filter,
-then at most one superlative or one relation to a landmark). The kind is read back from the words with
-the generator's own vocabulary, so this tool and the generator cannot disagree on what a word means:
-  relation   "the red circle left of the blue square", "the star next to the ring"
-  position   "the leftmost square", "the circle at the top"
-  size       "the big triangle"
-  colour     a colour and a category ("the red circle", "the square that is green")
-  category   the category alone ("the ring"; its category is unique in the image)
-  colour only "the red one" (no category)
+The kinds (relation, position, size, colour + category, category alone, colour only) are read back from the
+words by src/data/expression_kinds.py with the synthetic generator's own vocabulary.
 For each kind and each file: samples, oIoU (sum I / sum U), mIoU and P@0.5, as a Markdown table.
 """
 from __future__ import annotations
@@ -18,44 +11,12 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import re
 import sys
 from typing import Dict, List
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from src.data.synthetic import (COLOUR_WORDS, GENERIC_NOUNS, NOUNS, POSITION_ADJECTIVES,  # noqa: E402
-                                POSITION_PHRASES, RELATION_PHRASES, SIZE_ADJECTIVES)
-from src.errors import DataError  # noqa: E402
-
-KINDS = ("relation", "position", "size", "colour", "category", "colour only")
-
-
-def _has_phrase(text: str, phrases) -> bool:
-    return any(re.search(rf"\b{re.escape(p)}\b", text) for p in phrases)
-
-
-def expression_kind(sentence: str, source: str = "") -> str:
-    """The kind of a synthetic expression; a DataError (naming `source`, the file) for any other sentence."""
-    text = " " + re.sub(r"[^a-z ]", " ", sentence.lower()) + " "
-    if _has_phrase(text, [p for ps in RELATION_PHRASES.values() for p in ps]):
-        return "relation"
-    if _has_phrase(text, [p for ps in POSITION_PHRASES.values() for p in ps]
-                   + [p for ps in POSITION_ADJECTIVES.values() for p in ps]):
-        return "position"
-    if _has_phrase(text, [p for ps in SIZE_ADJECTIVES.values() for p in ps]):
-        return "size"
-    has_colour = _has_phrase(text, COLOUR_WORDS)
-    has_category = _has_phrase(text, [n for ns in NOUNS.values() for n in ns])
-    if has_colour and has_category:
-        return "colour"
-    if has_category:
-        return "category"
-    if has_colour and _has_phrase(text, GENERIC_NOUNS):
-        return "colour only"
-    where = f"{source}: " if source else ""
-    raise DataError(f"{where}sentence {sentence!r} is not one the synthetic generator writes (this breakdown is "
-                    "for evaluations on the synthetic dataset)")
+from src.data.expression_kinds import KINDS, expression_kind  # noqa: E402
 
 
 def breakdown(path: str) -> Dict[str, Dict[str, float]]:

@@ -1,6 +1,6 @@
 """Peak resident memory and seconds per step of the compiled TrainStep with a chosen optimizer.
 
-    flock /tmp/cpu.lock .venv/bin/python tools/optimizer_memory.py --config default_config.yaml \
+    python research/tools/optimizer_memory.py --config default_config.yaml \
         --image_size 128 --batch_size 1 --steps 3 [--optimizer adamw|ms_adamweightdecay] [--key=value ...]
 
 `adamw` is ours (src/engine/optimizer.py, as the Trainer builds it: LAVT groups, poly schedule);
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 

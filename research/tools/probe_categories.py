@@ -1,9 +1,9 @@
 """Linear probe of the visual encoder: do its stage features tell the annotated object categories apart?
 
-    python tools/probe_categories.py --checkpoint_path CK [--data_root D] [--train_images 250]
+    python research/tools/probe_categories.py --checkpoint_path CK [--data_root D] [--train_images 250]
         [--sentence "the object"] [--output probe.json]
-    python tools/probe_categories.py --config_path C --random_init [...]   # the same probe, untrained Swin
-    python tools/probe_categories.py --checkpoint_path CK --label color    # another annotation field
+    python research/tools/probe_categories.py --config_path C --random_init [...]   # the same probe, untrained Swin
+    python research/tools/probe_categories.py --checkpoint_path CK --label color    # another annotation field
 
 For every annotated object of the images of the train split (the first --train_images) and of the val split,
 each stage map S_o of the encoder (after WPA, for one fixed neutral sentence, so only the image varies) is
@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from src.utils.runtime import apply_cpu_env_defaults  # noqa: E402
 
@@ -107,9 +107,10 @@ def main(argv=None) -> int:
         tokenizer = build_tokenizer(cfg)
     else:
         if not cfg.checkpoint_path:
-            raise ConfigError("tools/probe_categories.py needs --checkpoint_path (or --config_path with --random_init)")
-        model = build_trained_model(cfg, "tools/probe_categories.py")
-        tokenizer = build_trained_tokenizer(cfg, "tools/probe_categories.py")
+            raise ConfigError("research/tools/probe_categories.py needs --checkpoint_path "
+                              "(or --config_path with --random_init)")
+        model = build_trained_model(cfg, "research/tools/probe_categories.py")
+        tokenizer = build_trained_tokenizer(cfg, "research/tools/probe_categories.py")
 
     class StageMaps(nn.Cell):
         def __init__(self, network):

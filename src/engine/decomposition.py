@@ -29,7 +29,8 @@ too much.
 Reading a group of samples: a low mean ``iou_best`` blames the mask generator; a high ``iou_best`` with a low
 selection accuracy blames SMA; ``iou_output`` well below ``iou_top`` with a correct selection blames how the
 output is formed from the selection. `summarise` gives these means (in percent) per group: overall, the
-same-category subset and each kind of expression (tools/decompose.py builds the groups).
+same-category subset (`same_category_indices`) and each kind of expression (src/data/expression_kinds.py;
+tools/decompose.py builds the groups).
 """
 from __future__ import annotations
 
@@ -357,6 +358,19 @@ def group_summary(rows: Sequence[Dict]) -> Dict[str, Optional[float]]:
     if out["compare_iou"] is not None:
         out["diff_vs_compare"] = 100.0 * float(np.mean([r["iou_output"] - r["compare_iou"] for r in rows]))
     return out
+
+
+def same_category_indices(refer) -> Set[SampleKey]:
+    """(ref_id, sent_id) of the samples whose image holds another annotated object of the referent's category:
+    the "same category" group of `summarise` (tools/decompose.py) and of the ablation table."""
+    keys = set()
+    for ref in refer.refs:
+        category = refer.annotations[ref.ann_id].get("category_id")
+        peers = [a for a in refer.image_annotations(ref.image_id)
+                 if a != ref.ann_id and refer.annotations[a].get("category_id") == category]
+        if peers:
+            keys.update((ref.ref_id, s.sent_id) for s in ref.sentences)
+    return keys
 
 
 def summarise(rows: Sequence[Dict], groups: Mapping[str, Set[SampleKey]]) -> Dict[str, Dict]:
