@@ -11,6 +11,9 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON_BIN="${PYTHON_BIN:-$REPO_ROOT/.venv/bin/python}"
 [ -x "$PYTHON_BIN" ] || PYTHON_BIN="$(command -v python3)"
 export COUPALIGN_ARGS_CWD="${COUPALIGN_ARGS_CWD:-$PWD}"
+# Seconds HCCL waits at start-up for every rank to join (its default, 120, is short when the servers of a job
+# start seconds to minutes apart, or one compiles longer). Ascend only; an exported value wins.
+export HCCL_CONNECT_TIMEOUT="${HCCL_CONNECT_TIMEOUT:-600}"
 
 abs_path() {  # normalised (no "..": messages and logs name the real place), the path need not exist yet
   case "$1" in
@@ -55,9 +58,11 @@ msrun_launch() {
   cd "$REPO_ROOT"
   echo "msrun $entry: $((device_num * node_num)) workers ($device_num on node $node_rank of $node_num); logs in $log_dir"
   set +e
+  # --bind_core: msrun gives each worker its own share of this machine's cores (BIND_CORE=False: no binding; a
+  # JSON dict: msrun's explicit per-device core lists).
   "$msrun" --worker_num="$((device_num * node_num))" --local_worker_num="$device_num" \
     --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-8118}" --node_rank="$node_rank" \
-    --log_dir="$log_dir" --join=True \
+    --log_dir="$log_dir" --join=True --bind_core="${BIND_CORE:-True}" \
     "$entry" --config_path "$config_path" --distribute=true "$@"
   status=$?
   set -e

@@ -52,6 +52,10 @@ class SwinSection:
     stem: str = "patch"
     # A checkpoint written by tools/convert_swin.py; empty = random initialisation.
     pretrained: str = ""
+    # Stages (0-based, as in depths) whose blocks recompute their activations in the backward instead of keeping
+    # them (MindSpore's Cell.recompute): less training memory for one more forward of those blocks, the same
+    # loss and gradients. [2] = the deepest stage, 18 of Swin-B's 24 blocks (docs/performance.md, "Training memory").
+    recompute_stages: List[int] = field(default_factory=list)
 
 
 @dataclass
@@ -254,6 +258,12 @@ class TrainSection:
     # Training-health diagnostics (src/engine/diagnostics.py) after every validation, on this many
     # same-image pairs of the validation split; 0 = off.
     diagnostics_pairs: int = 32
+    # On Ascend/GPU the diagnostics (and the gradient shares that go with them) run only when this is true:
+    # rank 0 alone runs them, in PyNative, on top of the training memory, while the other ranks wait in the
+    # collective. The CPU ignores it.
+    diagnostics_on_device: bool = False
+    # Probe pairs per forward of the diagnostics (their memory grows with it).
+    diagnostics_batch_size: int = 16
     max_steps: int = 0  # 0 = epochs decide
 
 
@@ -529,7 +539,7 @@ def _check_choices(cfg: Config) -> None:
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {', '.join(map(repr, allowed))}")
     for key in ("train.batch_size", "train.epochs", "train.accumulate_steps", "train.keep_last",
-                "model.image_size", "model.max_tokens", "model.mask_generator.num_queries"):
+                "train.diagnostics_batch_size", "model.image_size", "model.max_tokens", "model.mask_generator.num_queries"):
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected a positive integer")
     for key in ("data.max_bad_samples", "data.num_workers", "train.warmup_steps", "train.max_steps",
@@ -537,6 +547,11 @@ def _check_choices(cfg: Config) -> None:
                 "train.diagnostics_pairs"):
         if flat[key] < 0:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected an integer >= 0")
+    stages = flat["model.swin.recompute_stages"]
+    if len(set(stages)) != len(stages) or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < 4
+                                              for i in stages):
+        raise ConfigError(f"config key 'model.swin.recompute_stages' = {stages!r}; expected distinct stage indices "
+                          "0-3 (0-based, as model.swin.depths), e.g. [2] for the deepest stage")
     if flat["model.mask_generator.num_classes"] < 0:
         raise ConfigError(f"config key 'model.mask_generator.num_classes' = {flat['model.mask_generator.num_classes']}; "
                           "expected an integer >= 0 (0 = no category head)")

@@ -26,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from src.config import config_from_dict, load_config
 from src.models.swin_arch import swin_arch
 from src.models.bert import BertConfig
-from tools.benchmark import (SIGNED_FIELDS, activation_elements, bert_flops, coupalign_flops, parameter_count,
-                             swin_flops, swin_stage_sizes, training_memory_estimate)
+from tools.benchmark import (SIGNED_FIELDS, activation_elements, bert_flops, coupalign_flops, loss_activation_elements,
+                             parameter_count, swin_flops, swin_stage_sizes, training_memory_estimate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOP_TOL = 1e-3
@@ -178,10 +178,18 @@ def test_memory_estimate_bookkeeping():
     assert four["activations"] == 4 * one["activations"]
     parts = activation_elements(cfg.model, bert, 480, 480)
     largest = parts.pop("largest_layer")
-    assert four["activations"] == 4 * 4 * sum(parts.values())
+    losses = loss_activation_elements(cfg, 480, 480)
+    # Every loss the default config turns on is counted (issue 22: the proposal loss was left out).
+    assert set(losses) == {"proposal_loss", "aux_loss"} and four["activations.proposal_loss"] > 0.6 * 2 ** 30
+    assert four["activations"] == 4 * 4 * (sum(parts.values()) + sum(losses.values()))
     assert four["backward_working_set"] == 4 * 4 * largest and largest < max(parts.values())
     assert four["total"] == (4 * params + four["activations"] + four["backward_working_set"])
     assert all(v > 0 for v in parts.values())
+    # model.swin.recompute_stages=[2]: the deepest stage's blocks keep their inputs only.
+    cfg.model.swin.recompute_stages = [2]
+    recomputed = training_memory_estimate(cfg, bert, batch=4)
+    assert recomputed["activations.swin"] < 0.5 * four["activations.swin"]
+    assert recomputed["backward_working_set"] == four["backward_working_set"]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -139,3 +139,37 @@ def test_bert_section_is_bert_config_with_its_checks_named_by_key():
     assert cfg.model.bert.architecture().hidden_size == 64
     with pytest.raises(ConfigError, match="model.bert.hidden_size .*divisible"):
         config_from_dict({"model": {"bert": {"hidden_size": 30, "num_attention_heads": 4}}})
+
+
+def test_onednn_isa_cap_is_set_for_the_cpu_target_only(monkeypatch):
+    """Issue 22, finding 10: ONEDNN_MAX_CPU_ISA names an x86 ISA for the CPU backend's oneDNN; an Ascend or GPU run
+    (default_config.yaml is Ascend) must not get it. Read from the command line before MindSpore loads."""
+    import platform
+
+    from src.utils.runtime import apply_cpu_env_defaults
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the cap is set on x86-64 only")
+    default = os.path.join(ROOT, "default_config.yaml")
+    for argv, expected in (([], "AVX2"), (["--config_path", default], None),
+                           (["--config_path", default, "--device_target=CPU"], "AVX2"),
+                           ([f"--config_path={os.path.join(ROOT, 'configs', 'quickstart_cpu.yaml')}", "--x=1"], "AVX2"),
+                           (["--config_path", os.path.join(ROOT, "configs", "quickstart_cpu.yaml"),
+                             "--device_target", "GPU"], None)):
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+        apply_cpu_env_defaults(argv)
+        assert os.environ.get("ONEDNN_MAX_CPU_ISA") == expected, argv
+
+
+def test_diagnostics_are_off_on_devices_unless_asked():
+    """Issue 22, finding 8: rank 0 alone would run them in PyNative on top of the training memory."""
+    from src.engine.trainer import diagnostics_wanted
+
+    default = os.path.join(ROOT, "default_config.yaml")
+    assert not diagnostics_wanted(load_config(default))  # Ascend
+    assert diagnostics_wanted(load_config(default, ["--train.diagnostics_on_device=true"]))
+    assert diagnostics_wanted(load_config(default, ["--device_target=CPU"]))
+    assert not diagnostics_wanted(load_config(default, ["--device_target=CPU", "--train.diagnostics_pairs=0"]))
+    assert load_config(default).train.diagnostics_batch_size == 16
+    with pytest.raises(ConfigError, match="diagnostics_batch_size"):
+        load_config(default, ["--train.diagnostics_batch_size=0"])

@@ -99,7 +99,9 @@ def _stub_python(bin_dir, record_dir):
     return _stub(bin_dir / "python", f"""
 if [ "${{1:-}}" = train.py ]; then
   shift
-  {{ echo "DEVICE_ID=${{DEVICE_ID:-}} RANK_ID=${{RANK_ID:-}} RANK_SIZE=${{RANK_SIZE:-}}"; printf '%s\\n' "$@"; }} \\
+  {{ echo "DEVICE_ID=${{DEVICE_ID:-}} RANK_ID=${{RANK_ID:-}} RANK_SIZE=${{RANK_SIZE:-}}"
+     echo "HCCL_CONNECT_TIMEOUT=${{HCCL_CONNECT_TIMEOUT:-}} $(grep Cpus_allowed_list /proc/self/status | tr -d '\\t')"
+     printf '%s\\n' "$@"; }} \\
     > "{record_dir}/train_${{RANK_ID:-x}}.txt"
   exit 0
 fi
@@ -124,6 +126,46 @@ def test_rank_table_script_starts_only_this_servers_ranks(tmp_path):
         lines = (record / f"train_{rank}.txt").read_text().splitlines()
         assert lines[0] == f"DEVICE_ID={rank - 8} RANK_ID={rank} RANK_SIZE=16"
         assert f"--device_id={rank - 8}" in lines
+
+
+def test_rank_table_script_binds_cores_and_sets_the_hccl_timeout(tmp_path):
+    """Finding 10 of issue 22: each rank runs on its own share of the cores (taskset), HCCL_CONNECT_TIMEOUT is
+    exported (600 unless the user set one), and BIND_CORE=False turns the binding off."""
+    table = _rank_table(tmp_path / "hccl.json", servers=1, devices=2)
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs 2 cores to give each of 2 ranks its own")
+    per_rank = len(cores) // 2
+    for bind, timeout in (("True", None), ("False", "1200")):
+        record = tmp_path / f"record_{bind}"
+        record.mkdir()
+        python = _stub_python(tmp_path / f"bin_{bind}", record)
+        env = dict(os.environ, PYTHON_BIN=python, LOG_DIR=str(tmp_path / "logs"), BIND_CORE=bind)
+        env.pop("HCCL_CONNECT_TIMEOUT", None)
+        if timeout:
+            env["HCCL_CONNECT_TIMEOUT"] = timeout
+        proc = subprocess.run(["bash", "scripts/run_distribute_train_ranktable.sh", table, QUICKSTART,
+                               f"--output_dir={tmp_path / 'run'}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        for rank in range(2):
+            line = (record / f"train_{rank}.txt").read_text().splitlines()[1]
+            assert line.startswith(f"HCCL_CONNECT_TIMEOUT={timeout or 600} "), line
+            allowed = line.split("Cpus_allowed_list:")[1]
+            share = cores[rank * per_rank:(rank + 1) * per_rank]
+            if bind == "True":
+                assert _cpu_list(allowed) == share, (allowed, share)
+            else:
+                assert _cpu_list(allowed) == cores
+
+
+def _cpu_list(text):
+    """'0-2,5' -> [0, 1, 2, 5]"""
+    out = []
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        out.extend(range(int(first), int(last or first) + 1))
+    return out
 
 
 def test_rank_table_script_refuses_an_unknown_server(tmp_path):
@@ -155,7 +197,7 @@ def test_multi_node_msrun_command(tmp_path):
                          NODE_NUM="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1", MASTER_PORT="9000")
     assert proc.returncode == 0, proc.stderr
     for flag in ("--worker_num=16", "--local_worker_num=8", "--node_rank=1", "--master_addr=10.0.0.1",
-                 "--master_port=9000", "--distribute=true"):
+                 "--master_port=9000", "--bind_core=True", "--distribute=true"):
         assert flag in lines, (flag, lines)
     proc, _ = _msrun(tmp_path, ["8", QUICKSTART], NODE_NUM="2", NODE_RANK="1")
     assert proc.returncode == 2 and "MASTER_ADDR" in proc.stderr

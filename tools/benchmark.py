@@ -251,6 +251,7 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
 
     # --- Swin ---
     swin = stem_cost(arch, height, width)[2]
+    recomputed = set(getattr(model_cfg.swin, "recompute_stages", ()))  # model.swin.recompute_stages
     for i, depth in enumerate(arch["depths"]):
         h, w = sizes[i]
         c, heads = channels[i], arch["num_heads"][i]
@@ -260,8 +261,8 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
                      + 2 * int(ratio) * n * c        # GELU input, fc2 input
                      + 5 * padded * c                # qkv input, q, k, v, proj input
                      + heads * padded * window_tokens)  # softmax output
-        layers.append(per_block)
-        swin += depth * per_block
+        layers.append(per_block)  # a recomputed block's are rebuilt during its backward: still the working set
+        swin += depth * (n * c if i in recomputed else per_block)  # recomputed: each block keeps its input only
         if i < NUM_STAGES - 1:
             swin += 2 * n * c                        # merging: norm input and reduction input (4C x N/4 each)
         swin += n * c                                # stage output norm_i input
@@ -285,17 +286,50 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
     return out
 
 
+def loss_activation_elements(cfg: Config, height: int, width: int) -> "OrderedDict[str, int]":
+    """fp32 elements the loss terms the config turns on keep for the backward, per image, beyond the
+    segmentation loss (`activation_elements`' "sma_and_loss"); the same accounting rule.
+
+    * proposal_loss (loss.proposal_loss weighted / matched, with SMA): at every decoder stage the N proposal
+      logits at stride 4 (kept by their matmul and by softplus), softplus's exponential and the sigmoid's
+      output: 3 x N x h4 x w4 per stage;
+    * aux_loss (loss.aux_enabled): the pixel similarities and the (num_fg x num_bg) logits, exponentials
+      and mask of the contrast;
+    * pixel_class_loss (pixel_class_weight > 0 with categories): logits, log-softmax and goal per stride-4 cell;
+    * sma_map_loss (the coupled head): CE and Dice on SMA's own map at input resolution, per decoder layer.
+    """
+    model, loss, mg = cfg.model, cfg.loss, cfg.model.mask_generator
+    h4, w4 = swin_stage_sizes(height, width, swin_arch(model.swin)["patch_size"])[0]
+    n1 = h4 * w4  # stride-4 cells
+    stages = mg.decoder_layers + 1 if model.sma.deep_supervision else 1
+    out = OrderedDict()
+    if model.sma.enabled and loss.proposal_loss != "none":
+        out["proposal_loss"] = stages * 3 * mg.num_queries * n1
+    if loss.aux_enabled and loss.aux_weight > 0:
+        out["aux_loss"] = 3 * n1 + 3 * min(loss.aux_num_fg, n1) * min(loss.aux_num_bg, 2 * n1)
+    if model.sma.enabled and mg.num_classes and loss.pixel_class_weight > 0:
+        out["pixel_class_loss"] = 3 * n1 * (mg.num_classes + 1)
+    if model.sma.enabled and model.sma.head == "coupled" and loss.sma_map_weight > 0:
+        out["sma_map_loss"] = mg.decoder_layers * (n1 + 6 * height * width)
+    return out
+
+
 def training_memory_estimate(cfg: Config, bert_config, batch: int, height: Optional[int] = None,
                              width: Optional[int] = None, num_params: Optional[int] = None) -> "OrderedDict":
     """Bytes of one device's training step (fp32): parameters, gradients, AdamW's two moments,
-    activations kept for the backward (`activation_elements` x batch), and the backward's working set:
-    while a layer's backward runs, the gradients of its saved tensors exist next to them, so one more
-    copy of the largest layer's activations. `num_params` defaults to `parameter_count`."""
+    activations kept for the backward (`activation_elements` + `loss_activation_elements`, x batch), and the
+    backward's working set: while a layer's backward runs, the gradients of its saved tensors exist next to
+    them, so one more copy of the largest layer's activations. `num_params` defaults to `parameter_count`.
+
+    A lower bound, not a prediction: it assumes every buffer is freed as soon as its last reader ran (perfect
+    reuse by liveness) and counts no workspace, no fragmentation, no compiled-graph or runtime memory. The
+    measured peak of one real step: tools/memory_probe.py."""
     height = height or cfg.model.image_size
     width = width or cfg.model.image_size
     params = num_params if num_params is not None else parameter_count(cfg.model, bert_config)
     acts = activation_elements(cfg.model, bert_config, height, width)
     largest_layer = acts.pop("largest_layer")
+    acts.update(loss_activation_elements(cfg, height, width))
     out = OrderedDict()
     out["parameters"] = params * BYTES_FP32
     out["gradients"] = params * BYTES_FP32
@@ -932,7 +966,8 @@ def format_table(result: Dict) -> str:
 
 
 def format_memory_estimate(estimate: Dict, batch: int, capacity_gb: float) -> str:
-    lines = [f"analytic training memory per device, batch {batch} (fp32)"]
+    lines = [f"analytic training memory per device, batch {batch} (fp32): a LOWER BOUND (perfect buffer reuse, no "
+             f"workspace or runtime memory); measure one real step with tools/memory_probe.py"]
     for name, value in estimate.items():
         lines.append(f"  {name:<34} {value / 2 ** 30:8.2f} GiB")
     lines.append(f"  {'share of a ' + str(int(capacity_gb)) + ' GB device':<34} "

@@ -186,6 +186,79 @@ def check_shapes(cell, params: Dict, path: str) -> None:
                                       f"another config?):\n  " + "\n  ".join(mismatched))
 
 
+def load_train_step(step_cell, params: Dict, path: str) -> None:
+    """Loads a step checkpoint's `params` into the train step `step_cell` (model, optimizer state, counters and,
+    with loss scaling, the dynamic loss scale). A checkpoint written before the loss scale was saved resumes
+    with the configured initial scale, with a warning; any other missing parameter refuses the checkpoint."""
+    import mindspore as ms
+
+    from src.engine.train_step import LOSS_SCALE_PARAMS
+
+    check_shapes(step_cell, params, path)
+    # Exact names: MindSpore's non-strict loading fills a missing parameter from any entry whose name ends like it
+    # (a missing "dense.weight" from "accum.dense.weight"), so nothing would ever be reported missing.
+    not_loaded = [p.name for p in step_cell.get_parameters() if p.name not in params]
+    scale_missing = [name for name in not_loaded if name in LOSS_SCALE_PARAMS]
+    not_loaded = [name for name in not_loaded if name not in LOSS_SCALE_PARAMS]
+    if not_loaded:
+        raise CheckpointMismatchError(f"{path} does not fit this configuration: {len(not_loaded)} parameters "
+                                      f"missing (e.g. {', '.join(not_loaded[:8])})")
+    ms.load_param_into_net(step_cell, params, strict_load=True)
+    if scale_missing:
+        logger.warning("%s holds no dynamic loss scale (written before it was saved): resuming with the initial "
+                       "train.loss_scale", path)
+
+
+class ResumeMismatchError(CheckpointError):
+    """The ranks of a distributed run found different checkpoints (or some found none) to resume from."""
+
+
+def _fingerprint(path: Optional[str]):
+    """(step, digest) of a checkpoint file without loading it: the step from its name, the digest over its size
+    and its first and last MiB (seconds for a multi-GB file would be too slow for every resume; two checkpoints
+    of the same step differ there). (-1, 0) for no checkpoint."""
+    import hashlib
+
+    if path is None:
+        return -1, 0
+    step = int(CKPT_PATTERN.match(os.path.basename(path)).group(1))
+    size = os.path.getsize(path)
+    digest = hashlib.blake2b(str(size).encode(), digest_size=7)
+    with open(path, "rb") as f:
+        digest.update(f.read(1 << 20))
+        f.seek(max(0, size - (1 << 20)))
+        digest.update(f.read(1 << 20))
+    return step, int.from_bytes(digest.digest(), "big")  # < 2**56: fits int64
+
+
+def check_ranks_agree_on_resume(path: Optional[str], directory: str, ctx) -> None:
+    """Every rank passes the checkpoint it found in `directory` (None: none); raises ResumeMismatchError on every
+    rank, naming each rank's path, step and digest, unless all found the same one (or all found none).
+
+    Stopping, rather than broadcasting rank 0's parameters, because a step checkpoint is more than parameters
+    (AdamW's moments, the step, the data position, the loss scale), and because the rank that lacks the file may
+    be rank 0 itself, which would restart every rank from scratch: a wrong file-system set-up must be fixed, not
+    papered over. Not distributed: nothing to check."""
+    if ctx.group_size == 1:
+        return
+    import numpy as np
+
+    from src.utils.runtime import all_gather_rows, all_gather_texts
+
+    mine = np.array([_fingerprint(path)], np.int64)  # (1, 2): step, digest
+    found = np.concatenate(all_gather_rows(mine, ctx, 2))  # (R, 2)
+    paths = [texts[0] for texts in all_gather_texts([path or ""], ctx)]
+    dirs = [texts[0] for texts in all_gather_texts([directory], ctx)]
+    if (found == found[0]).all():
+        return
+    lines = [f"rank {r}: " + (f"{paths[r]} (step {int(found[r, 0])}, digest {int(found[r, 1]):014x})" if paths[r]
+                              else f"no checkpoint in {dirs[r]}") for r in range(ctx.group_size)]
+    raise ResumeMismatchError("train.resume=true but the ranks found different checkpoints to resume from:\n  "
+                              + "\n  ".join(lines) + "\nEvery rank must read the same <output_dir>/checkpoints: "
+                              "put it on a file system all nodes share, or copy rank 0's latest step_<N>.ckpt to "
+                              "the same path on every node, then start again (nothing was loaded or changed).")
+
+
 def load_model_weights(model, path: str) -> None:
     """Loads a training or best checkpoint (or a bare model checkpoint) into `model`. A checkpoint from
     another configuration is refused with the mismatched or missing parameter names and shapes."""

@@ -77,13 +77,47 @@ def merge_shards(shards: List[EvalResult]) -> EvalResult:
     return EvalResult.from_samples([s for r in shards for s in r.samples], [k for r in shards for k in r.skipped])
 
 
-def gather_shards(result: EvalResult, ctx) -> EvalResult:
-    """The whole split's result on every rank from each rank's shard (`ctx`: a runtime.RunContext)."""
-    from src.utils.runtime import all_gather_object
+# A SampleResult as one int64 row: its integers, then its two IoUs as the bits of float64 (exact round trip).
+_SAMPLE_INTS = ("index", "ref_id", "sent_id", "intersection_input", "union_input", "intersection_original",
+                "union_original")
+_SAMPLE_FLOATS = ("iou_input", "iou_original")
+_SKIPPED_INTS = ("index", "ref_id", "sent_id")
 
-    shards = all_gather_object(result, ctx)
-    if len(shards) > 1:
-        logger.info("evaluation shards: %s samples per rank", [s.num_samples for s in shards])
+
+def _pack(items, int_fields, float_fields=()) -> np.ndarray:
+    n = len(items)
+    ints = np.array([[getattr(x, f) for f in int_fields] for x in items], np.int64).reshape(n, len(int_fields))
+    floats = np.array([[getattr(x, f) for f in float_fields] for x in items], np.float64)
+    floats = floats.reshape(n, len(float_fields)).view(np.int64)  # (n, F) bit patterns
+    return np.concatenate([ints, floats], axis=1)  # (n, I + F)
+
+
+def gather_shards(result: EvalResult, ctx) -> EvalResult:
+    """The whole split's result on every rank from each rank's shard (`ctx`: a runtime.RunContext).
+
+    Per-sample numbers travel as fixed-size int64 arrays and the sentences and skip reasons as UTF-8 bytes
+    (`runtime.all_gather_rows` / `all_gather_texts`: one all-gather that runs on Ascend, GPU and CPU)."""
+    from src.utils.runtime import all_gather_rows, all_gather_texts
+
+    if ctx.group_size == 1:
+        return result
+    columns = len(_SAMPLE_INTS) + len(_SAMPLE_FLOATS)
+    sample_rows = all_gather_rows(_pack(result.samples, _SAMPLE_INTS, _SAMPLE_FLOATS), ctx, columns)
+    sentences = all_gather_texts([s.sentence for s in result.samples], ctx)
+    skipped_rows = all_gather_rows(_pack(result.skipped, _SKIPPED_INTS), ctx, len(_SKIPPED_INTS))
+    reasons = all_gather_texts([k.reason for k in result.skipped], ctx)
+    shards = []
+    for rows, texts, skip_rows, skip_texts in zip(sample_rows, sentences, skipped_rows, reasons):
+        if len(rows) != len(texts) or len(skip_rows) != len(skip_texts):
+            raise RuntimeError(f"evaluation gather: {len(rows)} samples but {len(texts)} sentences, {len(skip_rows)} "
+                               f"skipped samples but {len(skip_texts)} reasons arrived from one rank")
+        ious = rows[:, len(_SAMPLE_INTS):].copy().view(np.float64)  # (n, 2)
+        samples = [SampleResult(sentence=text, **dict(zip(_SAMPLE_INTS, map(int, row[:len(_SAMPLE_INTS)]))),
+                                **dict(zip(_SAMPLE_FLOATS, map(float, iou))))
+                   for row, iou, text in zip(rows, ious, texts)]
+        skipped = [SkippedSample(*map(int, row), reason=text) for row, text in zip(skip_rows, skip_texts)]
+        shards.append(EvalResult({}, {}, samples, skipped))
+    logger.info("evaluation shards: %s samples per rank", [s.num_samples for s in shards])
     return merge_shards(shards)
 
 

@@ -11,6 +11,9 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 from mindspore.communication import get_group_size
 
+# Checkpoint names of the dynamic loss scale's state: the current scale, overflow-free steps since the last change.
+LOSS_SCALE_PARAMS = ("loss_scale_value", "loss_scale_counter")
+
 _add_scaled = ops.MultitypeFuncGraph("add_scaled")
 
 
@@ -75,6 +78,11 @@ class TrainStep(nn.Cell):
         self.use_loss_scale = loss_scale > 1.0
         self.scaler = ms.amp.DynamicLossScaler(loss_scale, 2, 1000) if self.use_loss_scale else None
         if self.use_loss_scale:
+            # The scale and its count of overflow-free steps live in the scaler's Parameters; held by this cell
+            # too (under names of their own) they are saved in every step checkpoint and restored on resume.
+            self.scaler.scale_value.name = LOSS_SCALE_PARAMS[0]
+            self.scaler.counter.name = LOSS_SCALE_PARAMS[1]
+            self.loss_scale_value, self.loss_scale_counter = self.scaler.scale_value, self.scaler.counter
             self.scaled_grad_fn = ms.value_and_grad(_ScaledLoss(net_with_loss, self.scaler), None, self.weights,
                                                     has_aux=True)
         self.accumulate_steps = int(accumulate_steps)

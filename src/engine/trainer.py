@@ -10,7 +10,6 @@ import time
 from typing import Dict, List, Optional
 
 
-import mindspore as ms
 from mindspore import Tensor
 
 from src.config import Config, ConfigError, num_other_objects, num_proposal_classes
@@ -18,8 +17,8 @@ from src.data.dataset import ReferSource, create_refer_dataset
 from src.data.base import build_dataset
 from src.data.tokenizer import BertTokenizer
 from src.engine import diagnostics
-from src.engine.checkpoint import (CheckpointManager, CheckpointMismatchError, TrainState, check_shapes,
-                                   list_checkpoints, read_checkpoint, split_meta)
+from src.engine.checkpoint import (CheckpointManager, TrainState, check_ranks_agree_on_resume, list_checkpoints,
+                                   load_train_step, read_checkpoint, split_meta)
 from src.engine.evaluator import evaluate, format_table, gather_shards
 from src.engine.grad_shares import gradient_shares, summary_line
 from src.engine.optimizer import PolyLR
@@ -28,7 +27,7 @@ from src.models import create_model
 from src.models.bert import vocab_path_for
 from src.models.bert import bert_config_from
 from src.errors import DataError, TrainingError
-from src.utils.runtime import RunContext
+from src.utils.runtime import RunContext, seed_rank_randomness
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +115,20 @@ def plot_curves(records: List[Dict], path: str) -> None:
     plt.close(fig)
 
 
+def diagnostics_wanted(cfg: Config) -> bool:
+    """Whether the training-health diagnostics (and the gradient shares) run after each validation: with
+    train.diagnostics_pairs > 0, always on the CPU, on Ascend/GPU only with train.diagnostics_on_device. There rank 0
+    alone would run them in PyNative, at train.diagnostics_batch_size, on top of the training memory, while the
+    other ranks wait in the collective."""
+    if not cfg.train.diagnostics_pairs:
+        return False
+    if cfg.device_target != "CPU" and not cfg.train.diagnostics_on_device:
+        logger.info("training-health diagnostics off on %s (train.diagnostics_on_device=true runs them)",
+                    cfg.device_target)
+        return False
+    return True
+
+
 class Trainer:
     def __init__(self, cfg: Config, ctx: RunContext):
         self.cfg = cfg
@@ -138,7 +151,7 @@ class Trainer:
                                                  cfg.eval.batch_size, train=False, num_workers=cfg.data.num_workers,
                                                  **shard)
         if tc.validate and ctx.is_main:
-            if tc.diagnostics_pairs:
+            if diagnostics_wanted(cfg):
                 try:
                     self.probe = diagnostics.ProbeSet.from_refer(self.val_refer, self.tokenizer, cfg.model.image_size,
                                                                  tc.diagnostics_pairs)
@@ -151,7 +164,10 @@ class Trainer:
             raise ConfigError(f"train.accumulate_steps={tc.accumulate_steps} exceeds the {self.batches_per_epoch} "
                               f"batches of an epoch")
         self.total_updates = tc.max_steps or tc.epochs * updates_per_epoch
-        model = create_model(cfg)
+        model = create_model(cfg)  # under cfg.seed: the same parameters on every rank
+        # Dropout, drop path and the auxiliary loss's pixels then draw from a seed of this rank's own: its samples
+        # are others than the other ranks', and so must its masks be (src/utils/runtime.py).
+        seed_rank_randomness(model, cfg.seed, ctx.rank)
         artifacts = self._artifacts(model)
         self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)
         self.step_cell = build_train_step(cfg, model, self.schedule, distributed=ctx.group_size > 1)
@@ -182,17 +198,16 @@ class Trainer:
         # Every rank resumes from rank 0's checkpoint: data-parallel ranks hold identical parameters.
         found = list_checkpoints(self.main_ckpt_dir)
         path = found[-1] if found else None
+        # Before anything is loaded: a rank that finds another checkpoint than rank 0 (or none: a node without the
+        # shared file system) would train from other weights and another step, silently.
+        check_ranks_agree_on_resume(path, self.main_ckpt_dir, self.ctx)
         if path is None:
             logger.warning("train.resume=true but %s holds no checkpoint: starting from scratch", self.main_ckpt_dir)
             return
         params, self.state, seed = split_meta(read_checkpoint(path))
         if seed is not None and int(seed) != self.cfg.seed:
             logger.warning("resuming with seed %s, the checkpoint was written with seed %s", self.cfg.seed, seed)
-        check_shapes(self.step_cell, params, path)
-        not_loaded, _ = ms.load_param_into_net(self.step_cell, params, strict_load=False)
-        if not_loaded:
-            raise CheckpointMismatchError(f"{path} does not fit this configuration: {len(not_loaded)} parameters "
-                                          f"missing (e.g. {', '.join(not_loaded[:8])})")
+        load_train_step(self.step_cell, params, path)
         logger.info("resumed from %s: step %d, epoch %d, %d batches into the epoch", path, self.state.step,
                     self.state.epoch, self.state.batch_in_epoch)
 
@@ -219,7 +234,8 @@ class Trainer:
         metrics = result.input_resolution
         self.log.write({"type": "val", "step": self.state.step, "epoch": self.state.epoch, **metrics})
         if self.probe is not None:
-            health = diagnostics.collect(self.model, self.probe, self.net_with_loss.criterion)
+            health = diagnostics.collect(self.model, self.probe, self.net_with_loss.criterion,
+                                         batch_size=self.cfg.train.diagnostics_batch_size)
             self.log.write({"type": "diagnostics", "step": self.state.step, "epoch": self.state.epoch, **health})
             logger.info("training health after epoch %d:\n%s", self.state.epoch, diagnostics.format_report(health))
         if metrics["overall_iou"] > self.state.best_score:

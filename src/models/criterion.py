@@ -26,7 +26,7 @@ shapes: random subsets are drawn with random keys + ``topk``, and "not selected"
 carried by 0/1 validity weights instead of by variable-length index lists.
 """
 import mindspore as ms
-from mindspore import Tensor, nn, ops
+from mindspore import Tensor, mint, nn, ops
 
 from .layers import scale_gradient
 from .transformer_decoder import proposal_logits
@@ -270,7 +270,7 @@ class AuxPixelSampler(nn.Cell):
         bg_mask = 1.0 - fg_mask
         # Foreground: every fg pixel outranks every bg pixel (keys < 1), random order among them.
         k_fg = min(self.num_fg, num_pixels)
-        _, fg_idx = ops.topk(fg_keys + 2.0 * fg_mask, k_fg)  # (B, Kf)
+        fg_idx = ops.topk(fg_keys + 2.0 * fg_mask, k_fg)[1]  # (B, Kf)
         fg_idx = fg_idx.astype(ms.int32)
         fg_valid = ops.gather_elements(fg_mask, 1, fg_idx)
 
@@ -280,7 +280,7 @@ class AuxPixelSampler(nn.Cell):
         k_hard = min(self.num_hard, num_pixels)
         if k_hard > 0:
             hard_score = ops.where(bg_mask > 0.5, similarity, _VERY_NEGATIVE)
-            _, hard_idx = ops.topk(hard_score, k_hard)  # (B, Kh), most similar bg first
+            hard_idx = ops.topk(hard_score, k_hard)[1]  # (B, Kh), most similar bg first
             hard_idx = hard_idx.astype(ms.int32)
             hard_valid = ops.gather_elements(bg_mask, 1, hard_idx)
             taken = ops.tensor_scatter_elements(ops.zeros_like(bg_mask), hard_idx, hard_valid, axis=1)
@@ -289,7 +289,7 @@ class AuxPixelSampler(nn.Cell):
             bg_valid_parts = bg_valid_parts + (hard_valid,)
         k_random = min(self.num_random_bg, num_pixels)
         if k_random > 0:
-            _, rand_idx = ops.topk(bg_keys + 2.0 * remaining, k_random)  # (B, Kr)
+            rand_idx = ops.topk(bg_keys + 2.0 * remaining, k_random)[1]  # (B, Kr)
             rand_idx = rand_idx.astype(ms.int32)
             rand_valid = ops.gather_elements(remaining, 1, rand_idx)
             bg_idx_parts = bg_idx_parts + (rand_idx,)
@@ -421,6 +421,7 @@ class CoupAlignCriterion(nn.Cell):
         self.deep_supervision = bool(deep_supervision)
         self.use_aux = bool(use_aux)
         self.sampler = AuxPixelSampler(aux_num_fg, aux_num_bg, aux_hard_ratio)
+        self.keys_from_generator = ms.get_context("device_target") == "Ascend"  # see `random_keys`
 
     @classmethod
     def from_config(cls, cfg) -> "CoupAlignCriterion":
@@ -454,15 +455,24 @@ class CoupAlignCriterion(nn.Cell):
         anchor = l2_normalize(target_embed, axis=1)  # (B, D)
         return ops.bmm(anchor.expand_dims(1), pixels).squeeze(1)  # (B, hw)
 
+    def random_keys(self, batch, pixels):
+        """``(batch, pixels)`` uniform [0, 1) keys for the random pixel choice, new at every call of a compiled step
+        (checked in graph mode: tests/test_randomness.py). Ascend ignores ``ops.rand``'s seed (MindSpore's
+        documentation), so there they come from ``mint.rand``, which draws from the default generator that
+        `ms.manual_seed` seeds (src/utils/runtime.py); ``mint.rand`` has no CPU or GPU kernel."""
+        if self.keys_from_generator:
+            return mint.rand(batch, pixels)  # (B, hw)
+        return ops.rand(batch, pixels)  # (B, hw); seeded from the global seed when the step is compiled
+
     def aux_loss(self, pixel_embed, target_embed, target, fg_keys=None, bg_keys=None):
         """The auxiliary contrast; GT is nearest-downsampled to the pixel-embedding grid."""
         batch, _, height, width = pixel_embed.shape
         similarity = self.pixel_similarity(pixel_embed, target_embed)  # (B, hw)
         fg_mask = stride4_labels(target, height, width).reshape(batch, height * width)  # (B, hw)
         if fg_keys is None:
-            fg_keys = ops.rand(batch, height * width)
+            fg_keys = self.random_keys(batch, height * width)  # (B, hw)
         if bg_keys is None:
-            bg_keys = ops.rand(batch, height * width)
+            bg_keys = self.random_keys(batch, height * width)  # (B, hw)
         fg_idx, fg_valid, bg_idx, bg_valid = self.sampler(similarity, fg_mask, fg_keys, bg_keys)
         return aux_contrastive_loss(similarity, fg_idx, fg_valid, bg_idx, bg_valid, self.aux_temperature)
 

@@ -461,7 +461,7 @@ class SwinTransformer(StagedEncoder):
                  num_heads: Sequence[int] = (4, 8, 16, 32), window_size: int = 12, patch_size: int = 4,
                  in_chans: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True, drop_rate: float = 0.0,
                  attn_drop_rate: float = 0.0, drop_path_rate: float = 0.3, patch_norm: bool = True,
-                 ape_grid: Optional[Tuple[int, int]] = None, stem: str = "patch"):
+                 ape_grid: Optional[Tuple[int, int]] = None, stem: str = "patch", recompute_stages: Sequence[int] = ()):
         super().__init__()
         depths = tuple(int(d) for d in depths)
         num_heads = tuple(int(h) for h in num_heads)
@@ -502,6 +502,13 @@ class SwinTransformer(StagedEncoder):
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop=drop_rate, attn_drop=attn_drop_rate,
                 drop_path=dpr[start:start + depths[i]], downsample=i < self.num_layers - 1))
         self.layers = nn.CellList(layers)
+        # Activation recompute per block (what the reference Swin's use_checkpoint does): a block keeps only its
+        # input for the backward, which recomputes the rest. Per block, not per stage, so that the recomputed span
+        # stays one block's worth of memory.
+        self.recompute_stages = tuple(int(i) for i in recompute_stages)
+        for i in self.recompute_stages:
+            for block in self.layers[i].blocks:
+                block.recompute()
         # One output norm per stage, named norm0..norm{n-1} as in the segmentation Swin checkpoints.
         for i in range(self.num_layers):
             setattr(self, f"norm{i}", LayerNorm(self.num_features[i]))
@@ -510,7 +517,8 @@ class SwinTransformer(StagedEncoder):
     def from_config(cls, section, image_size: int) -> "SwinTransformer":
         """From a `model.swin` section (src.config.SwinSection); `image_size` sizes the `ape` table."""
         grid = -(-image_size // section.patch_size)  # patches per side (PatchEmbed pads up)
-        return cls(**swin_arch(section), ape_grid=(grid, grid) if section.ape else None)
+        return cls(**swin_arch(section), ape_grid=(grid, grid) if section.ape else None,
+                   recompute_stages=section.recompute_stages)
 
     # ----- stage-by-stage API (usable from another Cell's graph-mode construct) -----
     def embed(self, x):

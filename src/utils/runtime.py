@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 import random
 import sys
 from dataclasses import dataclass
@@ -30,8 +31,37 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def apply_cpu_env_defaults() -> None:
-    """Sets CPU environment defaults without overriding anything the user set. Call before importing MindSpore."""
+def _device_target_of(argv) -> Optional[str]:
+    """The device_target the command line `argv` asks for (`--device_target`, else the `--config_path` file's,
+    else the schema default), read without MindSpore and without parsing the other options (scripts have
+    aliases of their own); None when the config file cannot be read (its own parse reports that later)."""
+    values = {}
+    args = list(argv)
+    for i, arg in enumerate(args):
+        for key in ("device_target", "config_path"):
+            if arg.startswith(f"--{key}="):
+                values[key] = arg.split("=", 1)[1]
+            elif arg == f"--{key}" and i + 1 < len(args):
+                values[key] = args[i + 1]
+    if "device_target" in values:
+        return values["device_target"]
+    try:
+        from src.config import Config, _from_args_cwd, read_yaml
+
+        data = read_yaml(_from_args_cwd(values["config_path"])) if "config_path" in values else {}
+        return str(data.get("device_target", Config.device_target))
+    except Exception:  # noqa: BLE001 - an unreadable config: decide nothing here
+        return None
+
+
+def apply_cpu_env_defaults(argv=None) -> None:
+    """Sets CPU environment defaults without overriding anything the user set, only when the run's device
+    target (read from `argv`, default sys.argv[1:]) is the CPU and the machine is x86-64: the cap names an x86
+    ISA and only the CPU backend's oneDNN kernels read it; on an Ascend or GPU host it would at best do nothing.
+    Call before importing MindSpore."""
+    target = _device_target_of(sys.argv[1:] if argv is None else argv)
+    if target != "CPU" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return
     if "mindspore" in sys.modules:
         missing = [k for k in CPU_ENV_DEFAULTS if k not in os.environ]
         if missing:
@@ -86,20 +116,88 @@ def setup_context(cfg) -> RunContext:
         ctx.device_id = int(ms.get_context("device_id"))  # after init(): msrun's negotiated id
     except (TypeError, ValueError, RuntimeError):
         pass
-    ms.set_seed(cfg.seed)
+    ms.set_seed(cfg.seed)  # the same on every rank: the parameters are initialised from it
+    ms.manual_seed(cfg.seed)  # the default generator, which set_seed leaves alone (mint's random ops)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     return ctx
 
 
-def all_gather_object(obj, ctx: RunContext) -> list:
-    """[obj of rank 0, obj of rank 1, ...] on every rank (pickled through the job's communicator);
-    [obj] when the run is not distributed."""
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s random draws inside the step (dropout, drop path, the auxiliary loss's
+    pixels): `seed` itself on rank 0, so that a one-device run is unchanged, and a different one on every
+    other rank, so that data-parallel ranks do not draw the same masks for their different samples."""
+    return seed if rank == 0 else (seed + 1_000_003 * rank) % (2 ** 31 - 1)
+
+
+def seed_rank_randomness(network, seed: int, rank: int) -> int:
+    """Makes the random ops of `network` (built under `seed`, so its parameters are the same on every rank)
+    draw from `rank_seed(seed, rank)` from now on; call after building the model and before building the
+    training step. Returns that seed.
+
+    MindSpore fixes an `nn.Dropout`'s seeds when the cell is constructed (from the global seed then), so on
+    ranks other than 0 each one's primitive is rebuilt under the rank's seed; `ops.rand` (the auxiliary
+    loss) takes the global seed when the step is compiled, and mint's random ops the default generator.
+    Rank 0 is left exactly as it was built."""
+    import mindspore as ms
+    from mindspore import nn
+
+    chosen = rank_seed(seed, rank)
+    if rank == 0:
+        return chosen
+    ms.set_seed(chosen)
+    ms.manual_seed(chosen)
+    for _, cell in network.cells_and_names():
+        if isinstance(cell, nn.Dropout):
+            p = cell.p if cell.p is not None else 1.0 - cell.keep_prob
+            cell.dropout = nn.Dropout(p=p).dropout  # the primitive, seeded now
+    return chosen
+
+
+def all_gather_rows(rows, ctx: RunContext, columns: int) -> list:
+    """[rows of rank 0, rows of rank 1, ...] on every rank: each rank's int64 block (n_r, columns), n_r free
+    to differ between ranks; [rows] when the run is not distributed.
+
+    Only fixed-size numeric tensors cross the communicator, through `ops.AllGather`, which runs on Ascend
+    (HCCL), GPU (NCCL) and CPU (msrun's mccl): MindSpore's object gather (pickles) is documented for Ascend
+    alone. AllGather needs one shape on every rank, so the row counts go first and each block is
+    zero-padded to the longest one. The int64 values travel as pairs of int32: measured on CPU, AllGather of
+    int64 keeps only each value's low 32 bits (and AllReduce refuses int64), and int32 is gathered everywhere.
+    """
+    import numpy as np
+
+    rows = np.ascontiguousarray(rows, dtype=np.int64).reshape(-1, columns)  # (n, columns)
     if ctx.group_size == 1:
-        return [obj]
-    from mindspore.mint.distributed import all_gather_object as gather
+        return [rows]
+    from mindspore import Tensor, ops
 
-    gathered = [None] * ctx.group_size
-    gather(gathered, obj)
-    return gathered
+    gather = ops.AllGather()
+    shape = np.array([[rows.shape[0], columns]], np.int32)  # (1, 2)
+    shapes = gather(Tensor(shape)).asnumpy()  # (R, 2)
+    if (shapes[:, 1] != columns).any():
+        raise RuntimeError(f"all_gather_rows: the ranks sent blocks of {shapes[:, 1].tolist()} columns (rank "
+                           f"{ctx.rank}: {columns}); every rank must send the same number of columns")
+    longest = max(1, int(shapes[:, 0].max()))  # AllGather refuses empty tensors
+    padded = np.zeros((longest, columns), np.int64)
+    padded[:rows.shape[0]] = rows
+    halves = gather(Tensor(padded.view(np.int32))).asnumpy()  # (R * longest, 2 * C) int32
+    everything = np.ascontiguousarray(halves).view(np.int64)  # (R * longest, C)
+    everything = everything.reshape(ctx.group_size, longest, columns)  # (R, longest, C)
+    return [everything[r, :int(shapes[r, 0])] for r in range(ctx.group_size)]
 
+
+def all_gather_texts(texts, ctx: RunContext) -> list:
+    """[texts of rank 0, texts of rank 1, ...] (lists of str) on every rank, sent as UTF-8 bytes through
+    `all_gather_rows` (one byte per int64: the texts gathered here are a few sentences and error messages)."""
+    import numpy as np
+
+    if any("\0" in t for t in texts):
+        raise ValueError("all_gather_texts: a text contains NUL, the separator")
+    blob = "\0".join(texts).encode("utf-8")
+    # One leading byte keeps an empty list apart from a list holding one empty string.
+    data = np.frombuffer(bytes([len(texts) > 0]) + blob, dtype=np.uint8).astype(np.int64)  # (bytes,)
+    out = []
+    for block in all_gather_rows(data, ctx, columns=1):
+        raw = bytes(block[:, 0].astype(np.uint8).tolist())
+        out.append(raw[1:].decode("utf-8").split("\0") if raw[:1] == b"\x01" else [])
+    return out
