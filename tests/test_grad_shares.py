@@ -216,12 +216,36 @@ def test_tiny_coupalign_equals_backpropagating_each_term_by_hand(tiny):
 
 
 # ------------------------------------------------------------------------------- the trainer and the tool, slow
-@pytest.mark.slow  # needs conftest's `trained` run (train.py, ~3 min on a shared 2-core machine)
-def test_training_logs_the_shares_at_the_start_and_the_end(trained):
+def test_training_without_diagnostics_measures_no_shares(trained):
+    """conftest's tiny run has no validation image with two referred objects, so its diagnostics are off, and
+    the gradient shares (three forward/backward passes per loss term, ~1 min there) go with them."""
     import json
     import os
 
     records = [json.loads(line) for line in open(os.path.join(trained["out"], "train_log.jsonl"))]
+    assert [r for r in records if r["type"] == "grad_shares"] == []
+    assert "training-health diagnostics off" in open(os.path.join(trained["out"], "train.log")).read()
+
+
+@pytest.mark.slow  # its own tiny train.py run with diagnostics on (~3 min on a shared 2-core machine)
+def test_training_logs_the_shares_at_the_start_and_the_end(tmp_path):
+    import json
+    import os
+
+    import yaml
+
+    from src.data.synthetic import generate_synthetic_refer
+    from test_entry_scripts import run, tiny_config as script_config
+
+    data_root, out = str(tmp_path / "data"), str(tmp_path / "run")
+    generate_synthetic_refer(data_root, num_images=48, seed=3)  # enough validation images with two referents
+    cfg = script_config(data_root, out)
+    cfg["train"]["diagnostics_pairs"] = 4
+    config_path = str(tmp_path / "tiny.yaml")
+    with open(config_path, "w") as f:
+        yaml.safe_dump(cfg, f)
+    run("train.py", "--config_path", config_path)
+    records = [json.loads(line) for line in open(os.path.join(out, "train_log.jsonl"))]
     logged = [r for r in records if r["type"] == "grad_shares"]
     # one epoch of 6 steps validates once, at the end: no middle measurement
     assert [(r["when"], r["step"]) for r in logged] == [("start", 0), ("end", 6)]
@@ -229,7 +253,7 @@ def test_training_logs_the_shares_at_the_start_and_the_end(trained):
         parts = [k for k in r["grad_shares"] if k.startswith("grad_share/")]
         assert {"grad_share/seg_loss", "grad_share/aux_loss"} <= set(parts)
         assert sum(r["grad_shares"][k] for k in parts) == pytest.approx(1.0, abs=1e-6)
-    log = open(os.path.join(trained["out"], "train.log")).read()
+    log = open(os.path.join(out, "train.log")).read()
     assert "gradient shares on the shared trunk at step 0 (start): seg " in log
 
 

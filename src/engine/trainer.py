@@ -179,9 +179,10 @@ class Trainer:
         self.ckpt = CheckpointManager(ckpt_dir, tc.keep_last, artifacts=artifacts)
         self.log = JsonLog(os.path.join(cfg.output_dir, "train_log.jsonl") if ctx.is_main else None)
         self.state = TrainState()
-        # The gradient shares go with the diagnostics (no switch of their own): validating, diagnostics_pairs > 0,
-        # rank 0 (the other ranks wait at the next step's gradient reduction, seconds).
-        self.grad_shares_on = bool(tc.validate and tc.diagnostics_pairs and ctx.is_main)
+        # The gradient shares go with the diagnostics (no switch of their own): on when the probe set was built
+        # (validating, diagnostics_pairs > 0, a split with same-image pairs, rank 0; the other ranks wait at the
+        # next step's gradient reduction, seconds). Each costs a forward and backward per loss term.
+        self.grad_shares_on = self.probe is not None
         self.grad_batch = None  # the fixed batch they are measured on, kept from the first step of the run
         if tc.resume:
             self._resume()
