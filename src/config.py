@@ -246,7 +246,10 @@ class TrainSection:
     warmup_steps: int = 0
     grad_clip_norm: float = 0.0  # 0 = off
     accumulate_steps: int = 1
-    amp_level: str = "O0"  # O0 | O1 | O2 | O3
+    # Mixed precision, set in place on the model's cells (src/models/amp.py, which defines each level): O0 float32;
+    # O2 (the Ascend recipe) all float16 but the norms and the deformable sampling locations; O3 all float16.
+    # Softmaxes, norm statistics, the heads and the loss stay float32 at every level. No O1 (amp.py says why).
+    amp_level: str = "O0"  # O0 | O2 | O3
     loss_scale: float = 1.0  # 1 = off; > 1 = dynamic loss scaling starting there
     log_every: int = 50
     save_every_steps: int = 0  # 0 = only at epoch end
@@ -287,6 +290,24 @@ class ExportSection:
 
 
 @dataclass
+class BackendSection:
+    """How graphs are compiled and run on Ascend/GPU (applied by src/utils/runtime.py `setup_context`; on CPU each
+    key set here is logged as ignored). configs/ascend_910.yaml sets them for the Ascend recipe."""
+    # Graph compilation level (MindSpore's jit_level): "" = MindSpore's choice; O0 = only the passes needed for
+    # correctness, kernel by kernel (the quickest and most robust compile); O1 = also common optimisations and
+    # automatic operator fusion (faster steps, a longer compile).
+    jit_level: str = ""
+    # Ascend operator precision mode (mindspore.device_context.ascend.op_precision.precision_mode): "" = MindSpore
+    # 2.10's default, must_keep_origin_dtype (every op in the dtype the graph gives it: float32 MatMuls at
+    # amp_level O0). allow_fp32_to_fp16: float32 matrix ops run in float16, vector ops keep float32.
+    precision_mode: str = ""
+    # Keep compiled graphs on disk and reuse them when the network and its inputs are unchanged (MindSpore's
+    # compile cache, MS_COMPILER_CACHE_ENABLE): a restarted or resumed run skips most of the compile.
+    compile_cache: bool = False
+    compile_cache_path: str = ""  # "" = <output_dir>/compile_cache
+
+
+@dataclass
 class Config:
     device_target: str = "CPU"  # Ascend | GPU | CPU
     # None: device 0 standalone; under msrun (or a rank table) each worker gets its own device (msrun
@@ -304,6 +325,7 @@ class Config:
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     export: ExportSection = field(default_factory=ExportSection)
+    backend: BackendSection = field(default_factory=BackendSection)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -330,7 +352,11 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "loss.proposal_loss": ("none", "weighted", "matched"),
     "loss.proposal_targets": ("referent", "all_objects"),
     "data.split_by": ("unc", "umd", "google"),
-    "train.amp_level": ("O0", "O1", "O2", "O3"),
+    "train.amp_level": ("O0", "O2", "O3"),  # no O1: src/models/amp.py, O1_UNSUPPORTED
+    "backend.jit_level": ("", "O0", "O1"),  # MindSpore 2.10 deprecates O2 (whole-graph sink)
+    "backend.precision_mode": ("", "force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
+                               "force_fp32", "allow_fp32_to_bf16", "allow_mix_precision_fp16",
+                               "allow_mix_precision_bf16"),
     "export.file_format": ("MINDIR", "AIR", "ONNX"),
 }
 
@@ -486,7 +512,8 @@ def parse_value(text: str) -> Any:
 # Python from the repository root; paths inside config files stay relative to the working directory
 # (the repository root for every launcher), as default_config.yaml's pretrained/... paths expect.
 PATH_KEYS = ("output_dir", "checkpoint_path", "data.data_root", "model.swin.pretrained", "model.convnet.pretrained",
-             "model.bert.pretrained", "model.bert.vocab_path", "eval.output_dir", "export.file_name")
+             "model.bert.pretrained", "model.bert.vocab_path", "eval.output_dir", "export.file_name",
+             "backend.compile_cache_path")
 ARGS_CWD_ENV = "COUPALIGN_ARGS_CWD"
 # Names every entry script accepts: `--ckpt_file` is the model zoo's name for the trained weights.
 GLOBAL_ALIASES = {"ckpt_file": "checkpoint_path"}
@@ -535,6 +562,10 @@ def parse_overrides(argv: Sequence[str], aliases: Optional[Dict[str, str]] = Non
 
 def _check_choices(cfg: Config) -> None:
     flat = _flatten(cfg.to_dict())
+    if flat["train.amp_level"] == "O1":
+        raise ConfigError("config key 'train.amp_level' = 'O1': not supported (a float16 white list of Dense/Conv "
+                          "leaves float16 and float32 operands meeting in BatchMatMul, which MindSpore does not "
+                          "promote); use 'O2' (the Ascend recipe) or 'O3' (src/models/amp.py)")
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {', '.join(map(repr, allowed))}")
@@ -552,6 +583,9 @@ def _check_choices(cfg: Config) -> None:
                                               for i in stages):
         raise ConfigError(f"config key 'model.swin.recompute_stages' = {stages!r}; expected distinct stage indices "
                           "0-3 (0-based, as model.swin.depths), e.g. [2] for the deepest stage")
+    if not flat["train.loss_scale"] >= 1.0:
+        raise ConfigError(f"config key 'train.loss_scale' = {flat['train.loss_scale']}; expected 1 (off) or more (the "
+                          "initial dynamic loss scale, e.g. 1024 with train.amp_level O2)")
     if flat["model.mask_generator.num_classes"] < 0:
         raise ConfigError(f"config key 'model.mask_generator.num_classes' = {flat['model.mask_generator.num_classes']}; "
                           "expected an integer >= 0 (0 = no category head)")

@@ -139,6 +139,7 @@ def build_train_step(cfg, model: nn.Cell, schedule, distributed: bool = False, o
     `optimizer="ms_adamweightdecay"` swaps in MindSpore's fused `nn.AdamWeightDecay` (no bias correction,
     no lr_scale) on the same groups, as a memory and time reference (tools/optimizer_memory.py)."""
     from src.engine.optimizer import AdamW, param_groups
+    from src.models.amp import apply_mixed_precision
     from src.models.coupalign import CoupAlignWithLoss
     from src.models.criterion import CoupAlignCriterion
 
@@ -147,9 +148,9 @@ def build_train_step(cfg, model: nn.Cell, schedule, distributed: bool = False, o
     # the coupled SMA head's scalar gate and temperature).
     head_scales = {f"head.{name}": scale for name, scale in getattr(model.head, "param_lr_scales", {}).items()}
     if tc.amp_level != "O0":
-        # Mixed precision for Ascend/GPU (fp16 compute); pair it with train.loss_scale > 1.
-        # Not measurable on the CPU this project is tested on.
-        model = ms.amp.auto_mixed_precision(model, tc.amp_level)
+        # Mixed precision (float16 compute) set in place on the model's cells: the model keeps its methods,
+        # which the loss cell and the trainer call (src/models/amp.py). Pair it with train.loss_scale > 1.
+        model = apply_mixed_precision(model, tc.amp_level)
     net_with_loss = CoupAlignWithLoss(model, CoupAlignCriterion.from_config(cfg))
     net_with_loss.set_train(True)
     groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,

@@ -43,7 +43,7 @@ from mindspore.common.initializer import Normal, One, Zero, initializer
 from src.errors import CheckpointError
 
 from src.models.bert_config import SUPPORTED_HIDDEN_ACTS, BertConfig  # noqa: F401  (re-exported)
-from src.models.layers import Embedding, LayerNorm, gelu
+from src.models.layers import Embedding, LayerNorm, gelu, softmax_fp32
 
 # Added to the attention score of a padded key. exp(-1e4) is exactly 0 in float32/float16.
 MASK_NEGATIVE = -10000.0
@@ -107,7 +107,7 @@ class BertSelfAttention(nn.Cell):
         value = self._split_heads(self.value(hidden))  # (B, h, T, d)
         scores = mint.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale  # (B, h, T, T)
         scores = scores + ext_mask.astype(scores.dtype)  # float16 under mixed precision; -1e4 fits
-        probs = self.dropout(ops.softmax(scores, axis=-1))  # (B, h, T, T)
+        probs = self.dropout(softmax_fp32(scores))  # (B, h, T, T), float32 inside under AMP
         context = mint.matmul(probs, value)  # (B, h, T, d)
         return context.transpose(0, 2, 1, 3).reshape(batch, seq_len, hidden_size)  # (B, T, H)
 

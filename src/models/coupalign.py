@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import mindspore as ms
 from mindspore import nn, ops
 
 from src.config import ConfigError, ModelSection
@@ -37,6 +38,11 @@ class CoupAlign(nn.Cell):
     Inputs of `construct`: image float32 (B, 3, H, W) ImageNet-normalised, input_ids int32 (B, T),
     attention_mask int32 (B, T). Output: target logits float32 (B, 1, H, W) (mask = logits > 0).
     """
+
+    # Parts that stay float32 under mixed precision (train.amp_level, src/models/amp.py): they make the output
+    # logits and SMA's scores from small tensors (N proposals, one sentence), and are called through methods
+    # (forward_train) that a float16 flag would not cast; `forward_head` hands them float32 inputs.
+    fp32_parts = ("head", "class_embed")
 
     def __init__(self, cfg: ModelSection, bert_config: Optional[BertConfig] = None):
         super().__init__()
@@ -168,6 +174,7 @@ class CoupAlign(nn.Cell):
 
     def forward_head(self, sentence, pixel_embed, mask_embeds, words, attention_mask):
         """`forward_heads` from `forward_features`' outputs (the benchmark times this part alone)."""
+        sentence, pixel_embed, mask_embeds, words = _float32(sentence, pixel_embed, mask_embeds, words)
         if mask_embeds is None:
             logits, _, target_embed, scores = self.head.forward_with_scores(None, pixel_embed, sentence)
             logits = logits.expand_dims(0)  # (1, B, 1, h, w)
@@ -182,14 +189,21 @@ class CoupAlign(nn.Cell):
         """The final stage's target logits, upsampled to (height, width) -> (B, 1, H, W). Two ints, not a
         (H, W) tuple: with a tuple argument here graph mode failed to compile ("the function has 6
         parameters but 3 were provided", MindSpore 2.10)."""
+        sentence, pixel_embed, mask_embeds, words = _float32(sentence, pixel_embed, mask_embeds, words)
         mask_embed = None if mask_embeds is None else mask_embeds[-1]  # final stage only
         class_logits = None if self.class_embed is None else self.class_embed(mask_embed)  # (B, N, C + 1)
         logits, _, _ = self.head(mask_embed, pixel_embed, sentence, words, attention_mask, class_logits)  # (B, 1, h, w)
+        logits = logits.astype(ms.float32)  # float16 under train.amp_level O2/O3; the output is float32
         return ops.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
 
     def construct(self, image, input_ids, attention_mask):
         sentence, pixel_embed, mask_embeds, words = self.forward_features(image, input_ids, attention_mask)
         return self.predict(sentence, pixel_embed, mask_embeds, words, attention_mask, image.shape[2], image.shape[3])
+
+
+def _float32(*tensors):
+    """The heads' inputs in float32 (float16 under train.amp_level O2/O3; no-op casts at O0); None stays None."""
+    return tuple(None if x is None else x.astype(ms.float32) for x in tensors)
 
 
 class CoupAlignWithLoss(nn.Cell):

@@ -28,6 +28,7 @@ first; the initial learnable queries are the same for every image, so a referrin
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
+from .layers import softmax_fp32
 from .registry import SMA_HEADS
 from .sma import SentenceMaskAlignment, _project_to_pixels
 
@@ -102,7 +103,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
             scores = scores + no_object_log_prior(class_logits)  # (B, N)
         if self.use_pixel_agreement:
             scores = scores + self.agreement_weight * pixel_agreement(proposals, pixel_logits)  # (B, N)
-        weights = ops.softmax(scores, axis=-1)  # (B, N)
+        weights = softmax_fp32(scores)  # (B, N), float32 inside under AMP
         target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D)
         mix = ops.bmm(weights.expand_dims(1), proposals)  # (B, 1, hw)
         mix = ops.clip_by_value(mix, _MIX_EPS, 1.0 - _MIX_EPS)

@@ -46,7 +46,9 @@ __all__ = [
     "CoupAlignCriterion",
 ]
 
-# A finite stand-in for -inf: exp() of it underflows to 0 and its gradients stay finite.
+# A finite stand-in for -inf: exp() of it underflows to 0 and its gradients stay finite. Out of float16's
+# range (max 65504): the criterion computes in float32 whatever the model's precision (CoupAlignCriterion
+# casts its inputs; `_float32`).
 _VERY_NEGATIVE = -1e30
 
 PROPOSAL_LOSSES = ("none", "weighted", "matched")
@@ -71,7 +73,7 @@ def nearest_indices(in_size, out_size):
     agree with PyTorch even where ``in/out`` is not an integer.
     """
     scale = ops.scalar_to_tensor(in_size, ms.float32) / ops.scalar_to_tensor(out_size, ms.float32)
-    positions = ops.arange(out_size).astype(ms.float32) * scale  # (out,)
+    positions = ops.arange(out_size, dtype=ms.int32).astype(ms.float32) * scale  # (out,); int32: no int64 (AI CPU) on Ascend
     idx = ops.floor(positions).astype(ms.int32)
     return ops.minimum(idx, in_size - 1)
 
@@ -126,7 +128,9 @@ def pairwise_mask_losses(logits, targets):
     return bce + dice
 
 
-# Added to the cost of pairs that may no longer be matched (taken rows and columns, absent targets).
+# Added to the cost of pairs that may no longer be matched (taken rows and columns, absent targets). Costs
+# accumulate up to three of it (absent target, taken row, taken column), far beyond float16's 65504: float32
+# only, as for _VERY_NEGATIVE.
 _BLOCKED = 1e6
 
 
@@ -569,6 +573,12 @@ class CoupAlignCriterion(nn.Cell):
     def construct(self, logits_per_layer, target, pixel_embed, target_embed, fg_keys=None, bg_keys=None,
                   mask_embeds=None, sma_scores=None, others=None, class_logits=None, categories=None,
                   pixel_class_logits=None, sma_map_logits=None):
+        # The loss in float32 whatever the model's precision (train.amp_level; float16 outputs under O2/O3):
+        # its constants and its sums over every pixel do not fit float16. No-op casts at O0.
+        logits_per_layer, pixel_embed, target_embed = (_float32(logits_per_layer), _float32(pixel_embed),
+                                                       _float32(target_embed))
+        mask_embeds, sma_scores, class_logits = _float32(mask_embeds), _float32(sma_scores), _float32(class_logits)
+        pixel_class_logits, sma_map_logits = _float32(pixel_class_logits), _float32(sma_map_logits)
         target = target.astype(ms.float32)
         seg = self.seg_loss(logits_per_layer, target)
         zero = ops.zeros((), ms.float32)
@@ -594,6 +604,11 @@ class CoupAlignCriterion(nn.Cell):
         for i in range(1, len(parts)):
             total = total + parts[i] * self.loss_weights[i]
         return (total,) + parts
+
+
+def _float32(x):
+    """``x`` as float32 (None stays None)."""
+    return None if x is None else x.astype(ms.float32)
 
 
 def build_criterion(loss, deep_supervision: bool = True, use_sma: bool = True, num_classes: int = 0,

@@ -33,7 +33,7 @@ from mindspore.common.initializer import Normal, XavierUniform, initializer
 from src.errors import ConfigError
 
 from src.models.cost import CostGeometry, PartCost, conv_flops, dense_flops
-from src.models.layers import ConvNormAct, GroupNorm, group_norm  # noqa: F401  (GroupNorm re-exported)
+from src.models.layers import ConvNormAct, GroupNorm, group_norm, softmax_fp32  # noqa: F401  (GroupNorm re-exported)
 from src.models.registry import PIXEL_DECODERS
 
 from .position_encoding import PositionEmbeddingSine
@@ -84,6 +84,62 @@ def deformable_reference_points(spatial_shapes):
     return points.reshape(1, -1, 1, 2)
 
 
+def level_constant(values, n_points: int, dtype):
+    """(1, 1, 1, L*P) of `dtype`: values[l] repeated for the P points of level l (the sampling layout)."""
+    return ops.concat([ops.full((1, 1, 1, n_points), value, dtype=dtype) for value in values], axis=-1)
+
+
+def bilinear_corners(px, py, spatial_shapes, n_points: int):
+    """The 4 bilinear neighbours of every sampling location (zeros outside the map, align_corners=False).
+
+    px, py: (B, Lq, M, L*P) locations in pixel units of their level (pixel centres at integers), float32 or
+    float16. Returns (weights (B, Lq, M, 4LP) in px's dtype, rows (B, Lq, M, 4LP) int32 into the
+    level-concatenated map), corners ordered top-left, top-right, bottom-left, bottom-right along the last axis.
+    """
+    int_widths = level_constant([w for _, w in spatial_shapes], n_points, ms.int32)  # (1, 1, 1, L*P)
+    int_heights = level_constant([h for h, _ in spatial_shapes], n_points, ms.int32)
+    level_start = [0]
+    for height, width in spatial_shapes[:-1]:
+        level_start.append(level_start[-1] + height * width)
+    starts = level_constant(level_start, n_points, ms.int32)  # first row of each level
+    largest = float(max(max(shape) for shape in spatial_shapes))
+
+    x0 = ops.stop_gradient(ops.floor(px))  # (B, Lq, M, L*P), integral values
+    y0 = ops.stop_gradient(ops.floor(py))
+    fx = px - x0  # the offsets' gradient flows through these fractions, as in grid_sample
+    fy = py - y0
+    # The integer parts in int32, and every index below formed from them in int32: float16 holds only
+    # even integers above 2048 (a row here reaches 4,724 at 480x480, and MSDeformAttn multiplies it by the
+    # heads), so row arithmetic in float16 would read a neighbouring pixel. Clipping to [-2, largest side] first keeps
+    # every inside/outside decision and keeps the cast in range for any offset.
+    col = ops.clip_by_value(x0, -2.0, largest).astype(ms.int32)  # (B, Lq, M, L*P)
+    row = ops.clip_by_value(y0, -2.0, largest).astype(ms.int32)
+
+    def inside(coord, size):
+        # 0 <= coord < size, as int32 0/1; subtracting first keeps the comparison against a scalar
+        # (broadcast comparisons are slow on CPU).
+        return ops.logical_and(coord >= 0, (coord - size) < 0).astype(ms.int32)
+
+    in_x0, in_x1 = inside(col, int_widths), inside(col + 1, int_widths)  # (B, Lq, M, L*P) 0/1
+    in_y0, in_y1 = inside(row, int_heights), inside(row + 1, int_heights)
+    dtype = fx.dtype
+    weight_x0 = (1.0 - fx) * in_x0.astype(dtype)
+    weight_x1 = fx * in_x1.astype(dtype)
+    weight_y0 = (1.0 - fy) * in_y0.astype(dtype)
+    weight_y1 = fy * in_y1.astype(dtype)
+    # Corners in the order top-left, top-right, bottom-left, bottom-right along the last axis.
+    corner_weights = ops.concat((weight_y0 * weight_x0, weight_y0 * weight_x1,
+                                 weight_y1 * weight_x0, weight_y1 * weight_x1), axis=-1)  # (B, Lq, M, 4LP)
+    # Row of each corner in the level-concatenated map (int32); a corner outside the map has weight 0
+    # and is pointed at row 0 of its level so the gather stays in range.
+    top_left = row * int_widths + col  # (B, Lq, M, L*P)
+    positions = ops.concat((top_left * (in_y0 * in_x0), (top_left + 1) * (in_y0 * in_x1),
+                            (top_left + int_widths) * (in_y1 * in_x0),
+                            (top_left + int_widths + 1) * (in_y1 * in_x1)), axis=-1)  # (B, Lq, M, 4LP)
+    positions = positions + ops.concat((starts, starts, starts, starts), axis=-1)
+    return corner_weights, positions
+
+
 class MSDeformAttn(nn.Cell):
     """Multi-scale deformable attention (Deformable DETR), sampling by gathering the 4 bilinear neighbours.
 
@@ -124,11 +180,6 @@ class MSDeformAttn(nn.Cell):
         self.value_proj = nn.Dense(d_model, d_model, weight_init=XavierUniform(), bias_init="zeros")
         self.output_proj = nn.Dense(d_model, d_model, weight_init=XavierUniform(), bias_init="zeros")
 
-    def _level_constant(self, values):
-        """(1, 1, 1, L*P) float32: values[l] repeated for the P points of level l (the sampling layout)."""
-        return ops.concat([ops.full((1, 1, 1, self.n_points), float(values[level]), dtype=ms.float32)
-                           for level in range(self.n_levels)], axis=-1)
-
     def construct(self, query, reference_points, value_input, spatial_shapes):
         """
         query: (B, Lq, C) queries (with position encoding added).
@@ -150,14 +201,13 @@ class MSDeformAttn(nn.Cell):
         offset_x = (ops.matmul(query, weight[0::2].T) + bias[0::2]).reshape(batch, len_q, heads, samples)
         offset_y = (ops.matmul(query, weight[1::2].T) + bias[1::2]).reshape(batch, len_q, heads, samples)
         attn = self.attention_weights(query).reshape(batch, len_q, heads, samples)
-        attn = ops.softmax(attn, axis=-1)  # (B, Lq, M, L*P)
+        attn = softmax_fp32(attn)  # (B, Lq, M, L*P), float32 inside under AMP
 
-        widths = self._level_constant([w for _, w in spatial_shapes])  # (1, 1, 1, L*P)
-        heights = self._level_constant([h for h, _ in spatial_shapes])
-        level_start = [0]
-        for height, width in spatial_shapes[:-1]:
-            level_start.append(level_start[-1] + height * width)
-        starts = self._level_constant(level_start)
+        # The sampling locations are computed in the query's dtype: float32, also under train.amp_level=O2
+        # (src/models/amp.py keeps this cell in float32, its projections in float16); float16 under O3 and
+        # in a 310 model converted to float16. Every integer (pixel, row) is formed in int32 (bilinear_corners).
+        widths = level_constant([float(w) for _, w in spatial_shapes], points, query.dtype)  # (1, 1, 1, L*P)
+        heights = level_constant([float(h) for h, _ in spatial_shapes], points, query.dtype)
 
         # Reference points (B', Lq, L', 2) -> x and y as (B', Lq, 1, L*P), L' in {1, L}.
         ref_batch, ref_levels = reference_points.shape[0], reference_points.shape[2]
@@ -169,41 +219,18 @@ class MSDeformAttn(nn.Cell):
         # (ref + offset / size) * size - 0.5.
         px = ref_x * widths + offset_x - 0.5  # (B, Lq, M, L*P)
         py = ref_y * heights + offset_y - 0.5
-        x0 = ops.stop_gradient(ops.floor(px))
-        y0 = ops.stop_gradient(ops.floor(py))
-        fx = px - x0  # the offsets' gradient flows through these fractions, as in grid_sample
-        fy = py - y0
-
-        def inside(coord, size):
-            # 0 <= coord < size for integral coord; subtracting first keeps the comparison against a
-            # scalar (broadcast comparisons are slow on CPU).
-            return ops.logical_and(coord >= 0, (coord - size) < 0).astype(ms.float32)
-
-        in_x0, in_x1 = inside(x0, widths), inside(x0 + 1.0, widths)
-        in_y0, in_y1 = inside(y0, heights), inside(y0 + 1.0, heights)
-        weight_x0 = (1.0 - fx) * in_x0
-        weight_x1 = fx * in_x1
-        weight_y0 = (1.0 - fy) * in_y0 * attn
-        weight_y1 = fy * in_y1 * attn
-        # Corners in the order top-left, top-right, bottom-left, bottom-right along the last axis.
-        corner_weights = ops.concat((weight_y0 * weight_x0, weight_y0 * weight_x1,
-                                     weight_y1 * weight_x0, weight_y1 * weight_x1), axis=-1)  # (B, Lq, M, 4LP)
-        # Row of each corner in the level-concatenated map; a corner outside the map has weight 0 and
-        # is pointed at row 0 of its level so the gather stays in range.
-        top_left = y0 * widths + x0
-        positions = ops.concat((top_left * (in_y0 * in_x0), (top_left + 1.0) * (in_y0 * in_x1),
-                                (top_left + widths) * (in_y1 * in_x0),
-                                (top_left + widths + 1.0) * (in_y1 * in_x1)), axis=-1)
-        positions = (positions + ops.concat((starts, starts, starts, starts), axis=-1)).astype(ms.int32)
+        bilinear, positions = bilinear_corners(px, py, spatial_shapes, points)  # (B, Lq, M, 4LP) each
+        corner_weights = bilinear * ops.tile(attn, (1, 1, 1, 4))  # (B, Lq, M, 4LP)
         # Flat row of (b, position, head) in value viewed as (B * Lv * M, head_dim).
         head_index = ops.arange(0, heads, dtype=ms.int32).reshape(1, 1, heads, 1)
         batch_offset = (ops.arange(0, batch, dtype=ms.int32) * (len_v * heads)).reshape(batch, 1, 1, 1)
-        rows = positions * heads + head_index + batch_offset  # (B, Lq, M, 4LP)
+        rows = positions * heads + head_index + batch_offset  # (B, Lq, M, 4LP) int32
 
         corners = 4 * samples
         sampled = ops.gather(value.reshape(batch * len_v * heads, head_dim), rows.reshape(-1), 0)
-        sampled = sampled.reshape(batch * len_q * heads, corners, head_dim)
-        out = ops.bmm(corner_weights.reshape(batch * len_q * heads, 1, corners), sampled)  # (B*Lq*M, 1, Dh)
+        sampled = sampled.reshape(batch * len_q * heads, corners, head_dim)  # value's dtype (float16 under AMP)
+        corner_weights = corner_weights.astype(sampled.dtype).reshape(batch * len_q * heads, 1, corners)
+        out = ops.bmm(corner_weights, sampled)  # (B*Lq*M, 1, Dh)
         return self.output_proj(out.reshape(batch, len_q, heads * head_dim))
 
 

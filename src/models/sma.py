@@ -18,6 +18,7 @@ import math
 import mindspore as ms
 from mindspore import nn, ops
 
+from .layers import softmax_fp32
 from .registry import SMA_HEADS
 from .transformer_decoder import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
@@ -59,8 +60,8 @@ def mask_geometry(mask_embed, pixel_embed):
     batch, dim, height, width = pixel_embed.shape
     logits = ops.bmm(mask_embed, pixel_embed.reshape(batch, dim, height * width))  # (B, N, hw)
     soft = ops.stop_gradient(ops.sigmoid(logits))  # (B, N, hw)
-    xs = ((ops.arange(width).astype(ms.float32) + 0.5) / width).reshape(1, width)
-    ys = ((ops.arange(height).astype(ms.float32) + 0.5) / height).reshape(height, 1)
+    xs = ((ops.arange(width, dtype=ms.float32) + 0.5) / width).reshape(1, width)
+    ys = ((ops.arange(height, dtype=ms.float32) + 0.5) / height).reshape(height, 1)
     grid_x = ops.broadcast_to(xs, (height, width)).reshape(height * width, 1)  # (hw, 1)
     grid_y = ops.broadcast_to(ys, (height, width)).reshape(height * width, 1)
     mass = soft.sum(axis=2, keepdims=True)  # (B, N, 1)
@@ -135,7 +136,6 @@ class SentenceMaskAlignment(nn.Cell):
         self.use_softmax = weighting == "softmax"
         self.scale = 1.0 / math.sqrt(mask_dim)
         self.sentence_proj = nn.Dense(text_dim, mask_dim)
-        self.softmax = nn.Softmax(axis=-1)
         self.sigmoid = nn.Sigmoid()
 
     @classmethod
@@ -165,7 +165,7 @@ class SentenceMaskAlignment(nn.Cell):
         ``class_logits`` is read by the coupled head only (its objectness); accepted here for one interface."""
         scores = self.sentence_scores(mask_embed, pixel_embed, sentence, words, word_mask)  # (B, N)
         if self.use_softmax:
-            weights = self.softmax(scores)
+            weights = softmax_fp32(scores)  # (B, N), float32 inside under AMP
         else:
             weights = self.sigmoid(scores)
         target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D), a

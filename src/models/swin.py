@@ -41,7 +41,7 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import HeNormal, TruncatedNormal, initializer
 from src.errors import ConfigError
 
-from src.models.layers import DropPath, LayerNorm, Mlp, trunc_normal_dense
+from src.models.layers import DropPath, LayerNorm, Mlp, softmax_fp32, trunc_normal_dense
 from src.models.layers.norm import group_norm
 from src.models.layers.stages import StagedEncoder, map_to_tokens
 from src.models.registry import IMAGE_ENCODERS
@@ -141,8 +141,8 @@ def _shifted_window_mask(Hp: int, Wp: int, window_size: int, shift_size: int):
     (likewise columns); two tokens may attend to each other only if they carry the same region label.
     Built from static ints with tensor ops so it folds to a constant in graph mode.
     """
-    rows = ops.arange(Hp)
-    cols = ops.arange(Wp)
+    rows = ops.arange(Hp, dtype=ms.int32)  # int32: an int64 arange falls back to AI CPU on Ascend
+    cols = ops.arange(Wp, dtype=ms.int32)
     row_region = (rows >= Hp - window_size).astype(ms.int32) + (rows >= Hp - shift_size).astype(ms.int32)
     col_region = (cols >= Wp - window_size).astype(ms.int32) + (cols >= Wp - shift_size).astype(ms.int32)
     region = row_region.reshape(Hp, 1) * 3 + col_region.reshape(1, Wp)  # (Hp, Wp)
@@ -232,7 +232,7 @@ class WindowAttention(nn.Cell):
             attn = attn.reshape(B_ // num_windows, num_windows, self.num_heads, N, N) + \
                 mask.reshape(1, num_windows, 1, N, N)
             attn = attn.reshape(B_, self.num_heads, N, N)
-        attn = ops.softmax(attn, axis=-1)
+        attn = softmax_fp32(attn)  # (B_, heads, N, N), float32 inside under AMP
         attn = self.attn_drop(attn)
 
         x = self.attn_v(attn, v)  # (B_, heads, N, hd)

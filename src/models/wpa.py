@@ -21,7 +21,7 @@ from mindspore import nn, ops
 from src.errors import ConfigError
 
 from src.models.cost import CostGeometry, PartCost, attention_flops, dense_flops, total
-from src.models.layers import GELU, AccurateTanh, InstanceNormOverPixels
+from src.models.layers import GELU, AccurateTanh, InstanceNormOverPixels, softmax_fp32
 from src.models.registry import FUSIONS
 
 __all__ = [
@@ -52,7 +52,6 @@ class ImageLanguageAttention(nn.Cell):
         self.f_key = nn.Dense(text_dim, dim)
         self.f_value = nn.Dense(text_dim, dim)
         self.W = nn.SequentialCell([nn.Dense(dim, dim), InstanceNormOverPixels()])  # pylint: disable=invalid-name
-        self.softmax = nn.Softmax(axis=-1)
 
     def attention(self, vis, lang, lang_mask):
         """-> (A (B, HW, T) pixel-to-word attention, values (B, T, C)); the diagnostics read A v."""
@@ -63,7 +62,7 @@ class ImageLanguageAttention(nn.Cell):
         value = self.f_value(lang) * word_mask  # (B, T, C)
         logits = ops.bmm(query, key.transpose(0, 2, 1)) * self.scale  # (B, HW, T)
         logits = logits + ((lang_mask - 1.0) * _MASK_BIAS).expand_dims(1)  # padded words -> -1e4
-        attn = self.softmax(logits)  # (B, HW, T), sums to 1 over words
+        attn = softmax_fp32(logits)  # (B, HW, T), sums to 1 over words; float32 inside under AMP
         return attn, value
 
     def construct(self, vis, lang, lang_mask):
@@ -156,7 +155,6 @@ class WordPixelAttention(nn.Cell):
         self.dense = nn.Dense(text_dim, text_dim)
         self.alpha = ms.Parameter(ops.zeros((text_dim,), ms.float32), name="alpha")
         self.layer_norm = nn.LayerNorm((text_dim,), epsilon=layer_norm_eps)
-        self.softmax = nn.Softmax(axis=-1)
         self.attn_dropout = nn.Dropout(p=attn_dropout)
         self.scores = ops.BatchMatMul(transpose_b=True)
 
@@ -182,7 +180,7 @@ class WordPixelAttention(nn.Cell):
         query_bias = ops.matmul(query, self.key.bias.reshape(heads, head_dim, 1))  # (B, h, T, 1)
         logits = self.scores(query_vis.reshape(batch, heads * num_words, channels), vis)  # (B, h*T, HW)
         logits = (logits.reshape(batch, heads, num_words, -1) + query_bias) * self.scale  # (B, h, T, HW)
-        attn = self.attn_dropout(self.softmax(logits))  # every pixel is real: no key mask
+        attn = self.attn_dropout(softmax_fp32(logits))  # every pixel is real: no key mask; float32 inside under AMP
         pooled = ops.bmm(attn.reshape(batch, heads * num_words, -1), vis)  # (B, h*T, C)
         value_weight = self.value.weight.reshape(heads, head_dim, channels).transpose(0, 2, 1)  # (h, C, d)
         context = ops.matmul(pooled.reshape(batch, heads, num_words, channels), value_weight)  # (B, h, T, d)

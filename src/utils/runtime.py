@@ -11,7 +11,7 @@ import os
 import platform
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,7 @@ def setup_context(cfg) -> RunContext:
 
     ms.set_device(cfg.device_target, resolve_device_id(cfg.device_id))
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == "graph" else ms.PYNATIVE_MODE)
+    apply_backend_settings(cfg)  # before anything compiles
     ctx = RunContext()
     if cfg.distribute:
         from mindspore.communication import get_group_size, get_rank, init
@@ -121,6 +122,58 @@ def setup_context(cfg) -> RunContext:
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     return ctx
+
+
+def backend_settings(cfg) -> dict:
+    """What `apply_backend_settings` does for `cfg.backend` (config section `backend`) on `cfg.device_target`:
+    {"jit_level": "O0"|"O1", "precision_mode": str, "compile_cache_path": str}, only the keys that are set and that
+    the device has. The CPU takes none (MindSpore's CPU backend has no Ascend precision mode, and the compile cache
+    and jit levels are tuned for the devices); GPU takes all but the Ascend precision mode."""
+    backend, device = cfg.backend, cfg.device_target
+    wanted = {}
+    if backend.jit_level:
+        wanted["jit_level"] = backend.jit_level
+    if backend.precision_mode:
+        wanted["precision_mode"] = backend.precision_mode
+    if backend.compile_cache:
+        wanted["compile_cache_path"] = os.path.abspath(backend.compile_cache_path
+                                                       or os.path.join(cfg.output_dir, "compile_cache"))
+    if device == "CPU":
+        return {}
+    if device != "Ascend":
+        wanted.pop("precision_mode", None)
+    return wanted
+
+
+def apply_backend_settings(cfg) -> dict:
+    """Applies `backend_settings(cfg)` (called by `setup_context` before anything compiles) and logs what it set and
+    what the device ignores; returns what was set."""
+    import mindspore as ms
+
+    settings = backend_settings(cfg)
+    given = {k: v for k, v in asdict(cfg.backend).items() if v not in ("", False)}
+    used = set(settings) | ({"compile_cache"} if "compile_cache_path" in settings else set())
+    ignored = sorted(set(given) - used)
+    if ignored:
+        logger.info("backend settings not used on %s: %s", cfg.device_target,
+                    ", ".join(f"backend.{k}={given[k]!r}" for k in ignored))
+    if "jit_level" in settings:
+        # The global form: it reaches every graph of the run (train step, evaluation, export). MindSpore 2.10 marks
+        # set_context(jit_config=...) deprecated in favour of per-function jit(jit_level=...), which Cells compiled
+        # in GRAPH_MODE do not go through.
+        ms.set_context(jit_config={"jit_level": settings["jit_level"]})
+    if "precision_mode" in settings:
+        ms.device_context.ascend.op_precision.precision_mode(settings["precision_mode"])
+    if "compile_cache_path" in settings:
+        # MindSpore 2.10's replacement for set_context(enable_compile_cache=..., compile_cache_path=...); read when a
+        # graph compiles, so setting them here (before the first compile) is enough. A value the user exported wins.
+        os.makedirs(settings["compile_cache_path"], exist_ok=True)
+        os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "1")
+        os.environ.setdefault("MS_COMPILER_CACHE_PATH", settings["compile_cache_path"])
+    if settings:
+        logger.info("backend settings on %s: %s", cfg.device_target,
+                    ", ".join(f"{k}={v!r}" for k, v in settings.items()))
+    return settings
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -11,13 +11,14 @@ conversion is a rename-free copy; the names are part of the checkpoint format an
 * GroupNorm / convolution: `GroupNorm`, `group_norm`, `ConvNormAct` (detectron2's names).
 * Attention: `MultiHeadAttention` (PyTorch's packed in_proj; bool mask, True = not allowed).
 * Feed-forward: `Mlp` (Linear-GELU-Linear, timm's) or `MLP` (DETR's ReLU stack).
+* `softmax_fp32`: every softmax of a model part (float32 under mixed precision, src/models/amp.py).
 * `gelu` / `GELU`: the exact erf GELU (MindSpore's default is the tanh approximation); `AccurateTanh`;
   `DropPath`; `InstanceNormOverPixels`; `Embedding` (a table named `weight`).
 * `scale_gradient`: identity forward, gradient times a constant (the proposal branch's pull on the trunk).
 * Image encoders: subclass `StagedEncoder` (the stage-by-stage API, its `construct` and `stage_output`);
   `map_to_tokens` / `tokens_to_map` reshape between (B, C, H, W) and (B, H*W, C).
 """
-from src.models.layers.activation import GELU, AccurateTanh, gelu
+from src.models.layers.activation import GELU, AccurateTanh, gelu, softmax_fp32
 from src.models.layers.attention import MultiHeadAttention
 from src.models.layers.conv import C2_XAVIER, ConvNormAct
 from src.models.layers.drop import DropPath
@@ -27,6 +28,6 @@ from src.models.layers.mlp import MLP, Mlp, trunc_normal_dense
 from src.models.layers.norm import GroupNorm, InstanceNormOverPixels, LayerNorm, group_norm
 from src.models.layers.stages import StagedEncoder, map_to_tokens, tokens_to_map
 
-__all__ = ["GELU", "AccurateTanh", "gelu", "MultiHeadAttention", "C2_XAVIER", "ConvNormAct", "DropPath", "Embedding",
+__all__ = ["GELU", "AccurateTanh", "gelu", "softmax_fp32", "MultiHeadAttention", "C2_XAVIER", "ConvNormAct", "DropPath", "Embedding",
            "MLP", "Mlp", "trunc_normal_dense", "GroupNorm", "InstanceNormOverPixels", "LayerNorm", "group_norm",
            "StagedEncoder", "map_to_tokens", "tokens_to_map", "scale_gradient"]

@@ -1,8 +1,9 @@
-"""Activations: the exact (erf) GELU and a tanh accurate to float32."""
+"""Activations: the exact (erf) GELU, a tanh accurate to float32, and a softmax computed in float32."""
 from __future__ import annotations
 
 import math
 
+import mindspore as ms
 from mindspore import nn, ops
 
 
@@ -17,6 +18,18 @@ def gelu(x):
     (docs/performance.md).
     """
     return x * (ops.erf(x * _INV_SQRT2) + 1.0) * 0.5
+
+
+def softmax_fp32(x, axis=-1):
+    """``softmax(x)`` computed in float32 and returned in ``x``'s dtype.
+
+    Under mixed precision (train.amp_level) the attention scores arrive in float16: exponentials of float16
+    differences and a float16 sum over thousands of keys (14,400 pixels per word at 480x480) lose the small
+    weights. Returning ``x``'s dtype keeps the following product in float16. No-op casts in float32.
+    Graph mode only honours the casts inside a float16 cell; PyNative casts every op of such a cell to
+    float16 (measured, MindSpore 2.10), explicit casts included.
+    """
+    return ops.softmax(x.astype(ms.float32), axis=axis).astype(x.dtype)
 
 
 class GELU(nn.Cell):

@@ -39,8 +39,10 @@ class MultiHeadAttention(nn.Cell):
     def _project(self, x, index: int):
         """Apply the index-th (0: q, 1: k, 2: v) slice of the packed projection, split heads: (B, H, L, Dh)."""
         dim = self.embed_dim
-        weight = self.in_proj_weight[index * dim:(index + 1) * dim]  # (D, D)
-        bias = self.in_proj_bias[index * dim:(index + 1) * dim]  # (D,)
+        # In x's dtype: a float16 flag (train.amp_level) casts the parameters a cell reads in `construct`,
+        # not those read in a helper method like this one.
+        weight = self.in_proj_weight[index * dim:(index + 1) * dim].astype(x.dtype)  # (D, D)
+        bias = self.in_proj_bias[index * dim:(index + 1) * dim].astype(x.dtype)  # (D,)
         batch, length, _ = x.shape
         y = ops.matmul(x, weight.T) + bias  # (B, L, D)
         return y.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
