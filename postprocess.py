@@ -4,18 +4,40 @@ metrics.json / per_sample.csv as eval.py.
     python postprocess.py --config_path C --preprocess_path PRE --result_path RES --output_dir OUT
 
 PRE is preprocess.py's output (its samples.json names the split); RES holds <name>_0.bin float32
-logits (1x1xSxS) per sample.
+logits (1x1xSxS) per sample. Every file's byte size is checked against that shape before it is read: a
+file of float16 values (half the bytes) or of another image size stops the run, naming the file.
 """
 import argparse
+import os
 import sys
+
+
+def read_logits(path: str, size: int):
+    """The (size, size) float32 logits of one sample's file, after checking its byte size: ascend310_infer/
+    writes 4 * size * size bytes per sample (float32, 1x1xSxS). Raises DataError naming the file otherwise."""
+    import numpy as np
+
+    from src.errors import DataError
+
+    expected = 4 * size * size
+    actual = os.path.getsize(path)
+    if actual != expected:
+        if actual == expected // 2:
+            hint = ("half the bytes: float16 values. The runtime returned float16 logits and the program that "
+                    "wrote them did not convert them; rebuild ascend310_infer/ (it converts float16 to float32)")
+        elif actual > expected and actual % expected == 0:
+            hint = f"{actual // expected} samples' worth: a whole batch in one file, not one sample"
+        else:
+            hint = ("another shape: were the MINDIR and preprocess.py run with the same config (model.image_size "
+                    "is in samples.json)?")
+        raise DataError(f"{path}: {actual} bytes, expected {expected} (float32 logits 1x1x{size}x{size}, "
+                        f"image_size {size} from samples.json); {hint}")
+    return np.fromfile(path, dtype=np.float32).reshape(size, size)
 
 
 def main(argv=None) -> int:
     import dataclasses
     import json
-    import os
-
-    import numpy as np
 
     from src.config import load_config
     from src.data.base import build_dataset
@@ -46,10 +68,7 @@ def main(argv=None) -> int:
         path = os.path.join(args.result_path, entry["name"] + "_0.bin")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"logits of sample {entry['name']} not found: {path}")
-        logits = np.fromfile(path, dtype=np.float32)
-        if logits.size != size * size:
-            raise DataError(f"{path}: {logits.size} float32 values, expected {size}x{size} = {size * size}")
-        scorer.add(entry["index"], logits.reshape(size, size))
+        scorer.add(entry["index"], read_logits(path, size))
     result = scorer.result()
     out = write_reports(result, args.output_dir, {"dataset": meta["dataset"], "split_by": meta["split_by"],
                                                   "split": meta["split"], "source": args.result_path})

@@ -92,6 +92,18 @@ def run_main(built_binary, ms_lite_home):
 # ----------------------------------------------------------------------------------------------------------
 # Tiny MINDIRs and .bin inputs
 # ----------------------------------------------------------------------------------------------------------
+class _IntOutputNet(nn.Cell):
+    """A float output and an int32 one (ids * mask): the program writes float32 files, so it must refuse the
+    second, naming its type, instead of writing int32 bytes that postprocess.py would read as floats."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = ms.Parameter(ms.Tensor(np.array([0.5], np.float32)), name="scale")
+
+    def construct(self, image, input_ids, attention_mask):
+        return image * self.scale, input_ids * attention_mask
+
+
 class _ElementwiseNet(nn.Cell):
     """Two outputs with a closed form: image * 0.5 + 1 and float(ids) * float(mask)."""
 
@@ -155,7 +167,7 @@ def _export(net, ids_dtype, path_stem, mind_ir_version, batch=BATCH):
 @pytest.fixture(scope="module")
 def tiny_mindirs(tmp_path_factory):
     """{"ok": Lite-2.0-loadable, batch 2; "batch1": the same with batch 1; "float_ids": ids input float32;
-    "native": untouched MindSpore 2.10 export; "seg": _SegmentationNet, batch 2}."""
+    "native": untouched MindSpore 2.10 export; "seg": _SegmentationNet, batch 2; "int_out": an int32 output}."""
     root = tmp_path_factory.mktemp("tiny_mindir")
     return {
         "ok": _export(_ElementwiseNet(), ms.int32, str(root / "ok"), 1),
@@ -163,6 +175,7 @@ def tiny_mindirs(tmp_path_factory):
         "float_ids": _export(_ElementwiseNet(), ms.float32, str(root / "float_ids"), 1),
         "native": _export(_ElementwiseNet(), ms.int32, str(root / "native"), None),
         "seg": _export(_SegmentationNet(BATCH), ms.int32, str(root / "seg"), 1),
+        "int_out": _export(_IntOutputNet(), ms.int32, str(root / "int_out"), 1),
     }
 
 
@@ -236,8 +249,10 @@ def test_binary_is_built(built_binary):
 def test_help_lists_every_flag(run_main):
     proc = run_main("--help")
     assert proc.returncode == 0, proc.stderr
-    for flag in ("--mindir_path", "--input_dir", "--output_dir", "--device_type", "--device_id", "--cpu_threads"):
+    for flag in ("--mindir_path", "--input_dir", "--output_dir", "--device_type", "--device_id", "--cpu_threads",
+                 "--precision_mode"):
         assert flag in proc.stdout
+    assert "default preferred_fp32" in proc.stdout
     for folder in INPUT_SUBDIRS:
         assert folder in proc.stdout
 
@@ -250,6 +265,12 @@ def test_help_lists_every_flag(run_main):
     (("--mindir_path", "m", "--input_dir", "i", "--output_dir", "o", "--device_id", "-1"),
      "invalid value '-1' for --device_id"),
     (("--mindir_path",), "missing value for --mindir_path"),
+    # Lite 2.10's cloud runtime has no NVIDIA GPU backend: refused up front, with the way to run on a GPU.
+    (("--mindir_path", "m", "--input_dir", "i", "--output_dir", "o", "--device_type", "GPU"),
+     "--device_type GPU is not supported: MindSpore Lite 2.10's cloud inference runs on Ascend and CPU only"),
+    (("--mindir_path", "m", "--input_dir", "i", "--output_dir", "o", "--precision_mode", "fp16"),
+     "invalid value 'fp16' for --precision_mode: expected one of preferred_fp32, enforce_fp32, enforce_fp16, "
+     "enforce_origin, preferred_optimal"),
 ])
 def test_usage_errors_exit_2(run_main, args, message):
     proc = run_main(*args)
@@ -333,7 +354,7 @@ def test_end_to_end_on_cpu(run_main, tiny_mindirs, tmp_path, mindir, batch):
     num_batches = -(-len(samples) // batch)
     assert summary["samples"] == "3" and summary["batch_size"] == str(batch)
     assert summary["batches"] == str(num_batches) and summary["padded_samples"] == str(num_batches * batch - 3)
-    assert summary["device_type"] == "CPU"
+    assert summary["device_type"] == "CPU" and summary["precision_mode"] == "n/a (CPU)"
     names = list(order)
     assert [row[1:] for row in rows] == [names[i:i + batch] for i in range(0, 3, batch)]
     latencies = [float(row[0]) for row in rows]
@@ -366,6 +387,53 @@ def test_input_dtype_mismatch_is_reported(run_main, tiny_mindirs, tmp_path):
     proc = _run_cpu(run_main, tiny_mindirs["float_ids"], tmp_path / "in", tmp_path / "out")
     assert proc.returncode == 1
     assert "fed from 01_input_ids/ must be int32" in proc.stderr, proc.stderr
+
+
+def test_non_float_output_is_refused_naming_its_type(run_main, tiny_mindirs, tmp_path):
+    """An int32 output is refused before the first Predict, naming output and type; nothing is written (the old
+    program wrote its raw bytes, which postprocess.py would have read as float32 logits)."""
+    _write_samples(tmp_path / "in", {"a": "img1", "b": "img1"})
+    proc = _run_cpu(run_main, tiny_mindirs["int_out"], tmp_path / "in", tmp_path / "out")
+    assert proc.returncode == 1
+    assert "output 1 " in proc.stderr and "(int32 [2, 5], 40 bytes) of the model is int32; this program writes " \
+        "float32 files (converting float16)" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "out").glob("*.bin"))
+
+
+@pytest.fixture(scope="module")
+def half_to_float(tmp_path_factory):
+    """ascend310_infer/test/half_to_float.cc with the program's utils.cc: the float16 conversion alone, built
+    with the project's warning flags and no SDK (it has no Lite types)."""
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler")
+    binary = tmp_path_factory.mktemp("half") / "half_to_float"
+    src = os.path.join(ROOT, "ascend310_infer")
+    proc = subprocess.run(["c++", "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", "-I", os.path.join(src, "src"),
+                           os.path.join(src, "src", "utils.cc"), os.path.join(src, "test", "half_to_float.cc"),
+                           "-o", str(binary)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return binary
+
+
+def test_float16_outputs_convert_to_the_exact_float32_values(half_to_float, tmp_path):
+    """Every one of the 65,536 float16 bit patterns (zeros, subnormals, normals, infinities, NaNs) converts to
+    NumPy's float32 value, bit for bit: what the program writes when Lite returns float16 logits (an Ascend
+    precision mode such as enforce_fp16 lowering the last operator)."""
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    bits.tofile(tmp_path / "all.f16")
+    proc = subprocess.run([str(half_to_float), str(tmp_path / "all.f16"), str(tmp_path / "all.f32")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    got = np.fromfile(tmp_path / "all.f32", np.float32)
+    expected = bits.view(np.float16).astype(np.float32)
+    assert got.shape == expected.shape
+    mismatched = np.flatnonzero(got.view(np.uint32) != expected.view(np.uint32))
+    assert mismatched.size == 0, [(hex(bits[i]), got[i], expected[i]) for i in mismatched[:5]]
+    # Values a logits map holds, spelled out: the float16 neighbours of 2048 and a subnormal.
+    probe = np.array([2048.0, 2050.0, -0.5, 6e-8], np.float16)
+    probe.tofile(tmp_path / "probe.f16")
+    subprocess.run([str(half_to_float), str(tmp_path / "probe.f16"), str(tmp_path / "probe.f32")], check=True)
+    np.testing.assert_array_equal(np.fromfile(tmp_path / "probe.f32", np.float32), probe.astype(np.float32))
 
 
 def test_unloadable_mindir_fails_cleanly(run_main, tiny_mindirs, tmp_path):
@@ -445,3 +513,100 @@ def test_run_infer_310_script_from_inside_scripts(built_binary, ms_lite_home, ti
     run_script()
     assert "reusing the preprocessing" in (out_dir / "preprocess.log").read_text()
     assert {name: os.stat(pre / "00_image" / name).st_mtime_ns for name in os.listdir(pre / "00_image")} == before
+
+    # PRECISION_MODE reaches the program (which validates it for every device).
+    proc = subprocess.run(command, cwd=scripts, env={**env, "PRECISION_MODE": "enforce_fp99"}, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode != 0
+    assert "invalid value 'enforce_fp99' for --precision_mode" in (out_dir / "infer.log").read_text()
+
+
+def test_run_infer_310_refuses_gpu_and_conversion_off_ascend(tmp_path):
+    """Refused before anything is built or preprocessed: DEVICE_TYPE GPU (no NVIDIA backend in Lite 2.10) and
+    CONVERT=1 for another device than Ascend (converter_lite's ascend_oriented output runs only there)."""
+    script = os.path.join(ROOT, "scripts", "run_infer_310.sh")
+    env = {**os.environ, "OUT_DIR": str(tmp_path / "out"), "PYTHON_BIN": sys.executable}
+    args = [str(tmp_path / "m.mindir"), str(tmp_path), "refcoco", "unc", "val"]
+    proc = subprocess.run(["bash", script, *args, "GPU"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "has no NVIDIA GPU backend" in proc.stderr, proc.stderr
+    proc = subprocess.run(["bash", script, *args, "CPU"], env={**env, "CONVERT": "1"}, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "CONVERT=1 compiles for Ascend" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# scripts/convert_mindir_ascend.sh: the cached converter_lite step
+# ----------------------------------------------------------------------------------------------------------
+CONVERT_SCRIPT = os.path.join(ROOT, "scripts", "convert_mindir_ascend.sh")
+
+
+def _stub_converter(path, calls):
+    """A stand-in for converter_lite, which cannot run here (it ships in the Lite 2.10 tarball and needs CANN):
+    appends its arguments and the config file it was given to `calls`, then writes <outputFile>.mindir as the
+    real one does (a copy of the model), or fails when STUB_FAIL is set."""
+    path.write_text(
+        "#!/usr/bin/env bash\n"
+        f'printf "%s\\n" "$*" >> "{calls}"\n'
+        'for arg in "$@"; do case "$arg" in\n'
+        '  --outputFile=*) out="${arg#--outputFile=}" ;; --modelFile=*) model="${arg#--modelFile=}" ;;\n'
+        '  --configFile=*) cfg="${arg#--configFile=}" ;; esac; done\n'
+        f'cat "$cfg" >> "{calls}"\n'
+        'if [ -n "${STUB_FAIL:-}" ]; then echo "stub: conversion failed" >&2; exit 3; fi\n'
+        'cp "$model" "$out.mindir"\n')
+    path.chmod(0o755)
+    return path
+
+
+def _convert(mindir, *args, **env):
+    return subprocess.run(["bash", CONVERT_SCRIPT, str(mindir), *args], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_conversion_is_cached_by_the_mindir_content_and_precision_mode(tmp_path):
+    calls = tmp_path / "calls.txt"
+    env = {"CONVERTER_LITE": str(_stub_converter(tmp_path / "converter_lite", calls)),
+           "CACHE_DIR": str(tmp_path / "cache")}
+    mindir = tmp_path / "model.mindir"
+    mindir.write_bytes(b"graph v1")
+
+    def converted(*args):
+        proc = _convert(mindir, *args, **env)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        assert len(lines) == 1 and lines[0].endswith(".mindir") and os.path.isfile(lines[0]), proc.stdout
+        return lines[0], proc
+
+    first, _ = converted()
+    log = calls.read_text()
+    assert "--fmk=MINDIR" in log and f"--modelFile={mindir}" in log and "--optimize=ascend_oriented" in log
+    assert "[ascend_context]\nprecision_mode=preferred_fp32\n" in log  # the default mode
+    assert open(first, "rb").read() == b"graph v1"
+
+    again, proc = converted("preferred_fp32")
+    assert again == first and "reusing" in proc.stderr and calls.read_text() == log  # converter not run
+
+    fp32, _ = converted("enforce_fp32")  # another precision mode: another file
+    assert fp32 != first and "precision_mode=enforce_fp32" in calls.read_text()
+
+    mindir.write_bytes(b"graph v2")  # a re-export, same name: converted again
+    second, _ = converted()
+    assert second != first and open(second, "rb").read() == b"graph v2"
+    assert calls.read_text().count("--optimize=ascend_oriented") == 3
+
+
+def test_conversion_failures_are_reported_and_never_cached(tmp_path):
+    calls = tmp_path / "calls.txt"
+    converter = _stub_converter(tmp_path / "converter_lite", calls)
+    mindir = tmp_path / "model.mindir"
+    mindir.write_bytes(b"graph")
+    cache = tmp_path / "cache"
+    proc = _convert(mindir, CONVERTER_LITE=str(converter), CACHE_DIR=str(cache), STUB_FAIL="1")
+    assert proc.returncode == 1 and "converter_lite failed (exit status 3" in proc.stderr, proc.stderr
+    assert "stub: conversion failed" in proc.stderr and not list(cache.glob("*.mindir"))
+    proc = _convert(mindir, CONVERTER_LITE=str(tmp_path / "absent"), CACHE_DIR=str(cache))
+    assert proc.returncode == 2 and "converter_lite not found" in proc.stderr, proc.stderr
+    proc = _convert(mindir, "fp16", CONVERTER_LITE=str(converter), CACHE_DIR=str(cache))
+    assert proc.returncode == 2 and "PRECISION_MODE must be one of" in proc.stderr, proc.stderr
+    proc = _convert(tmp_path / "missing.mindir", CONVERTER_LITE=str(converter), CACHE_DIR=str(cache))
+    assert proc.returncode == 2 and "MINDIR not found" in proc.stderr, proc.stderr

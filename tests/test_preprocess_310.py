@@ -122,3 +122,39 @@ def test_incomplete_output_is_redone_and_reuse_always_needs_one(setup, tmp_path,
     os.remove(out / "00_image" / victim)  # e.g. a copy that stopped half-way
     _preprocess(setup, out, "--split", "val", monkeypatch=monkeypatch)
     assert (out / "00_image" / victim).is_file()
+
+
+@pytest.mark.parametrize("written, message", [
+    # float16 logits written raw (the C++ program before it converted them): half the bytes
+    (lambda n: np.zeros(n, np.float16), "half the bytes: float16 values"),
+    # a whole batch of 2 in one sample's file
+    (lambda n: np.zeros(2 * n, np.float32), "2 samples' worth"),
+    # logits of another image size (the MINDIR exported with another config)
+    (lambda n: np.zeros(n + 3, np.float32), "another shape"),
+], ids=["float16", "batch", "other_size"])
+def test_postprocess_checks_each_logits_file_size(setup, tmp_path, monkeypatch, written, message):
+    """postprocess.py refuses a logits file whose byte size is not one float32 1x1xSxS map, naming the file,
+    the sizes and the likely cause, before scoring anything."""
+    import postprocess
+    from src.errors import DataError
+
+    pre, res = tmp_path / "pre", tmp_path / "res"
+    _preprocess(setup, pre, "--split", "val", monkeypatch=monkeypatch)
+    meta = json.load(open(pre / "samples.json"))
+    res.mkdir()
+    for entry in meta["samples"]:
+        np.zeros(SIZE * SIZE, np.float32).tofile(res / f"{entry['name']}_0.bin")
+    bad = res / f"{meta['samples'][1]['name']}_0.bin"
+    written(SIZE * SIZE).tofile(bad)
+    args = ["--config_path", setup["config"], "--preprocess_path", str(pre), "--result_path", str(res),
+            "--output_dir", str(tmp_path / "metrics")]
+    with pytest.raises(DataError) as info:
+        postprocess.main(args)
+    text = str(info.value)
+    assert str(bad) in text and f"bytes, expected {4 * SIZE * SIZE} (float32 logits 1x1x{SIZE}x{SIZE}" in text, text
+    assert message in text, text
+    assert not (tmp_path / "metrics").exists()
+
+    np.zeros(SIZE * SIZE, np.float32).tofile(bad)  # every file right: scored
+    assert postprocess.main(args) == 0
+    assert json.load(open(tmp_path / "metrics" / "metrics.json"))["num_samples"] == len(meta["samples"])

@@ -1,12 +1,13 @@
 /**
  * CoupAlign referring-segmentation inference on the MindSpore Lite C++ runtime.
  *
- * Loads an exported MINDIR (static batch B) on Ascend 310, GPU or CPU and feeds it the raw tensors that the
+ * Loads an exported MINDIR (static batch B) on Ascend 310 or CPU and feeds it the raw tensors that the
  * Python preprocessing wrote: samples.txt lists the samples in order, each with the image it runs on; an image
  * is stored once (00_image/<image>.bin, float32 1x3xHxW) however many sentences refer to it, the sentence
  * inputs once per sample (01_input_ids/<sample>.bin, 02_attention_mask/<sample>.bin, int32 1xT). B samples are
  * stacked per Predict (the last batch padded with copies of its last sample, whose outputs are dropped); every
- * output tensor is split back per sample and written as raw bytes, and the Predict latency is reported.
+ * output tensor is split back per sample and written as float32 (a float16 output, which an Ascend precision
+ * mode can produce, is converted; postprocess.py reads float32), and the Predict latency is reported.
  * Image decoding and resizing deliberately stay in Python so this program needs nothing but the Lite API.
  */
 #include <algorithm>
@@ -113,7 +114,8 @@ void ThrowIfError(const mindspore::Status &status, const std::string &what) {
   throw InferError(message.str());
 }
 
-/// Context holding exactly one device description, selected by --device_type.
+/// Context holding exactly one device description, selected by --device_type (Ascend or CPU: ParseArgs refuses
+/// GPU, which Lite 2.10's cloud runtime does not have).
 std::shared_ptr<mindspore::Context> MakeContext(const Options &options) {
   auto context = std::make_shared<mindspore::Context>();
   if (options.cpu_threads > 0) {
@@ -123,11 +125,9 @@ std::shared_ptr<mindspore::Context> MakeContext(const Options &options) {
   if (options.device_type == "Ascend") {
     auto ascend = std::make_shared<mindspore::AscendDeviceInfo>();
     ascend->SetDeviceID(options.device_id);
+    // Without it Lite compiles the graph with enforce_fp16 (see utils.h, kPrecisionModes, and --help).
+    ascend->SetPrecisionMode(options.precision_mode);
     devices.push_back(ascend);
-  } else if (options.device_type == "GPU") {
-    auto gpu = std::make_shared<mindspore::GPUDeviceInfo>();
-    gpu->SetDeviceID(options.device_id);
-    devices.push_back(gpu);
   } else {
     devices.push_back(std::make_shared<mindspore::CPUDeviceInfo>());
   }
@@ -213,6 +213,46 @@ void ValidateInputSizes(const std::vector<mindspore::MSTensor> &model_inputs, co
   }
 }
 
+/// Refuses an output whose elements are neither float32 nor float16, naming its type: the files this program
+/// writes are float32, the type postprocess.py reads.
+void CheckOutputType(const mindspore::MSTensor &output, std::size_t k, const std::string &what) {
+  const mindspore::DataType dtype = output.DataType();
+  if (dtype != mindspore::DataType::kNumberTypeFloat32 && dtype != mindspore::DataType::kNumberTypeFloat16) {
+    throw InferError("output " + std::to_string(k) + " " + DescribeTensor(output) + " of " + what + " is " +
+                     DataTypeName(dtype) + "; this program writes float32 files (converting float16), the type "
+                     "postprocess.py reads. Was the MINDIR converted with another output type?");
+  }
+}
+
+/// One output's elements as float32, whatever float type the runtime returned: float32 as is, float16
+/// converted (an Ascend precision mode such as enforce_fp16 can leave the last operator in float16; written
+/// raw, postprocess.py would read half as many values as it expects).
+class Float32Output {
+ public:
+  Float32Output(const mindspore::MSTensor &output, std::size_t k, const std::string &what) : data_(output.Data()) {
+    CheckOutputType(output, k, what);
+    if (data_ == nullptr) {
+      throw InferError("output " + std::to_string(k) + " of " + what + " has no data");
+    }
+    if (output.DataType() == mindspore::DataType::kNumberTypeFloat16) {
+      converted_.resize(output.DataSize() / sizeof(uint16_t));
+      HalfToFloat(static_cast<const uint16_t *>(data_.get()), converted_.data(), converted_.size());
+    }
+  }
+
+  const char *bytes() const {
+    return converted_.empty() ? static_cast<const char *>(data_.get())
+                              : reinterpret_cast<const char *>(converted_.data());
+  }
+
+  /// Bytes of float32 data per byte the runtime returned: 2 after a float16 conversion, else 1.
+  std::size_t growth() const { return converted_.empty() ? 1 : sizeof(float) / sizeof(uint16_t); }
+
+ private:
+  std::shared_ptr<const void> data_;  // keeps the runtime's buffer alive
+  std::vector<float> converted_;
+};
+
 /// Bytes of one sample's share of `output`. With B > 1 the output must carry the batch as its leading
 /// dimension, or there is no way to tell the samples' results apart.
 std::size_t SampleSliceBytes(const mindspore::MSTensor &output, std::size_t k, int64_t batch) {
@@ -251,6 +291,7 @@ void WriteLatencyReport(const fs::path &path, const Options &options, int64_t ba
   out << std::fixed << std::setprecision(3);
   out << "device_type: " << options.device_type << '\n'
       << "device_id: " << options.device_id << '\n'
+      << "precision_mode: " << (options.device_type == "Ascend" ? options.precision_mode : "n/a (CPU)") << '\n'
       << "mindir_path: " << options.mindir_path << '\n'
       << "samples: " << entries.size() << '\n'
       << "batch_size: " << batch_size << '\n'
@@ -347,6 +388,10 @@ int Run(const Options &options) {
 
   std::vector<mindspore::MSTensor> inputs = model.GetInputs();
   ValidateInputTypes(inputs);
+  const std::vector<mindspore::MSTensor> declared_outputs = model.GetOutputs();
+  for (std::size_t k = 0; k < declared_outputs.size(); ++k) {  // fail before the first Predict when possible
+    CheckOutputType(declared_outputs[k], k, "the model");
+  }
   const int64_t batch_size = BatchSize(inputs);
   const auto batch = static_cast<std::size_t>(batch_size);
   ValidateInputSizes(inputs, input_dir, entries, batch_size);
@@ -380,17 +425,22 @@ int Run(const Options &options) {
     }
     if (b == 0) {
       for (std::size_t k = 0; k < outputs.size(); ++k) {
-        std::cout << "  output " << k << ": " << DescribeTensor(outputs[k]) << '\n';
+        std::cout << "  output " << k << ": " << DescribeTensor(outputs[k])
+                  << (outputs[k].DataType() == mindspore::DataType::kNumberTypeFloat16
+                          ? " -> converted to float32"
+                          : "")
+                  << '\n';
       }
     }
 
+    std::vector<Float32Output> converted;  // every output checked before any file of this batch is written
+    converted.reserve(outputs.size());
     for (std::size_t k = 0; k < outputs.size(); ++k) {
-      const std::size_t slice_bytes = SampleSliceBytes(outputs[k], k, batch_size);
-      const std::shared_ptr<const void> data = outputs[k].Data();
-      if (data == nullptr) {
-        throw InferError("output " + std::to_string(k) + " of " + what + " has no data");
-      }
-      const char *bytes = static_cast<const char *>(data.get());
+      converted.emplace_back(outputs[k], k, what);
+    }
+    for (std::size_t k = 0; k < outputs.size(); ++k) {
+      const std::size_t slice_bytes = SampleSliceBytes(outputs[k], k, batch_size) * converted[k].growth();
+      const char *bytes = converted[k].bytes();
       for (std::size_t slot = 0; slot < run.count; ++slot) {  // padded slots are dropped here
         const std::string &name = entries[run.first + slot].name;
         WriteBinary(output_dir / (name + "_" + std::to_string(k) + ".bin"), bytes + slot * slice_bytes, slice_bytes);

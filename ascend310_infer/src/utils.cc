@@ -7,6 +7,7 @@
 #include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <numeric>
@@ -54,13 +55,29 @@ std::string NormalizeDeviceType(const std::string &text) {
   if (lower == "ascend") {
     return "Ascend";
   }
-  if (lower == "gpu") {
-    return "GPU";
-  }
   if (lower == "cpu") {
     return "CPU";
   }
-  throw UsageError("invalid value '" + text + "' for --device_type: expected Ascend, GPU or CPU");
+  if (lower == "gpu") {
+    // Lite 2.0's cloud runtime had an NVIDIA GPU backend; the 2.10 cloud runtime the MINDIR needs lists
+    // Ascend and CPU only, so a GPU device description would fail deep inside Model::Build.
+    throw UsageError("--device_type GPU is not supported: MindSpore Lite 2.10's cloud inference runs on Ascend "
+                     "and CPU only (no NVIDIA GPU backend). On a GPU, run the MINDIR with MindSpore itself: "
+                     "python tools/run_mindir_bins.py --device_target GPU --mindir_path M --input_dir PRE "
+                     "--output_dir RES");
+  }
+  throw UsageError("invalid value '" + text + "' for --device_type: expected Ascend or CPU");
+}
+
+std::string ParsePrecisionMode(const std::string &text) {
+  if (std::find(kPrecisionModes.begin(), kPrecisionModes.end(), text) != kPrecisionModes.end()) {
+    return text;
+  }
+  std::string choices;
+  for (const auto &mode : kPrecisionModes) {
+    choices += (choices.empty() ? "" : ", ") + mode;
+  }
+  throw UsageError("invalid value '" + text + "' for --precision_mode: expected one of " + choices);
 }
 
 /// Value at nearest rank `ceil(q * n)` (1-based) of an ascending, non-empty vector.
@@ -73,9 +90,12 @@ double NearestRank(const std::vector<double> &sorted, double q) {
 
 }  // namespace
 
+const std::vector<std::string> kPrecisionModes = {"preferred_fp32", "enforce_fp32", "enforce_fp16", "enforce_origin",
+                                                  "preferred_optimal"};
+
 std::string UsageText(const std::string &program) {
   std::ostringstream out;
-  out << "CoupAlign MindIR inference with the MindSpore Lite runtime (Ascend 310 / GPU / CPU).\n"
+  out << "CoupAlign MindIR inference with the MindSpore Lite runtime (Ascend 310 / CPU).\n"
       << "\n"
       << "Usage: " << program << " --mindir_path=FILE --input_dir=DIR --output_dir=DIR [options]\n"
       << "\n"
@@ -84,11 +104,18 @@ std::string UsageText(const std::string &program) {
       << "  --input_dir DIR      preprocess.py's output: samples.txt (one '<sample> <image>' line per sample,\n"
       << "                       in the order run), 00_image/<image>.bin (float32 1x3xHxW, one per image),\n"
       << "                       01_input_ids/<sample>.bin and 02_attention_mask/<sample>.bin (int32 1xT)\n"
-      << "  --output_dir DIR     receives <sample>_<k>.bin (raw output k, float32 logits for k=0) per sample\n"
+      << "  --output_dir DIR     receives <sample>_<k>.bin (output k as float32; float16 outputs are converted,\n"
+      << "                       other types refused) per sample\n"
       << "                       and latency.txt; created if missing\n"
       << "Options:\n"
-      << "  --device_type TYPE   Ascend | GPU | CPU (default Ascend)\n"
+      << "  --device_type TYPE   Ascend | CPU (default Ascend); Lite 2.10 has no NVIDIA GPU backend\n"
       << "  --device_id N        accelerator index (default 0)\n"
+      << "  --precision_mode M   Ascend operator precision (default preferred_fp32; ignored on CPU):\n"
+      << "                       preferred_fp32 | enforce_fp32 | enforce_fp16 | enforce_origin | preferred_optimal.\n"
+      << "                       Lite's own default, enforce_fp16, computes the deformable sampling's\n"
+      << "                       locations in float16 too (1/32 pixel on a 60x60 map; integers above 2048\n"
+      << "                       only if even); preferred_fp32 keeps element-wise operators in float32\n"
+      << "                       (matrix products may use float16)\n"
       << "  --cpu_threads N      runtime thread count, 0 keeps the runtime default (default 0)\n"
       << "  -h, --help           print this help and exit\n"
       << "\n"
@@ -132,6 +159,8 @@ Options ParseArgs(int argc, const char *const argv[]) {
       options.output_dir = value;
     } else if (name == "--device_type") {
       options.device_type = NormalizeDeviceType(value);
+    } else if (name == "--precision_mode") {
+      options.precision_mode = ParsePrecisionMode(value);
     } else if (name == "--device_id") {
       options.device_id =
           static_cast<uint32_t>(ParseNonNegative(name, value, std::numeric_limits<uint32_t>::max()));
@@ -294,6 +323,33 @@ std::string StripBinSuffix(const std::string &file_name) {
     return file_name.substr(0, file_name.size() - kBinSuffix.size());
   }
   return file_name;
+}
+
+float HalfBitsToFloat(uint16_t bits) {
+  const uint32_t sign = static_cast<uint32_t>(bits & 0x8000u) << 16;
+  const uint32_t exponent = (bits >> 10) & 0x1fu;
+  const uint32_t mantissa = bits & 0x3ffu;
+  uint32_t out = 0;
+  if (exponent == 0x1fu) {
+    out = sign | 0x7f800000u | (mantissa << 13);  // infinity, or NaN keeping its payload
+  } else if (exponent != 0) {
+    out = sign | ((exponent + (127 - 15)) << 23) | (mantissa << 13);  // normal: re-bias the exponent
+  } else if (mantissa != 0) {
+    // Subnormal: mantissa x 2^-24, a normal float32; ldexp is exact here.
+    const float magnitude = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign != 0 ? -magnitude : magnitude;
+  } else {
+    out = sign;  // signed zero
+  }
+  float value = 0.0f;
+  std::memcpy(&value, &out, sizeof(value));
+  return value;
+}
+
+void HalfToFloat(const uint16_t *src, float *dst, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) {
+    dst[i] = HalfBitsToFloat(src[i]);
+  }
 }
 
 LatencyStats SummarizeLatencies(const std::vector<double> &latencies_ms) {

@@ -33,17 +33,26 @@ struct Options {
   std::string mindir_path;
   std::string input_dir;
   std::string output_dir;
-  std::string device_type = "Ascend";  // normalised to one of "Ascend", "GPU", "CPU"
+  std::string device_type = "Ascend";  // normalised to one of "Ascend", "CPU"
   uint32_t device_id = 0;
+  // Lite's Ascend precision mode (AscendDeviceInfo::SetPrecisionMode); unused on CPU. See kPrecisionModes.
+  std::string precision_mode = "preferred_fp32";
   int cpu_threads = 0;  // 0 keeps the runtime's default thread count
   bool show_help = false;
 };
+
+/// The precision modes Lite's AscendDeviceInfo accepts (its context.h lists them), the default first.
+/// Lite maps them onto CANN's operator precision modes: enforce_fp32 -> force_fp32, preferred_fp32 ->
+/// allow_fp32_to_fp16, enforce_fp16 -> force_fp16, enforce_origin -> must_keep_origin_dtype,
+/// preferred_optimal -> allow_mix_precision. Lite's own default is enforce_fp16.
+extern const std::vector<std::string> kPrecisionModes;
 
 /// Help text listing every flag.
 std::string UsageText(const std::string &program);
 
 /// Parses `--flag=value` and `--flag value` forms. Throws UsageError on unknown flags, missing values,
-/// malformed numbers, an unknown device type or a missing required flag (unless --help was given).
+/// malformed numbers, an unknown device type or precision mode, or a missing required flag (unless --help
+/// was given). `--device_type GPU` is refused with the reason (MindSpore Lite 2.10 has no NVIDIA GPU backend).
 Options ParseArgs(int argc, const char *const argv[]);
 
 /// Sorted names (not paths) of the regular `*.bin` files in `dir`. Throws InferError if `dir` is not a directory.
@@ -79,6 +88,15 @@ void WriteBinary(const std::filesystem::path &path, const void *data, std::size_
 
 /// `"sample.bin"` -> `"sample"`; names without the `.bin` suffix are returned unchanged.
 std::string StripBinSuffix(const std::string &file_name);
+
+/// IEEE 754 binary16 (the bit pattern of one float16 value) -> float32, exactly: every float16 value,
+/// subnormals, infinities and NaNs included, is representable in float32.
+float HalfBitsToFloat(uint16_t bits);
+
+/// Converts `count` float16 values (their bit patterns, native byte order) to float32 into `dst`.
+/// Used when the runtime hands back float16 outputs (an Ascend precision mode that lowers the last
+/// operator to float16): the files this program writes are always float32, what postprocess.py reads.
+void HalfToFloat(const uint16_t *src, float *dst, std::size_t count);
 
 /// Summary of per-sample latencies, all in milliseconds.
 struct LatencyStats {
