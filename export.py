@@ -15,9 +15,23 @@ host often has no MindSpore that can drive its card. --export_device picks anoth
 """
 import sys
 
-from src.utils.runtime import apply_cpu_env_defaults
+EXPORT_DEVICES = ("CPU", "GPU", "Ascend")
 
-apply_cpu_env_defaults()  # before MindSpore is imported
+
+def split_export_device(argv):
+    """(--export_device's value or None, the other arguments) from the command line."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--export_device", choices=EXPORT_DEVICES, default=None)
+    known, rest = parser.parse_known_args(list(argv))
+    return known.export_device, rest
+
+
+from src.utils.runtime import apply_cpu_env_defaults  # noqa: E402
+
+# Before MindSpore is imported, for the device the export runs on (not the config's device_target).
+apply_cpu_env_defaults(["--device_target", split_export_device(sys.argv[1:])[0] or "CPU"])
 
 
 def export_model(model, file_name: str, file_format: str, batch_size: int, image_size: int, max_tokens: int) -> str:
@@ -41,19 +55,6 @@ def export_model(model, file_name: str, file_format: str, batch_size: int, image
                           "Use --file_format MINDIR.") from None
     suffix = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}[file_format]
     return file_name if file_name.endswith(suffix) else file_name + suffix
-
-
-EXPORT_DEVICES = ("CPU", "GPU", "Ascend")
-
-
-def split_export_device(argv):
-    """(--export_device's value or None, the other arguments) from the command line."""
-    import argparse
-
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--export_device", choices=EXPORT_DEVICES, default=None)
-    known, rest = parser.parse_known_args(list(argv))
-    return known.export_device, rest
 
 
 def main(argv=None) -> int:
