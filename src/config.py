@@ -134,7 +134,7 @@ class SMASection:
     deep_supervision: bool = True
     # true: each proposal's score also sees where its mask lies and how large it is (centroid x, y and
     # area of sigmoid(Q_n . P), no gradient through them), so that "left", "top", "big" can choose among
-    # proposals (README, Design decisions). false: the paper's scores Q_n . g only.
+    # proposals (docs/developer.md, "Design decisions"). false: the paper's scores Q_n . g only.
     mask_geometry: bool = False
     # > 0: the proposals read the words (cross-attention) and each other (self-attention) in this many
     # layers before they are scored, so that a score can depend on the other objects a sentence names
@@ -165,7 +165,7 @@ class ModelSection:
     # word-pixel alignment, options in model.wpa).
     fusion: str = "wpa"
     # The registered image encoder (src/models/registry.py, IMAGE_ENCODERS): swin (the paper's; model.swin) or
-    # convnet (a small residual CNN, model.convnet, for encoders trained from scratch: README, "Training health").
+    # convnet (a small residual CNN, model.convnet, for encoders trained from scratch: research/NOTEBOOK.md, "Training health").
     image_encoder: str = "swin"
     swin: SwinSection = field(default_factory=SwinSection)
     convnet: ConvNetSection = field(default_factory=ConvNetSection)
@@ -186,7 +186,7 @@ class LossSection:
     aux_num_fg: int = 256
     aux_num_bg: int = 1024
     aux_hard_ratio: float = 0.5
-    # The proposals' own signal (src/models/criterion.py; README "Design decisions", measured there):
+    # The proposals' own signal (src/models/criterion.py; docs/developer.md "Design decisions", measured there):
     # none | weighted | matched. With "none" only the SMA-weighted sum is supervised, which collapses
     # (identical proposals, uniform weights). "matched" matches proposals one-to-one to objects and
     # puts a cross-entropy on the SMA scores toward the referent's proposal. Without SMA
@@ -207,7 +207,7 @@ class LossSection:
     # num_classes > 0 and all_objects only: weight of a category cross-entropy at every stride-4 pixel embedding
     # (the proposals' classifier applied to P; each cell labelled with the category of the object covering it,
     # background as "no object" weighted no_object_weight). 0 = off (the paper). A from-scratch Swin learned no
-    # shape categories without it (README, "Training health": tools/probe_categories.py).
+    # shape categories without it (research/NOTEBOOK.md, "Training health": research/tools/probe_categories.py).
     pixel_class_weight: float = 0.0
     # model.sma.head = coupled only: weight of CE + Dice on SMA's own map (the selected proposal masks), summed over
     # the decoder layers after the initial queries (src/models/coupled_head.py).

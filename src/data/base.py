@@ -1,7 +1,7 @@
 """What a dataset must offer the rest of the code, the registry of datasets, and `build_dataset(cfg, split)`.
 
 Everything that reads a split (the MindSpore pipeline in `src/data/dataset.py`, the evaluator, the
-training-health probe set, preprocess.py / postprocess.py, tools/ablate.py, tools/benchmark.py,
+training-health probe set, preprocess.py / postprocess.py, research/tools/ablate.py, tools/benchmark.py,
 tools/diagnose.py) goes through `ReferringDataset` below and nothing else, and gets its dataset from
 `build_dataset(cfg, split)`, which looks ``cfg.data.dataset`` up in `DATASETS`. Adding a dataset
 (ReferIt, gRefCOCO) is therefore one new module::
@@ -74,7 +74,7 @@ class ReferringDataset(Protocol):
     # Per-ref structure -------------------------------------------------------------------------
     refs: Sequence[DatasetRef]  # the referred objects of the split, in a fixed order (ref_index = position)
     ref_sample_ranges: Sequence[Tuple[int, int]]  # [start, stop) of each ref's sentences in samples(), by ref_index
-    # Annotation records by ann_id: "category_id" (int; read with num_classes > 0 and by tools/ablate.py) and
+    # Annotation records by ann_id: "category_id" (int; read with num_classes > 0 and by research/tools/ablate.py) and
     # optionally "iscrowd" (truthy: not an object, left out of the other-object targets).
     annotations: Mapping[int, Mapping[str, Any]]
     categories: Mapping[int, str]  # category_id -> name; its sorted ids are the proposal classes

@@ -134,10 +134,10 @@ def build_train_step(cfg, model: nn.Cell, schedule, distributed: bool = False, o
     """The compiled training step of a Config, for `model` (a CoupAlign): mixed precision (train.amp_level),
     the criterion of the config, AdamW on LAVT's parameter groups with the text encoder's lr scale and
     `schedule`, clipping, loss scaling and accumulation. The one assembly used by the Trainer,
-    tools/benchmark.py and tools/optimizer_memory.py; the network it trains is `step.net_with_loss.model`.
+    tools/benchmark.py and research/tools/optimizer_memory.py; the network it trains is `step.net_with_loss.model`.
 
     `optimizer="ms_adamweightdecay"` swaps in MindSpore's fused `nn.AdamWeightDecay` (no bias correction,
-    no lr_scale) on the same groups, as a memory and time reference (tools/optimizer_memory.py)."""
+    no lr_scale) on the same groups, as a memory and time reference (research/tools/optimizer_memory.py)."""
     from src.engine.optimizer import AdamW, param_groups
     from src.models.amp import apply_mixed_precision
     from src.models.coupalign import CoupAlignWithLoss

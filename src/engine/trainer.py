@@ -172,7 +172,7 @@ class Trainer:
         self.schedule = PolyLR(tc.lr, self.total_updates, tc.lr_power, tc.warmup_steps)
         self.step_cell = build_train_step(cfg, model, self.schedule, distributed=ctx.group_size > 1)
         self.net_with_loss = self.step_cell.net_with_loss
-        self.model = self.net_with_loss.model  # wrapped for mixed precision when train.amp_level asks
+        self.model = self.net_with_loss.model  # the model itself: mixed precision is set in place (src/models/amp.py)
         self.loss_names = self.net_with_loss.loss_names
         self.main_ckpt_dir = os.path.join(cfg.output_dir, "checkpoints")
         ckpt_dir = self.main_ckpt_dir if ctx.is_main else os.path.join(self.main_ckpt_dir, f"rank_{ctx.rank}")

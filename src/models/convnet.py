@@ -1,7 +1,7 @@
 """A small residual CNN with Swin's stage-by-stage API, for image encoders trained from scratch on the CPU.
 
 Not the paper's encoder (a Swin-B pretrained on ImageNet-22k). Measured on the synthetic quickstart data
-(README, "Training health": category segmentation alone, 700 steps of 8 images, `tools/pretrain_visual.py`),
+(research/NOTEBOOK.md, "Training health": category segmentation alone, 700 steps of 8 images, `tools/pretrain_visual.py`),
 the from-scratch Swin of the quickstart reached 0.28 foreground-pixel accuracy on the six shape categories
 (chance about 0.2) and this CNN (depths 1, 1, 1, 1) 0.78: without pretraining, a Swin this small does not
 learn the shapes within the budget, and the alignments above it cannot select "the star" from features that

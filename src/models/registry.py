@@ -11,7 +11,7 @@ Each registered class builds itself from the config through a `from_config` clas
 signature is fixed per registry (see the docstrings below), so CoupAlign can build any of them.
 
 A new part is one new file in src/models/ that registers its class; `discover()` imports every module of
-the package before a model is built, so no import list needs editing (README, "Extending").
+the package before a model is built, so no import list needs editing (docs/developer.md, "Extending").
 """
 from __future__ import annotations
 

@@ -355,7 +355,7 @@ class ConvStem(nn.Cell):
     side), other parameter names (`patch_embed.convs.*`, `patch_embed.proj.*` is 1x1): a released Swin
     checkpoint does not load into it. For Swins trained from scratch (the CPU quickstart): a 4x4 patch
     projection sees each 4x4 cell alone, and measured on the quickstart the stage features then did not
-    tell the shape categories apart (README, "Training health").
+    tell the shape categories apart (research/NOTEBOOK.md, "Training health").
     """
 
     def __init__(self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, patch_norm: bool = True):
