@@ -59,3 +59,19 @@ def test_checkpoint_without_loss_scale_resumes_with_the_initial_one(tmp_path, ca
     del params["dense.weight"]
     with pytest.raises(CheckpointMismatchError, match="dense.weight"):  # anything else missing still refuses it
         load_train_step(_step(), params, path)
+
+
+def test_artifacts_of_bare_weights_are_none_and_of_a_broken_file_an_error(tmp_path):
+    """A checkpoint of weights only (ms.save_checkpoint of a Cell, no config or vocabulary) has no artifacts:
+    MindSpore's filtered load raises on it ("parameter dict is empty after filter"), which read_artifacts
+    reported as an unreadable file. A truncated file is still an error."""
+    from src.engine.checkpoint import CheckpointIOError, read_artifacts
+
+    path = str(tmp_path / "bare.ckpt")
+    ms.save_checkpoint(_Net(), path)
+    assert read_artifacts(path) == {}
+    broken = str(tmp_path / "broken.ckpt")
+    with open(path, "rb") as f, open(broken, "wb") as g:
+        g.write(f.read()[:20])
+    with pytest.raises(CheckpointIOError, match="cannot be read"):
+        read_artifacts(broken)

@@ -141,6 +141,8 @@ def read_checkpoint(path: str) -> Dict:
     try:
         return ms.load_checkpoint(path)
     except Exception as e:  # MindSpore raises ValueError/RuntimeError with internal detail
+        if "empty after filter" in str(e):  # a readable checkpoint with none of the keys (bare weights)
+            return {}
         raise CheckpointIOError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
@@ -155,6 +157,8 @@ def read_artifacts(path: str) -> Dict[str, str]:
     try:
         entries = ms.load_checkpoint(path, choice_func=lambda name: name in ARTIFACT_KEYS)
     except Exception as e:  # MindSpore raises ValueError/RuntimeError with internal detail
+        if "empty after filter" in str(e):  # a readable checkpoint with none of the keys (bare weights)
+            return {}
         raise CheckpointIOError(f"checkpoint {path} cannot be read (truncated or not a MindSpore checkpoint): "
                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return {k: v for k, v in entries.items() if isinstance(v, str)}
