@@ -134,7 +134,7 @@ def test_interleaved_text_encoder_is_plain_bert_at_initialisation(model):
     np.testing.assert_array_equal(other, words)
 
 
-def test_ablation_switches_change_the_structure():
+def test_ablation_switches_change_the_structure(pynative):  # PyNative: one forward, no 50 s compile
     full = CoupAlign(tiny_config().model)
     one_way = CoupAlign(tiny_config(**{"wpa.bidirectional": False, "sma.enabled": False,
                                        "mask_generator.pixel_decoder": "fpn", "sma.sentence_pool": "mean"}).model)
@@ -306,11 +306,12 @@ def test_convnet_pretrained_loads_into_the_image_encoder_and_a_missing_file_name
         create_model(tiny_config(image_encoder="convnet", **sizes, **{"convnet.pretrained": str(tmp_path / "no.ckpt")}))
 
 
-def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate():
+def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate(pynative):
     """model.sma.head = coupled: the final stage's combined logits once (the inference output, upsampled), SMA's
     own maps of the 3 decoder layers after the initial queries, a criterion with sma_map_loss; one compiled step
     moves the gate, the temperature, the pixel-agreement weight and the pixel query (from gate 0, so the gate gets a
-    gradient at once), with the proposal branch's gradient into the trunk scaled."""
+    gradient at once), with the proposal branch's gradient into the trunk scaled. In PyNative (a compiled step took
+    136 s of the suite); the coupled head trains in graph mode in conftest's `trained` run (the quickstart's head)."""
     ms.set_seed(1)
     cfg = tiny_config(**{"sma.head": "coupled", "mask_generator.num_classes": 3, "sma.pixel_agreement": True,
                          "sma.proposal_grad_scale": 0.5})

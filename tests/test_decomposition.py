@@ -260,15 +260,6 @@ def _inputs():
     return image, ids, Tensor(np.ones((2, 12), np.int32))
 
 
-@pytest.fixture
-def pynative():
-    """One forward each: compiling the graph costs more than it saves here."""
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=previous)
-
-
 def test_final_stage_maps_of_the_coupled_head(tiny, pynative):
     """The maps are the model's: the output is M_pix + alpha M_sma at S x S (that it is predict's is checked
     without proposals below and, per sample, against eval.py's scoring in the end-to-end run)."""

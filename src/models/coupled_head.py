@@ -131,8 +131,10 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
         pixel_logits = self.pixel_logits(pixel_embed, sentence)  # (B, 1, h, w)
         for s in range(num_stages):
             stage_class = None if class_logits is None else class_logits[s]
-            sma_logits, _, target_embed, scores = self.sma_map(mask_embeds[s], pixel_embed, sentence, words,
-                                                               word_mask, stage_class, pixel_logits)
+            # Indexed, not unpacked: an unused tuple output made graph mode warn "Some side effect nodes were
+            # eliminated by mistake" here (nothing in sma_map is random; the weights are simply not needed).
+            stage = self.sma_map(mask_embeds[s], pixel_embed, sentence, words, word_mask, stage_class, pixel_logits)
+            sma_logits, target_embed, scores = stage[0], stage[2], stage[3]
             stage_scores = stage_scores + (scores,)
             if s > 0 or num_stages == 1:
                 stage_maps = stage_maps + (sma_logits,)
