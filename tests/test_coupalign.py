@@ -121,7 +121,7 @@ class _InterleavedWords(ms.nn.Cell):
         return self.net.encode(image, ids, mask)[1]
 
 
-def test_interleaved_text_encoder_is_plain_bert_at_initialisation(model):
+def test_interleaved_text_encoder_is_plain_bert_at_initialisation(model, pynative):  # two forwards, no compile
     """alpha = 0 must keep the pretrained BERT intact through the whole interleaved encoder (the words
     after every group pass WPA unchanged); an LN around the residual broke this (rel. error 1.43)."""
     image, ids, mask, _ = make_batch()
@@ -243,7 +243,7 @@ def test_paper_configuration_parameter_count(capsys):
 
 
 
-def test_convnet_image_encoder_has_swins_stage_api_and_trains():
+def test_convnet_image_encoder_has_swins_stage_api_and_trains(pynative):  # PyNative: the compiles took ~60 s
     """model.image_encoder=convnet: the registered CNN gives maps at the Swin's strides through the same stage API
     (its construct is that loop), CoupAlign trains with it (one step moves every parameter of the encoder), bad
     sizes are config errors naming the keys, and the benchmark says it has no analytic count for it."""
