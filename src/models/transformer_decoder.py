@@ -12,8 +12,10 @@ feature maps (stride 32, 16, 8, 32, ...). Each layer is, in this order (Mask2For
 
 each followed by a residual connection and a LayerNorm. After the learnable queries themselves and after
 every layer, a shared LayerNorm and a 3-layer MLP turn the queries into mask embeddings Q_o; the proposal
-masks are Y = Q_o . P (`proposal_logits`). No class head and no Hungarian matching: RefCOCO labels only
-the referred object, and CoupAlign's Sentence-Mask Alignment weighs the proposals instead.
+masks are Y = Q_o . P (`proposal_logits`). The decoder itself has no class head and does no matching: the
+optional category head (`model.mask_generator.num_classes`, `class_embed` in coupalign.py) and the proposals'
+greedy one-to-one matching to the image's objects (`loss.proposal_loss: matched`, criterion.py) live outside
+it, and CoupAlign's Sentence-Mask Alignment weighs the proposals by the sentence.
 
 The attention is written out (packed Q/K/V projection, head split, boolean mask) rather than using
 nn.MultiheadAttention, which breaks `auto_mixed_precision("O1")` (docs/platform.md) and would
