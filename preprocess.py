@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     from src.data.base import build_dataset
     from src.data.transforms import preprocess_image
     from src.engine.inference import build_trained_tokenizer
-    from src.engine.trainer import build_tokenizer
+    from src.engine.inference import build_tokenizer
 
     refer = build_dataset(cfg, cfg.eval.split)
     if cfg.eval.swap_sentences:

@@ -136,7 +136,7 @@ def test_mindir_export_round_trip_matches_the_model(trained, tmp_path):
     from src.data.refer import ReferDataset, read_image_rgb
     from src.data.transforms import preprocess_image
     from src.engine.checkpoint import load_model_weights
-    from src.engine.trainer import build_tokenizer
+    from src.engine.inference import build_tokenizer
     from src.models import create_model
 
     ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")

@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     cfg = load_inference_config(rest)
     setup_context(cfg)
     if random_init:
-        from src.engine.trainer import build_tokenizer
+        from src.engine.inference import build_tokenizer
 
         model = create_model(cfg, load_pretrained=True)
         model.set_train(False)

@@ -29,6 +29,30 @@ from src.config import Config, ConfigError, config_from_dict, parse_overrides, r
 LAUNCH_KEYS = {"distribute": False, "device_id": None}
 
 
+def build_tokenizer(cfg: Config):
+    """The WordPiece tokenizer of the configured text encoder. Its vocabulary must have exactly as many
+    tokens as the encoder's embedding table has rows: a vocab.txt from another model would otherwise
+    give ids that index the wrong rows (or beyond the table) without any error. Used for training too (it
+    lives here, beside the trained model's tokenizer, so that inference code need not import the trainer)."""
+    from src.data.tokenizer import BertTokenizer
+    from src.models.bert import bert_config_from, vocab_path_for
+
+    vocab = cfg.model.bert.vocab_path
+    if not vocab and cfg.model.bert.pretrained:
+        vocab = vocab_path_for(cfg.model.bert.pretrained)
+    if not vocab:
+        raise ConfigError("no vocabulary: set model.bert.vocab_path, or model.bert.pretrained to a checkpoint "
+                          "written by tools/convert_bert.py (its vocab.txt is stored beside it)")
+    tokenizer = BertTokenizer(vocab, max_tokens=cfg.model.max_tokens)
+    table_rows = bert_config_from(cfg.model.bert).vocab_size
+    if len(tokenizer.vocab) != table_rows:
+        source = (f"the converted checkpoint model.bert.pretrained={cfg.model.bert.pretrained}"
+                  if cfg.model.bert.pretrained else "model.bert.vocab_size")
+        raise ConfigError(f"vocabulary {vocab} has {len(tokenizer.vocab)} tokens but the text encoder's embedding "
+                          f"table has {table_rows} rows ({source}): this vocab.txt belongs to another model")
+    return tokenizer
+
+
 def load_inference_config(argv: Sequence[str], aliases: Optional[Dict[str, str]] = None,
                           default_path: str = "default_config.yaml") -> Config:
     """--config_path when given; else the config stored in --checkpoint_path (--ckpt_file); else
@@ -73,7 +97,6 @@ def build_trained_tokenizer(cfg: Config, script: str):
     from dataclasses import replace
 
     from src.engine.checkpoint import read_artifacts
-    from src.engine.trainer import build_tokenizer
     from src.models.bert import BertConfig, vocab_path_for
 
     artifacts = read_artifacts(_require_checkpoint(cfg, script))

@@ -15,17 +15,15 @@ from mindspore import Tensor
 from src.config import Config, ConfigError, num_other_objects, num_proposal_classes
 from src.data.dataset import ReferSource, create_refer_dataset
 from src.data.base import build_dataset
-from src.data.tokenizer import BertTokenizer
 from src.engine import diagnostics
 from src.engine.checkpoint import (CheckpointManager, TrainState, check_ranks_agree_on_resume, list_checkpoints,
                                    load_train_step, read_checkpoint, split_meta)
 from src.engine.evaluator import evaluate, format_table, gather_shards
 from src.engine.grad_shares import gradient_shares, summary_line
+from src.engine.inference import build_tokenizer
 from src.engine.optimizer import PolyLR
 from src.engine.train_step import build_train_step
 from src.models import create_model
-from src.models.bert import vocab_path_for
-from src.models.bert import bert_config_from
 from src.errors import DataError, TrainingError
 from src.utils.runtime import RunContext, seed_rank_randomness
 
@@ -42,26 +40,6 @@ class TrainingDiverged(TrainingError):
 
 class TooManyBadSamples(TrainingError):
     """More training samples were unreadable than data.max_bad_samples allows."""
-
-
-def build_tokenizer(cfg: Config) -> BertTokenizer:
-    """The WordPiece tokenizer of the configured text encoder. Its vocabulary must have exactly as many
-    tokens as the encoder's embedding table has rows: a vocab.txt from another model would otherwise
-    give ids that index the wrong rows (or beyond the table) without any error."""
-    vocab = cfg.model.bert.vocab_path
-    if not vocab and cfg.model.bert.pretrained:
-        vocab = vocab_path_for(cfg.model.bert.pretrained)
-    if not vocab:
-        raise ConfigError("no vocabulary: set model.bert.vocab_path, or model.bert.pretrained to a checkpoint "
-                          "written by tools/convert_bert.py (its vocab.txt is stored beside it)")
-    tokenizer = BertTokenizer(vocab, max_tokens=cfg.model.max_tokens)
-    table_rows = bert_config_from(cfg.model.bert).vocab_size
-    if len(tokenizer.vocab) != table_rows:
-        source = (f"the converted checkpoint model.bert.pretrained={cfg.model.bert.pretrained}"
-                  if cfg.model.bert.pretrained else "model.bert.vocab_size")
-        raise ConfigError(f"vocabulary {vocab} has {len(tokenizer.vocab)} tokens but the text encoder's embedding "
-                          f"table has {table_rows} rows ({source}): this vocab.txt belongs to another model")
-    return tokenizer
 
 
 class JsonLog:
