@@ -41,7 +41,7 @@ from mindspore import Parameter, nn, ops
 from mindspore.common.initializer import HeNormal, TruncatedNormal, initializer
 from src.errors import ConfigError
 
-from src.models.layers import DropPath, LayerNorm, Mlp, softmax_fp32, trunc_normal_dense
+from src.models.layers import DropPath, FeedForward, LayerNorm, softmax_fp32, trunc_normal_dense
 from src.models.layers.norm import group_norm
 from src.models.layers.stages import StagedEncoder, map_to_tokens
 from src.models.registry import IMAGE_ENCODERS
@@ -51,7 +51,7 @@ __all__ = [
     "SWIN_PRESETS",
     "LayerNorm",
     "DropPath",
-    "Mlp",
+    "FeedForward",
     "WindowAttention",
     "SwinTransformerBlock",
     "PatchMerging",
@@ -246,7 +246,7 @@ class WindowAttention(nn.Cell):
 class SwinTransformerBlock(nn.Cell):
     """Pre-norm transformer block with (shifted) window attention, for maps of any static size.
 
-    ``x = x + DropPath(Attn(pad(norm1(x))))`` then ``x = x + DropPath(Mlp(norm2(x)))``. The map is
+    ``x = x + DropPath(Attn(pad(norm1(x))))`` then ``x = x + DropPath(FeedForward(norm2(x)))``. The map is
     zero-padded to a multiple of the window after ``norm1``, cyclically shifted by ``-shift_size`` when
     ``shift_size > 0``, attended per window (with the shifted-window mask), shifted back and cropped; the
     whole movement is one gather each way (``window_gather_indices``, computed by the stage).
@@ -267,7 +267,7 @@ class SwinTransformerBlock(nn.Cell):
                                     attn_drop=attn_drop, proj_drop=drop)
         self.drop_path = DropPath(drop_path)
         self.norm2 = LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = FeedForward(dim, int(dim * mlp_ratio), drop=drop)
 
     def construct(self, x, H: int, W: int, window_index, token_index, attn_mask=None):
         """x: (B, H*W, C); window_index, token_index: this block's ``window_gather_indices``;

@@ -35,7 +35,7 @@ from mindspore.common.initializer import HeUniform, Normal, XavierUniform, initi
 from src.errors import ConfigError
 
 from src.models.cost import CostGeometry, PartCost, attention_flops, dense_flops
-from src.models.layers import MLP, MultiHeadAttention  # noqa: F401  (MLP re-exported)
+from src.models.layers import MultiHeadAttention, ReluMLP  # noqa: F401  (ReluMLP re-exported)
 from src.models.registry import TRANSFORMER_DECODERS
 
 from .position_encoding import PositionEmbeddingSine
@@ -47,7 +47,7 @@ __all__ = [
     "CrossAttentionLayer",
     "SelfAttentionLayer",
     "FFNLayer",
-    "MLP",
+    "ReluMLP",
     "MaskedTransformerDecoder",
 ]
 
@@ -176,7 +176,7 @@ class MaskedTransformerDecoder(nn.Cell):
             else:
                 projections.append(nn.Identity())
         self.input_proj = nn.CellList(projections)
-        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        self.mask_embed = ReluMLP(hidden_dim, hidden_dim, mask_dim, 3)
 
     def _prediction_heads(self, queries, pixel_embed):
         """queries (B, N, D) -> mask embeddings (B, N, mask_dim) and proposal logits (B, N, H, W)."""

@@ -10,7 +10,7 @@ conversion is a rename-free copy; the names are part of the checkpoint format an
   `LayerNorm` from here.
 * GroupNorm / convolution: `GroupNorm`, `group_norm`, `ConvNormAct` (detectron2's names).
 * Attention: `MultiHeadAttention` (PyTorch's packed in_proj; bool mask, True = not allowed).
-* Feed-forward: `Mlp` (Linear-GELU-Linear, timm's) or `MLP` (DETR's ReLU stack).
+* Feed-forward: `FeedForward` (Linear-GELU-Linear, timm's Mlp) or `ReluMLP` (DETR's ReLU stack, its MLP).
 * `softmax_fp32`: every softmax of a model part (float32 under mixed precision, src/models/amp.py).
 * `gelu` / `GELU`: the exact erf GELU (MindSpore's default is the tanh approximation); `AccurateTanh`;
   `DropPath`; `InstanceNormOverPixels`; `Embedding` (a table named `weight`).
@@ -24,10 +24,10 @@ from src.models.layers.conv import C2_XAVIER, ConvNormAct
 from src.models.layers.drop import DropPath
 from src.models.layers.embedding import Embedding
 from src.models.layers.grad import scale_gradient
-from src.models.layers.mlp import MLP, Mlp, trunc_normal_dense
+from src.models.layers.mlp import FeedForward, ReluMLP, trunc_normal_dense
 from src.models.layers.norm import GroupNorm, InstanceNormOverPixels, LayerNorm, group_norm
 from src.models.layers.stages import StagedEncoder, map_to_tokens, tokens_to_map
 
 __all__ = ["GELU", "AccurateTanh", "gelu", "softmax_fp32", "MultiHeadAttention", "C2_XAVIER", "ConvNormAct", "DropPath", "Embedding",
-           "MLP", "Mlp", "trunc_normal_dense", "GroupNorm", "InstanceNormOverPixels", "LayerNorm", "group_norm",
+           "FeedForward", "ReluMLP", "trunc_normal_dense", "GroupNorm", "InstanceNormOverPixels", "LayerNorm", "group_norm",
            "StagedEncoder", "map_to_tokens", "tokens_to_map", "scale_gradient"]

@@ -1,5 +1,6 @@
-"""Dense stacks: Swin's truncated-normal Linear, the transformer feed-forward (`Mlp`, timm's) and
-DETR's `MLP` (ReLU between layers)."""
+"""Dense stacks: Swin's truncated-normal Linear, the transformer feed-forward (`FeedForward`, timm's `Mlp`) and
+DETR's MLP (`ReluMLP`: ReLU between layers). Two names that say which, where timm and DETR spell them
+Mlp and MLP."""
 from __future__ import annotations
 
 from mindspore import nn, ops
@@ -14,7 +15,7 @@ def trunc_normal_dense(in_features: int, out_features: int, has_bias: bool = Tru
                     bias_init="zeros", has_bias=has_bias)
 
 
-class Mlp(nn.Cell):
+class FeedForward(nn.Cell):
     """Transformer feed-forward: Linear -> exact (erf) GELU -> Dropout -> Linear -> Dropout."""
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
@@ -29,7 +30,7 @@ class Mlp(nn.Cell):
         return self.drop(self.fc2(x))
 
 
-class MLP(nn.Cell):
+class ReluMLP(nn.Cell):
     """num_layers Dense layers with ReLU between them (none after the last)."""
 
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
