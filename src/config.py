@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from src.models.bert_config import BertConfig  # no MindSpore import: the schema derives model.bert from it
+from src.arch.bert import BertConfig  # no MindSpore import: the schema derives model.bert from it
 
 
 from src.errors import ConfigError  # noqa: E402,F401  (re-exported: callers import it from here)

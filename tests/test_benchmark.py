@@ -24,7 +24,7 @@ from timm.models.swin_transformer import SwinTransformer as TimmSwin
 from torch.utils.flop_counter import FlopCounterMode
 
 from src.config import config_from_dict, load_config
-from src.models.swin_arch import swin_arch
+from src.arch.swin import swin_arch
 from src.models.bert import BertConfig
 from tools.benchmark import (SIGNED_FIELDS, activation_elements, bert_flops, coupalign_flops, loss_activation_elements,
                              parameter_count, swin_flops, swin_stage_sizes, training_memory_estimate)

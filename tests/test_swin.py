@@ -586,7 +586,7 @@ def test_conv_stem_is_chosen_by_config_and_refuses_a_released_checkpoint(tmp_pat
     """The key is validated with the choices named; a patch-stem checkpoint (what tools/convert_swin.py writes
     from the released weights) does not load silently into a conv stem: the stem's parameters are named."""
     from src.config import ConfigError, load_config
-    from src.models.swin_arch import swin_arch
+    from src.arch.swin import swin_arch
 
     cfg = load_config(None, ["--model.swin.preset=", "--model.swin.embed_dim=16", "--model.swin.depths=[1,1,1,1]",
                              "--model.swin.num_heads=[1,1,1,1]", "--model.swin.stem=conv"])

@@ -66,7 +66,7 @@ if ROOT not in sys.path:
 
 from src.config import Config, load_config, num_other_objects, num_proposal_classes  # noqa: E402  (no MindSpore import)
 from src.models.cost import CostGeometry, PartCost, attention_flops, conv_flops, dense_flops  # noqa: E402,F401
-from src.models.swin_arch import swin_arch  # noqa: E402  (no MindSpore import)
+from src.arch.swin import swin_arch  # noqa: E402  (no MindSpore import)
 from src.utils.runtime import available_cpus  # noqa: E402  (imports MindSpore lazily)
 
 NUM_STAGES = 4
@@ -120,7 +120,7 @@ def stem_cost(arch: Dict, height: int, width: int, in_chans: int = 3) -> Tuple[i
 
 def swin_flops(arch: Dict, height: int, width: int, batch: int = 1, in_chans: int = 3) -> Dict[str, int]:
     """FLOPs of the Swin encoder per stage ('patch_embed', 'stage0'..'stage3' with the merging after
-    the stage). `arch` is `src.models.swin_arch.swin_arch(...)` (embed_dim, depths, num_heads, window_size, ...).
+    the stage). `arch` is `src.arch.swin.swin_arch(...)` (embed_dim, depths, num_heads, window_size, ...).
 
     Window attention runs on the map padded to a multiple of the window, so the qkv and output
     projections and the attention itself are counted on the padded tokens; the MLP on the real ones.

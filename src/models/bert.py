@@ -42,7 +42,7 @@ from mindspore import Parameter, Tensor, mint, nn, ops
 from mindspore.common.initializer import Normal, One, Zero, initializer
 from src.errors import CheckpointError
 
-from src.models.bert_config import SUPPORTED_HIDDEN_ACTS, BertConfig  # noqa: F401  (re-exported)
+from src.arch.bert import SUPPORTED_HIDDEN_ACTS, BertConfig  # noqa: F401  (re-exported)
 from src.models.layers import Embedding, LayerNorm, gelu, softmax_fp32
 
 # Added to the attention score of a padded key. exp(-1e4) is exactly 0 in float32/float16.

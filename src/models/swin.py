@@ -45,7 +45,7 @@ from src.models.layers import DropPath, FeedForward, LayerNorm, softmax_fp32, tr
 from src.models.layers.norm import group_norm
 from src.models.layers.stages import StagedEncoder, map_to_tokens
 from src.models.registry import IMAGE_ENCODERS
-from src.models.swin_arch import SWIN_PRESETS, swin_arch
+from src.arch.swin import SWIN_PRESETS, swin_arch
 
 __all__ = [
     "SWIN_PRESETS",
