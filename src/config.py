@@ -352,7 +352,7 @@ CHOICES: Dict[str, Tuple[str, ...]] = {
     "loss.proposal_loss": ("none", "weighted", "matched"),
     "loss.proposal_targets": ("referent", "all_objects"),
     "data.split_by": ("unc", "umd", "google"),
-    "train.amp_level": ("O0", "O2", "O3"),  # no O1: src/models/amp.py, O1_UNSUPPORTED
+    "train.amp_level": ("O0", "O2", "O3"),  # no O1: AMP_O1_REASON
     "backend.jit_level": ("", "O0", "O1"),  # MindSpore 2.10 deprecates O2 (whole-graph sink)
     "backend.precision_mode": ("", "force_fp16", "allow_fp32_to_fp16", "allow_mix_precision", "must_keep_origin_dtype",
                                "force_fp32", "allow_fp32_to_bf16", "allow_mix_precision_fp16",
@@ -560,12 +560,15 @@ def parse_overrides(argv: Sequence[str], aliases: Optional[Dict[str, str]] = Non
     return config_path, overrides
 
 
+# Why train.amp_level has no O1: said once, here, for the config check and src/models/amp.py.
+AMP_O1_REASON = ("a float16 white list of Dense/Conv leaves float16 and float32 operands meeting in BatchMatMul, "
+                 "which MindSpore does not promote; use 'O2' (the Ascend recipe) or 'O3' (src/models/amp.py)")
+
+
 def _check_choices(cfg: Config) -> None:
     flat = _flatten(cfg.to_dict())
     if flat["train.amp_level"] == "O1":
-        raise ConfigError("config key 'train.amp_level' = 'O1': not supported (a float16 white list of Dense/Conv "
-                          "leaves float16 and float32 operands meeting in BatchMatMul, which MindSpore does not "
-                          "promote); use 'O2' (the Ascend recipe) or 'O3' (src/models/amp.py)")
+        raise ConfigError(f"config key 'train.amp_level' = 'O1': not supported ({AMP_O1_REASON})")
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {', '.join(map(repr, allowed))}")

@@ -38,11 +38,9 @@ from mindspore import nn
 from src.models.layers.norm import _Float32Norm
 from mindspore._c_expression import MixedPrecisionType  # the flag's type, as nn.Cell imports it
 
-AMP_LEVELS = ("O0", "O2", "O3")
-O1_UNSUPPORTED = ("train.amp_level = 'O1' is not supported: a float16 white list (Dense/Conv only) leaves float16 "
-                  "projections meeting float32 tensors in BatchMatMul, which MindSpore does not promote; use O2 "
-                  "(the Ascend recipe) or O3 (src/models/amp.py)")
+from src.config import AMP_O1_REASON, CHOICES
 
+AMP_LEVELS = CHOICES["train.amp_level"]  # ("O0", "O2", "O3"): the config's allowed values
 
 
 def fp32_cells():
@@ -59,7 +57,7 @@ def apply_mixed_precision(model: nn.Cell, level: str, dtype=ms.float16) -> nn.Ce
     itself (`model.amp_level` records the level). Calling it again with another level replaces the flags.
     Raises ValueError for an unknown level (config key train.amp_level)."""
     if level == "O1":
-        raise ValueError(O1_UNSUPPORTED)
+        raise ValueError(f"train.amp_level = 'O1' is not supported: {AMP_O1_REASON}")
     if level not in AMP_LEVELS:
         raise ValueError(f"train.amp_level = {level!r}; expected one of {', '.join(AMP_LEVELS)}")
     if level == "O0" and getattr(model, "amp_level", "O0") == "O0":
