@@ -127,9 +127,12 @@ def run_one(args, row: str, seed: int, cfg, keys: set) -> Dict:
     train_seconds = time.time() - start
     ckpt = os.path.join(run_dir, "checkpoints", "best.ckpt")
     evals = {}
-    for name, extra in (("val", []), ("control", ["--swap_sentences=true"])):
+    evaluations = [("val", "val", []), ("control", "val", ["--swap_sentences=true"])]
+    if args.eval_train:  # train-split oIoU beside val separates under- from over-fitting
+        evaluations.append(("train", "train", []))
+    for name, split, extra in evaluations:
         out = os.path.join(run_dir, f"eval_{name}")
-        _run([py, "eval.py", *config_args, f"--checkpoint_path={ckpt}", "--split=val", f"--eval.output_dir={out}",
+        _run([py, "eval.py", *config_args, f"--checkpoint_path={ckpt}", f"--split={split}", f"--eval.output_dir={out}",
               *extra], log)
         with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
             evals[name] = json.load(f)["input_resolution"]
@@ -145,6 +148,7 @@ def run_one(args, row: str, seed: int, cfg, keys: set) -> Dict:
     tokens = [v for k, v in health.items() if k.startswith("token_self_similarity_")]
     health["max_token_self_similarity"] = max(tokens) if tokens else float("nan")
     result = {"row": row, "seed": seed, "overrides": overrides, "val": evals["val"], "control": evals["control"],
+              "train": evals.get("train"),
               "same_category": subset_metrics(os.path.join(run_dir, "eval_val", "per_sample.csv"), keys),
               "diagnostics": health, "warnings": diag["warnings"], "decomposition": decomposition,
               "train_seconds": train_seconds}
@@ -180,7 +184,7 @@ def _decomposition(result: Dict, group, key) -> float:
 
 def write_table(args, results: Dict[str, List[Dict]], machine: str) -> str:
     header = ("| row | seeds | oIoU | mIoU | P@0.5 | P@0.9 | control oIoU | same-category oIoU (n) | "
-              "SMA entropy / ln N | mask-embedding cosine | top proposal follows sentence | max token self-sim | "
+              "train oIoU | SMA entropy / ln N | mask-embedding cosine | top proposal follows sentence | max token self-sim | "
               "gate | oIoU at gate 0 | oracle (best proposal) mIoU | selection acc. (same-category) | leakage |")
     lines = [f"Ablation on `{args.config_path}` + `{' '.join(f'--{k}={v}' for k, v in args.set.items()) or '-'}`, "
              f"data `{args.data_root}` (val split), mean ± std over seeds. {machine}.", "", header,
@@ -192,7 +196,8 @@ def write_table(args, results: Dict[str, List[Dict]], machine: str) -> str:
         cells = [LABELS.get(row, row), ",".join(str(r["seed"]) for r in runs)]
         cells += [_cell([r["val"][m] for r in runs]) for m in METRICS]
         cells += [_cell([r["control"]["overall_iou"] for r in runs]),
-                  f"{_cell([r['same_category']['overall_iou'] for r in runs])} ({n_subset})"]
+                  f"{_cell([r['same_category']['overall_iou'] for r in runs])} ({n_subset})",
+                  _cell([(r.get("train") or {}).get("overall_iou", float("nan")) for r in runs])]
         cells += [_cell([r["diagnostics"].get(k, float("nan")) for r in runs]) for k in HEALTH]
         cells += [_cell([_decomposition(r, *key) for r in runs]) for key in DECOMPOSITION]
         lines.append("| " + " | ".join(cells) + " |")
@@ -225,6 +230,7 @@ def parse_args(argv=None):
     parser.add_argument("--rows", default=DEFAULT_ROWS)
     parser.add_argument("--out", default="")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every row")
+    parser.add_argument("--eval_train", action="store_true", help="also evaluate every run on the train split")
     parser.add_argument("--table_only", action="store_true", help="rewrite the table from finished runs only")
     args = parser.parse_args(argv)
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
