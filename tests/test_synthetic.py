@@ -13,6 +13,8 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from src.data import synthetic as syn
+from src.data import synthetic_language as syn_language
+from src.data import synthetic_scenes as syn_scenes
 
 NUM_IMAGES = 24
 SEED = 5
@@ -79,7 +81,7 @@ def test_layout_and_instances_fields(generated):
         sizes.add((image["height"], image["width"]))
     assert len(sizes) > NUM_IMAGES // 2  # varied sizes and aspect ratios
     names = {c["id"]: c["name"] for c in instances["categories"]}
-    assert sorted(names.values()) == sorted(n for _, n, _ in syn.CATEGORIES)
+    assert sorted(names.values()) == sorted(n for _, n, _ in syn_scenes.CATEGORIES)
     image_ids = {im["id"] for im in instances["images"]}
     assert len({a["id"] for a in instances["annotations"]}) == len(instances["annotations"])
     for ann in instances["annotations"]:
@@ -106,7 +108,7 @@ def test_every_annotation_decodes_to_its_area_and_bbox(generated):
     assert kinds["polygons"] > 0 and kinds["rle"] > 0 and kinds["rle-list"] > 0, kinds
     # a cross stores two overlapping bars: their union is the mask (the overlap is not lost)
     crosses = [a for a in instances["annotations"]
-               if a["category_id"] == syn.CATEGORY_ID["cross"] and isinstance(a["segmentation"], list)]
+               if a["category_id"] == syn_scenes.CATEGORY_ID["cross"] and isinstance(a["segmentation"], list)]
     assert crosses and all(len(a["segmentation"]) == 2 for a in crosses)
 
 
@@ -129,10 +131,10 @@ def test_refs_fields_and_splits(generated):
             assert set(s) == {"sent_id", "raw", "sent", "tokens"}
             assert s["sent"] == s["raw"].lower().rstrip(".") and s["tokens"] == s["sent"].split()
             sent_ids.append(s["sent_id"])
-        family = syn.SPLIT_FAMILY.get(ref["split"])
+        family = syn_scenes.SPLIT_FAMILY.get(ref["split"])
         if family:  # testA: round shapes only, testB: angular only
-            name = [n for i, n, _ in syn.CATEGORIES if i == ref["category_id"]][0]
-            assert syn.CATEGORY_FAMILY[name] == family
+            name = [n for i, n, _ in syn_scenes.CATEGORIES if i == ref["category_id"]][0]
+            assert syn_scenes.CATEGORY_FAMILY[name] == family
     assert len(set(sent_ids)) == len(sent_ids)
     assert {r["split"] for r in refs} == {"train", "val", "testA", "testB"}
 
@@ -162,11 +164,11 @@ def test_expressions_identify_their_target_on_the_written_data(generated):
             ref = refs_by_ann[ann_id]
             assert [s["sent"] for s in ref["sentences"]] == [t for t, _ in chosen]
             for text, desc in chosen:
-                assert syn.evaluate(desc, facts, info["width"], info["height"]) == [target], text
+                assert syn_language.evaluate(desc, facts, info["width"], info["height"]) == [target], text
                 checked += 1
                 words = set(text.split())
                 if gray:
-                    assert not words & set(syn.COLOUR_WORDS), text
+                    assert not words & set(syn_scenes.COLOUR_WORDS), text
                 texts_in_image.append(text)
         # an expression used for two objects of one image could not be unique
         assert len(texts_in_image) == len(set(texts_in_image))
@@ -188,27 +190,27 @@ def test_scenes_need_language(generated):
 
 
 def test_evaluate_semantics_by_hand():
-    F = syn.ObjectFacts
+    F = syn_language.ObjectFacts
     objs = [F("circle", "red", 20, 50, 400), F("circle", "red", 80, 50, 900), F("square", "blue", 50, 90, 500)]
     W = H = 100
-    D = syn.Description
-    assert syn.evaluate(D("circle"), objs, W, H) == [0, 1]
-    assert syn.evaluate(D("circle", select=("position", "left")), objs, W, H) == [0]
-    assert syn.evaluate(D("circle", select=("size", "big")), objs, W, H) == [1]  # 900 >= 1.5 * 400
-    assert syn.evaluate(D(None, "blue"), objs, W, H) == [2]
-    assert syn.evaluate(D("square", select=("position", "bottom")), objs, W, H) == [2]  # lone: bottom band
-    assert syn.evaluate(D("square", select=("position", "top")), objs, W, H) == []
+    D = syn_language.Description
+    assert syn_language.evaluate(D("circle"), objs, W, H) == [0, 1]
+    assert syn_language.evaluate(D("circle", select=("position", "left")), objs, W, H) == [0]
+    assert syn_language.evaluate(D("circle", select=("size", "big")), objs, W, H) == [1]  # 900 >= 1.5 * 400
+    assert syn_language.evaluate(D(None, "blue"), objs, W, H) == [2]
+    assert syn_language.evaluate(D("square", select=("position", "bottom")), objs, W, H) == [2]  # lone: bottom band
+    assert syn_language.evaluate(D("square", select=("position", "top")), objs, W, H) == []
     above = D("circle", relation=("above", D("square")))
-    assert syn.evaluate(above, objs, W, H) == [0, 1]  # both are above it: never emitted for either
-    assert syn.evaluate(D("circle", "red", relation=("right_of", D("circle", select=("position", "left")))),
+    assert syn_language.evaluate(above, objs, W, H) == [0, 1]  # both are above it: never emitted for either
+    assert syn_language.evaluate(D("circle", "red", relation=("right_of", D("circle", select=("position", "left")))),
                         objs, W, H) == [1]
     beside = [F("circle", "red", 10, 80, 400), F("circle", "red", 45, 40, 900), F("square", "blue", 50, 90, 500)]
-    assert syn.evaluate(above, beside, W, H) == [1]  # circle 0 is more beside than above the square
+    assert syn_language.evaluate(above, beside, W, H) == [1]  # circle 0 is more beside than above the square
     left = D("circle", relation=("left_of", D("circle", "red")))
-    assert syn.evaluate(left, objs, W, H) == []  # the landmark is ambiguous
+    assert syn_language.evaluate(left, objs, W, H) == []  # the landmark is ambiguous
     close = [F("star", None, 10, 10, 100), F("star", None, 30, 10, 100), F("ring", None, 50, 10, 100)]
-    assert syn.evaluate(D("star", relation=("next_to", D("ring"))), close, W, H) == [1]
-    text = syn.realise(D("circle", "red", select=("position", "left")), np.random.default_rng(0))
+    assert syn_language.evaluate(D("star", relation=("next_to", D("ring"))), close, W, H) == [1]
+    text = syn_language.realise(D("circle", "red", select=("position", "left")), np.random.default_rng(0))
     assert "red" in text and ("circle" in text or "disc" in text)
     assert re.search(r"left", text)
 

@@ -1,6 +1,6 @@
 """The kind of a synthetic referring expression, read back from its words.
 
-Every expression of the synthetic dataset (src/data/synthetic.py) is a category and/or colour filter, then at
+Every expression of the synthetic dataset (src/data/synthetic_language.py) is a category and/or colour filter, then at
 most one superlative or one relation to a landmark. The kind is read with the generator's own vocabulary, so
 the reader and the generator cannot disagree on what a word means:
   relation    "the red circle left of the blue square", "the star next to the ring"
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import re
 
-from src.data.synthetic import (COLOUR_WORDS, GENERIC_NOUNS, NOUNS, POSITION_ADJECTIVES, POSITION_PHRASES,
-                                RELATION_PHRASES, SIZE_ADJECTIVES)
+from src.data.synthetic_language import (GENERIC_NOUNS, NOUNS, POSITION_ADJECTIVES, POSITION_PHRASES, RELATION_PHRASES,
+                                         SIZE_ADJECTIVES)
+from src.data.synthetic_scenes import COLOUR_WORDS
 from src.errors import DataError
 
 KINDS = ("relation", "position", "size", "colour", "category", "colour only")
