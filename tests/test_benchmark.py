@@ -1,6 +1,7 @@
-"""tools/benchmark.py: the analytic FLOPs counter against PyTorch's FlopCounterMode (the oracle) on
-timm's Swin and HF's BERT, the analytic parameter count against the built model, the memory
-estimate's bookkeeping, and a smoke run of the command line at a tiny size.
+"""The analytic costs that tools/benchmark.py sums (each part's own, beside its class: `SwinTransformer.analytic_flops`,
+`bert_flops`, ...) against PyTorch's FlopCounterMode (the oracle) on timm's Swin and HF's BERT, the parameter
+count of the built model against a hand formula (the oracle), the memory estimate's bookkeeping, and a smoke run
+of the command line at a tiny size.
 
 Oracle set-up. FlopCounterMode counts 2 FLOPs per multiply-add of the matmul, convolution and
 attention operators it sees, the same convention as the analytic counter. PyTorch's fused CPU
@@ -25,9 +26,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from src.config import config_from_dict, load_config
 from src.arch.swin import swin_arch
-from src.models.bert import BertConfig
-from tools.benchmark import (SIGNED_FIELDS, activation_elements, bert_flops, coupalign_flops, loss_activation_elements,
-                             parameter_count, swin_flops, swin_stage_sizes, training_memory_estimate)
+from src.models.bert import BertConfig, bert_flops
+from src.models.swin import ConvStem, SwinTransformer
+from tools.benchmark import (SIGNED_FIELDS, activation_elements, coupalign_flops, loss_activation_elements, parameter_count,
+                             part_costs, training_memory_estimate)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLOP_TOL = 1e-3
@@ -59,7 +61,7 @@ def test_swin_flops_match_flop_counter(height, width, window):
     model = timm_swin(height, width, window)
     expected = oracle_flops(model.forward_features, torch.zeros(1, 3, height, width))
     arch = dict(TINY_SWIN, window_size=window, patch_size=4, mlp_ratio=4.0)
-    counted = sum(swin_flops(arch, height, width).values())
+    counted = sum(SwinTransformer.analytic_flops(arch, height, width).values())
     assert abs(counted - expected) <= FLOP_TOL * expected, (counted, expected)
 
 
@@ -67,7 +69,7 @@ def test_swin_flops_per_stage_is_not_a_lucky_total():
     """Each stage alone against the oracle run stage by stage (a wrong stage cannot hide in the sum)."""
     model = timm_swin(224, 224, 7)
     arch = dict(TINY_SWIN, window_size=7, patch_size=4, mlp_ratio=4.0)
-    ours = swin_flops(arch, 224, 224)
+    ours = SwinTransformer.analytic_flops(arch, 224, 224)
     x = torch.zeros(1, 3, 224, 224)
     expected = {"patch_embed": oracle_flops(model.patch_embed, x)}
     with torch.no_grad():
@@ -90,16 +92,14 @@ def test_swin_flops_per_stage_is_not_a_lucky_total():
 def test_conv_stem_flops_match_flop_counter(height, width):
     """model.swin.stem=conv: the analytic count of ConvStem (3x3 stride-2 convolutions, 1x1 projection) against
     PyTorch's counter on the same layers (norms and ReLU are not counted by either)."""
-    from tools.benchmark import stem_cost
-
     arch = dict(swin_arch(config_from_dict(TINY_MODEL, {"model.swin.stem": "conv"}).model.swin))
     c = arch["embed_dim"]
     stem = torch.nn.Sequential(torch.nn.Conv2d(3, c // 2, 3, 2, 1, bias=False), torch.nn.GroupNorm(8, c // 2),
                                torch.nn.ReLU(), torch.nn.Conv2d(c // 2, c, 3, 2, 1, bias=False),
                                torch.nn.GroupNorm(8, c), torch.nn.ReLU(), torch.nn.Conv2d(c, c, 1))
     x = torch.zeros(1, 3, height, width)
-    assert stem(x).shape[2:] == swin_stage_sizes(height, width)[0]
-    assert stem_cost(arch, height, width)[0] == oracle_flops(stem, x)
+    assert stem(x).shape[2:] == SwinTransformer.stage_sizes(height, width)[0]
+    assert ConvStem.analytic_cost(height, width, 3, c, arch["patch_size"])[0] == oracle_flops(stem, x)
 
 
 def test_bert_flops_match_flop_counter():
@@ -119,9 +119,9 @@ def test_bert_flops_match_flop_counter():
 
 
 def test_swin_stage_sizes_round_up_like_the_model():
-    assert swin_stage_sizes(480, 480) == [(120, 120), (60, 60), (30, 30), (15, 15)]
-    assert swin_stage_sizes(168, 136) == [(42, 34), (21, 17), (11, 9), (6, 5)]
-    assert swin_stage_sizes(130, 130) == [(33, 33), (17, 17), (9, 9), (5, 5)]  # input padded to the patch
+    assert SwinTransformer.stage_sizes(480, 480) == [(120, 120), (60, 60), (30, 30), (15, 15)]
+    assert SwinTransformer.stage_sizes(168, 136) == [(42, 34), (21, 17), (11, 9), (6, 5)]
+    assert SwinTransformer.stage_sizes(130, 130) == [(33, 33), (17, 17), (9, 9), (5, 5)]  # input padded to the patch
 
 
 TINY_MODEL = {
@@ -146,13 +146,51 @@ TINY_MODEL = {
     {"model.swin.stem": "conv"},
 ])
 def test_parameter_count_matches_the_built_model(overrides):
-    from src.models import create_model
+    """The benchmark counts the built model's parameters; a hand formula per part (the oracle: the Swin's and
+    BERT's below, the registered parts' `analytic_cost(...).params`) must give the same number."""
     from src.models.bert import bert_config_from
 
     cfg = config_from_dict(TINY_MODEL, overrides)
-    model = create_model(cfg, load_pretrained=False)
-    built = sum(int(p.size) for p in model.trainable_params())
-    assert parameter_count(cfg.model, bert_config_from(cfg.model.bert)) == built
+    bert = bert_config_from(cfg.model.bert)
+    built = parameter_count(cfg, bert)
+    assert hand_parameter_count(cfg.model, bert) == built
+    assert training_memory_estimate(cfg, bert, batch=1)["parameters"] == 4 * built  # its default: the built count
+
+
+def hand_parameter_count(model_cfg, bert_config) -> int:
+    """CoupAlign's parameters by hand: Swin (stem, blocks, merging, stage norms), BERT, the registered parts'
+    own `analytic_cost(...).params`, and the sentence projection of the mixture / no-SMA head."""
+    arch = swin_arch(model_cfg.swin)
+    c0, window, ratio, patch = arch["embed_dim"], arch["window_size"], arch["mlp_ratio"], arch["patch_size"]
+    norm = 2 * c0 if arch["patch_norm"] else 0
+    if arch["stem"] == "patch":
+        swin = 3 * c0 * patch * patch + c0 + norm
+    else:  # ConvStem: 3x3 stride-2 convolutions (no bias) + GroupNorm, then a 1x1 projection
+        steps, channels, swin = patch.bit_length() - 1, 3, norm
+        for j in range(steps):
+            width_j = max(c0 // 2 ** (steps - 1 - j), 1)
+            swin += channels * width_j * 9 + 2 * width_j
+            channels = width_j
+        swin += channels * c0 + c0
+    for i, depth in enumerate(arch["depths"]):
+        c, heads = c0 * 2 ** i, arch["num_heads"][i]
+        hidden = int(c * ratio)
+        block = (4 * c                                       # two LayerNorms
+                 + (2 * window - 1) ** 2 * heads              # relative position table
+                 + 3 * c * c + (3 * c if arch["qkv_bias"] else 0) + c * c + c
+                 + c * hidden + hidden + hidden * c + c)
+        swin += depth * block + 2 * c                         # + norm_i
+        if i < 3:
+            swin += 8 * c + 4 * c * 2 * c                     # merging norm (4C) + reduction 4C -> 2C
+    h, inter = bert_config.hidden_size, bert_config.intermediate_size
+    bert = ((bert_config.vocab_size + bert_config.max_position_embeddings + bert_config.type_vocab_size) * h + 2 * h
+            + bert_config.num_hidden_layers * (4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h))
+    registered = sum(cost.params for cost in part_costs(model_cfg, bert_config, patch * 32, patch * 32).values())
+    mask_dim = model_cfg.mask_generator.mask_dim
+    return swin + bert + registered + h * mask_dim + mask_dim
+
+
+PAPER_PARAMETERS = 234_977_592  # the built model's count: tests/test_coupalign.py::test_paper_configuration_parameter_count
 
 
 def test_paper_configuration_counts():
@@ -160,9 +198,9 @@ def test_paper_configuration_counts():
     cfg = load_config(os.path.join(ROOT, "default_config.yaml"),
                       ["--model.swin.pretrained=", "--model.bert.pretrained="])
     bert = BertConfig()
-    assert parameter_count(cfg.model, bert) == 234_977_592
+    assert hand_parameter_count(cfg.model, bert) == PAPER_PARAMETERS
     flops = coupalign_flops(cfg.model, bert, 480, 480)
-    assert flops["swin"] == sum(swin_flops(swin_arch(cfg.model.swin), 480, 480).values())
+    assert flops["swin"] == sum(SwinTransformer.analytic_flops(swin_arch(cfg.model.swin), 480, 480).values())
     training = coupalign_flops(cfg.model, bert, 480, 480, training=True)
     assert training["sma"] == (cfg.model.mask_generator.decoder_layers + 1) * flops["sma"]
 
@@ -171,9 +209,9 @@ def test_memory_estimate_bookkeeping():
     cfg = load_config(os.path.join(ROOT, "default_config.yaml"),
                       ["--model.swin.pretrained=", "--model.bert.pretrained="])
     bert = BertConfig()
-    one = training_memory_estimate(cfg, bert, batch=1)
-    four = training_memory_estimate(cfg, bert, batch=4)
-    params = 234_977_592 * 4
+    one = training_memory_estimate(cfg, bert, batch=1, num_params=PAPER_PARAMETERS)
+    four = training_memory_estimate(cfg, bert, batch=4, num_params=PAPER_PARAMETERS)
+    params = PAPER_PARAMETERS * 4
     assert one["parameters"] == one["gradients"] == params and one["adamw_moments"] == 2 * params
     assert four["activations"] == 4 * one["activations"]
     parts = activation_elements(cfg.model, bert, 480, 480)
@@ -187,7 +225,7 @@ def test_memory_estimate_bookkeeping():
     assert all(v > 0 for v in parts.values())
     # model.swin.recompute_stages=[2]: the deepest stage's blocks keep their inputs only.
     cfg.model.swin.recompute_stages = [2]
-    recomputed = training_memory_estimate(cfg, bert, batch=4)
+    recomputed = training_memory_estimate(cfg, bert, batch=4, num_params=PAPER_PARAMETERS)
     assert recomputed["activations.swin"] < 0.5 * four["activations.swin"]
     assert recomputed["backward_working_set"] == four["backward_working_set"]
 

@@ -34,7 +34,9 @@ timm_swin = pytest.importorskip("timm.models.swin_transformer")
 import mindspore as ms  # noqa: E402
 from mindspore import Tensor, nn  # noqa: E402
 
-from src.models.swin import DropPath, SwinTransformer, build_swin, load_swin_checkpoint, SWIN_PRESETS  # noqa: E402
+from src.arch.swin import SWIN_PRESETS  # noqa: E402
+from src.models.layers import DropPath  # noqa: E402
+from src.models.swin import SwinTransformer, build_swin, load_swin_checkpoint  # noqa: E402
 from src.utils.pth_reader import (CheckpointFormatError, UnsupportedPickleGlobal, flatten_state_dict,  # noqa: E402
                                   load_pth)
 from tools.convert_swin import (convert_swin_state_dict, main as convert_main,  # noqa: E402

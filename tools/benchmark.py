@@ -37,6 +37,9 @@ encodings, bilinear sampling (the 4-tap interpolation of deformable attention), 
 loss. Attention over zero-padded Swin windows is counted as computed (padded tokens included). A
 training step is about 3x the forward (backward = 2 matmuls per forward matmul); the table reports the forward.
 tests/test_benchmark.py checks the Swin and BERT counts against torch.utils.flop_counter.
+Each part states its own analytic cost beside its class (`SwinTransformer.analytic_flops` /
+`analytic_activations` and its blocks', `bert_flops` / `bert_activations`, `sma_flops`, the registered parts'
+`analytic_cost`, src/models/cost.py); this script sums them per part, measures and prints.
 
 Pretrained checkpoints that do not exist are dropped with a note (timing does not depend on weight
 values), and the data pipeline's workers are capped at the core count (MindSpore's limit). Every
@@ -65,7 +68,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from src.config import Config, load_config, num_other_objects, num_proposal_classes  # noqa: E402  (no MindSpore import)
-from src.models.cost import CostGeometry, PartCost, attention_flops, conv_flops, dense_flops  # noqa: E402,F401
+from src.models.cost import CostGeometry, PartCost  # noqa: E402  (no MindSpore import)
 from src.arch.swin import swin_arch  # noqa: E402  (no MindSpore import)
 from src.utils.runtime import available_cpus  # noqa: E402  (imports MindSpore lazily)
 
@@ -74,93 +77,10 @@ BYTES_FP32 = 4
 
 
 # ================================================================================================
-# Analytic FLOPs (pure Python; 2 FLOPs per multiply-add)
+# Analytic FLOPs: each part states its own beside its class; here they are summed per part
 # ================================================================================================
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
-
-
-def swin_stage_sizes(height: int, width: int, patch_size: int = 4, num_stages: int = NUM_STAGES
-                     ) -> List[Tuple[int, int]]:
-    """Feature-map sizes of the Swin stages: the patch grid (input padded up to the patch), then a 2x
-    merge per stage with odd sizes rounded up (as src/models/swin.py pads them)."""
-    h, w = _ceil_div(height, patch_size), _ceil_div(width, patch_size)
-    sizes = [(h, w)]
-    for _ in range(num_stages - 1):
-        h, w = _ceil_div(h, 2), _ceil_div(w, 2)
-        sizes.append((h, w))
-    return sizes
-
-
-def stem_cost(arch: Dict, height: int, width: int, in_chans: int = 3) -> Tuple[int, int, int]:
-    """(FLOPs, parameters, activation elements kept for backward) of the Swin stem (`model.swin.stem`):
-    the patch projection, or ConvStem's stride-2 3x3 convolutions with GroupNorm + ReLU and its 1x1
-    projection; the patch LayerNorm included."""
-    embed_dim, patch = int(arch["embed_dim"]), int(arch.get("patch_size", 4))
-    h0, w0 = _ceil_div(height, patch), _ceil_div(width, patch)
-    norm = 2 * embed_dim if arch.get("patch_norm", True) else 0
-    if arch.get("stem", "patch") == "patch":
-        return (conv_flops(h0, w0, in_chans, embed_dim, patch), in_chans * embed_dim * patch * patch + embed_dim + norm,
-                in_chans * height * width + h0 * w0 * embed_dim)
-    steps = patch.bit_length() - 1
-    flops, params, acts = 0, 0, in_chans * height * width
-    channels, h, w = in_chans, height, width
-    for j in range(steps):
-        width_j = max(embed_dim // 2 ** (steps - 1 - j), 1)
-        h, w = _ceil_div(h, 2), _ceil_div(w, 2)
-        flops += conv_flops(h, w, channels, width_j, 3)
-        params += channels * width_j * 9 + 2 * width_j  # conv (no bias) + GroupNorm
-        acts += 3 * h * w * width_j  # conv output (norm input), norm output (ReLU input), ReLU output
-        channels = width_j
-    flops += conv_flops(h0, w0, channels, embed_dim, 1)
-    params += channels * embed_dim + embed_dim + norm
-    acts += h0 * w0 * embed_dim  # patch norm input
-    return flops, params, acts
-
-
-def swin_flops(arch: Dict, height: int, width: int, batch: int = 1, in_chans: int = 3) -> Dict[str, int]:
-    """FLOPs of the Swin encoder per stage ('patch_embed', 'stage0'..'stage3' with the merging after
-    the stage). `arch` is `src.arch.swin.swin_arch(...)` (embed_dim, depths, num_heads, window_size, ...).
-
-    Window attention runs on the map padded to a multiple of the window, so the qkv and output
-    projections and the attention itself are counted on the padded tokens; the MLP on the real ones.
-    """
-    embed_dim, depths = int(arch["embed_dim"]), list(arch["depths"])
-    window, patch = int(arch["window_size"]), int(arch.get("patch_size", 4))
-    hidden_ratio = float(arch.get("mlp_ratio", 4.0))
-    sizes = swin_stage_sizes(height, width, patch, len(depths))
-    out = OrderedDict()
-    out["patch_embed"] = stem_cost(arch, height, width, in_chans)[0]
-    for i, depth in enumerate(depths):
-        h, w = sizes[i]
-        channels = embed_dim * 2 ** i
-        tokens = h * w
-        padded = _ceil_div(h, window) * window * _ceil_div(w, window) * window
-        window_tokens = window * window
-        hidden = int(channels * hidden_ratio)
-        block = (dense_flops(padded, channels, 3 * channels)            # qkv
-                 + attention_flops(padded, window_tokens, channels)     # per window: N x N, all heads
-                 + dense_flops(padded, channels, channels)              # proj
-                 + dense_flops(tokens, channels, hidden) + dense_flops(tokens, hidden, channels))  # MLP
-        stage = depth * block
-        if i < len(depths) - 1:  # patch merging: 2x2 neighbours (4C) -> 2C on the merged grid
-            h2, w2 = sizes[i + 1]
-            stage += dense_flops(h2 * w2, 4 * channels, 2 * channels)
-        out[f"stage{i}"] = stage
-    return OrderedDict((k, v * batch) for k, v in out.items())
-
-
-def bert_layer_flops(hidden: int, intermediate: int, tokens: int) -> int:
-    return (dense_flops(tokens, hidden, 3 * hidden)          # query, key, value
-            + attention_flops(tokens, tokens, hidden)        # scores + context
-            + dense_flops(tokens, hidden, hidden)            # attention output
-            + dense_flops(tokens, hidden, intermediate) + dense_flops(tokens, intermediate, hidden))
-
-
-def bert_flops(bert_config, tokens: int, batch: int = 1, num_layers: Optional[int] = None) -> int:
-    """The BERT encoder layers (the embedding is a look-up; no pooler)."""
-    layers = bert_config.num_hidden_layers if num_layers is None else num_layers
-    return batch * layers * bert_layer_flops(bert_config.hidden_size, bert_config.intermediate_size, tokens)
 
 
 def part_costs(model_cfg, bert_config, height: int, width: int) -> "OrderedDict[str, PartCost]":
@@ -168,13 +88,14 @@ def part_costs(model_cfg, bert_config, height: int, width: int) -> "OrderedDict[
     'wpa' (the fusion module at the four stages), 'pixel_decoder', 'transformer_decoder' (zero without
     SMA). Importing the registries loads MindSpore; callers set the CPU environment first (main())."""
     from src.models.registry import FUSIONS, PIXEL_DECODERS, TRANSFORMER_DECODERS, discover
+    from src.models.swin import SwinTransformer
 
     discover()
     if model_cfg.image_encoder != "swin":  # every count below reads the Swin's geometry
         raise NotImplementedError(f"tools/benchmark.py's analytic counts cover the Swin image encoder only; "
                                   f"model.image_encoder = {model_cfg.image_encoder!r} has none (train.py logs its measured step time)")
     arch = swin_arch(model_cfg.swin)
-    geometry = CostGeometry(tuple(swin_stage_sizes(height, width, arch["patch_size"])),
+    geometry = CostGeometry(tuple(SwinTransformer.stage_sizes(height, width, arch["patch_size"])),
                             tuple(arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)),
                             bert_config.hidden_size, model_cfg.max_tokens)
     mg = model_cfg.mask_generator
@@ -192,45 +113,43 @@ def part_costs(model_cfg, bert_config, height: int, width: int) -> "OrderedDict[
     return OrderedDict((part, parts[part]) for part in ("wpa", "pixel_decoder", "transformer_decoder"))
 
 
-def sma_flops(text_dim: int, mask_dim: int, queries: int, stride4_pixels: int, enabled: bool = True) -> int:
-    """Sentence-mask alignment at one supervised stage (or the no-SMA head)."""
-    flops = dense_flops(1, text_dim, mask_dim) + 2 * mask_dim * stride4_pixels  # g, a . P
-    if enabled:
-        flops += 2 * (2 * queries * mask_dim)  # scores Q g, target embedding a = w Q
-    return flops
-
-
 def coupalign_flops(model_cfg, bert_config, height: int, width: int, batch: int = 1, training: bool = False
                     ) -> "OrderedDict[str, int]":
-    """Analytic FLOPs of CoupAlign per part: swin, bert, wpa, pixel_decoder, transformer_decoder, sma.
+    """Analytic FLOPs of CoupAlign per part: swin (`SwinTransformer.analytic_flops`), bert (`bert_flops`,
+    src/models/bert.py), wpa, pixel_decoder, transformer_decoder (`part_costs`), sma (`sma_flops`,
+    src/models/sma.py).
 
     `training=False` is `CoupAlign.construct` (SMA once, on the last decoder output); `training=True`
     is the forward of a training step with deep supervision (SMA on every decoder output).
     """
+    from src.models.bert import bert_flops
+    from src.models.sma import sma_flops
+    from src.models.swin import SwinTransformer
+
     arch = swin_arch(model_cfg.swin)
-    tokens = model_cfg.max_tokens
-    sizes = swin_stage_sizes(height, width, arch["patch_size"])
-    text_dim = bert_config.hidden_size
+    sizes = SwinTransformer.stage_sizes(height, width, arch["patch_size"])
     mg = model_cfg.mask_generator
     parts = OrderedDict()
-    parts["swin"] = sum(swin_flops(arch, height, width).values())
-    parts["bert"] = bert_flops(bert_config, tokens)
+    parts["swin"] = sum(SwinTransformer.analytic_flops(arch, height, width).values())
+    parts["bert"] = bert_flops(bert_config, model_cfg.max_tokens)
     costs = part_costs(model_cfg, bert_config, height, width)
     for name in ("wpa", "pixel_decoder", "transformer_decoder"):
         parts[name] = costs[name].flops
     stride4_pixels = sizes[0][0] * sizes[0][1]
     stages = mg.decoder_layers + 1 if (model_cfg.sma.enabled and training and model_cfg.sma.deep_supervision) else 1
-    parts["sma"] = stages * sma_flops(text_dim, mg.mask_dim, mg.num_queries, stride4_pixels, model_cfg.sma.enabled)
+    parts["sma"] = stages * sma_flops(bert_config.hidden_size, mg.mask_dim, mg.num_queries, stride4_pixels,
+                                      model_cfg.sma.enabled)
     return OrderedDict((k, v * batch) for k, v in parts.items())
 
 
 # ================================================================================================
-# Analytic training memory (pure Python)
+# Analytic training memory: each part's own activations, summed; parameters counted on the built model
 # ================================================================================================
 def activation_elements(model_cfg, bert_config, height: int, width: int) -> "OrderedDict[str, int]":
     """fp32 elements kept from the forward for the backward of one image, per model part, plus
     'largest_layer': the most any single layer (a Swin block, a WPA, a deformable encoder layer, ...)
-    keeps, which is not part of the sum.
+    keeps, which is not part of the sum. Each part counts its own (`SwinTransformer.analytic_activations`,
+    `bert_activations` in src/models/bert.py, the registered parts' `analytic_cost`).
 
     Accounting rule (one pass over each module's forward): a dense layer or convolution keeps its
     input; LayerNorm/GroupNorm/instance norm keep their input (or the centred input); GELU keeps its
@@ -239,49 +158,25 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
     input and is counted once). A tensor read by several consumers is counted once. Dropout masks,
     per-row statistics and anything of size O(tokens) or O(channels) are ignored.
     """
+    from src.models.bert import bert_activations
+    from src.models.swin import SwinTransformer
+
     arch = swin_arch(model_cfg.swin)
-    tokens = model_cfg.max_tokens
-    window = arch["window_size"]
-    window_tokens = window * window
-    ratio = arch["mlp_ratio"]
-    sizes = swin_stage_sizes(height, width, arch["patch_size"])
-    channels = [arch["embed_dim"] * 2 ** i for i in range(NUM_STAGES)]
     out = OrderedDict()
-    layers = []  # per-layer amounts, for the largest one
-
-    # --- Swin ---
-    swin = stem_cost(arch, height, width)[2]
-    recomputed = set(getattr(model_cfg.swin, "recompute_stages", ()))  # model.swin.recompute_stages
-    for i, depth in enumerate(arch["depths"]):
-        h, w = sizes[i]
-        c, heads = channels[i], arch["num_heads"][i]
-        n = h * w
-        padded = _ceil_div(h, window) * window * _ceil_div(w, window) * window
-        per_block = (3 * n * c                       # norm1 input, norm2 input, fc1 input
-                     + 2 * int(ratio) * n * c        # GELU input, fc2 input
-                     + 5 * padded * c                # qkv input, q, k, v, proj input
-                     + heads * padded * window_tokens)  # softmax output
-        layers.append(per_block)  # a recomputed block's are rebuilt during its backward: still the working set
-        swin += depth * (n * c if i in recomputed else per_block)  # recomputed: each block keeps its input only
-        if i < NUM_STAGES - 1:
-            swin += 2 * n * c                        # merging: norm input and reduction input (4C x N/4 each)
-        swin += n * c                                # stage output norm_i input
-    out["swin"] = swin
-
-    # --- BERT (all layers, T tokens) ---
-    hidden, inter, heads = bert_config.hidden_size, bert_config.intermediate_size, bert_config.num_attention_heads
-    per_layer = 8 * tokens * hidden + 2 * tokens * inter + heads * tokens * tokens
-    out["bert"] = bert_config.num_hidden_layers * per_layer + tokens * hidden  # + embedding norm input
-
+    # model.swin.recompute_stages: those stages' blocks keep their inputs only.
+    out["swin"], largest_block = SwinTransformer.analytic_activations(
+        arch, height, width, getattr(model_cfg.swin, "recompute_stages", ()))
+    layers = [largest_block]  # per-layer amounts, for the largest one
+    out["bert"] = bert_activations(bert_config, model_cfg.max_tokens)
     # --- the registered parts: fusion (WPA), pixel decoder, transformer decoder ---
     for name, cost in part_costs(model_cfg, bert_config, height, width).items():
         out[name] = cost.activations
         layers.append(cost.largest_layer)
     mg = model_cfg.mask_generator
-    n1 = sizes[0][0] * sizes[0][1]
+    h4, w4 = SwinTransformer.stage_sizes(height, width, arch["patch_size"])[0]
     supervised = (mg.decoder_layers + 1) if (model_cfg.sma.enabled and model_cfg.sma.deep_supervision) else 1
     # Loss at input resolution on every supervised stage: upsampled logits, CE and Dice terms (~6 maps).
-    out["sma_and_loss"] = supervised * (n1 + 6 * height * width)
+    out["sma_and_loss"] = supervised * (h4 * w4 + 6 * height * width)
     out["largest_layer"] = max(layers)
     return out
 
@@ -298,8 +193,10 @@ def loss_activation_elements(cfg: Config, height: int, width: int) -> "OrderedDi
     * pixel_class_loss (pixel_class_weight > 0 with categories): logits, log-softmax and goal per stride-4 cell;
     * sma_map_loss (the coupled head): CE and Dice on SMA's own map at input resolution, per decoder layer.
     """
+    from src.models.swin import SwinTransformer
+
     model, loss, mg = cfg.model, cfg.loss, cfg.model.mask_generator
-    h4, w4 = swin_stage_sizes(height, width, swin_arch(model.swin)["patch_size"])[0]
+    h4, w4 = SwinTransformer.stage_sizes(height, width, swin_arch(model.swin)["patch_size"])[0]
     n1 = h4 * w4  # stride-4 cells
     stages = mg.decoder_layers + 1 if model.sma.deep_supervision else 1
     out = OrderedDict()
@@ -319,14 +216,15 @@ def training_memory_estimate(cfg: Config, bert_config, batch: int, height: Optio
     """Bytes of one device's training step (fp32): parameters, gradients, AdamW's two moments,
     activations kept for the backward (`activation_elements` + `loss_activation_elements`, x batch), and the
     backward's working set: while a layer's backward runs, the gradients of its saved tensors exist next to
-    them, so one more copy of the largest layer's activations. `num_params` defaults to `parameter_count`.
+    them, so one more copy of the largest layer's activations. `num_params` defaults to `parameter_count`
+    (which builds the model).
 
     A lower bound, not a prediction: it assumes every buffer is freed as soon as its last reader ran (perfect
     reuse by liveness) and counts no workspace, no fragmentation, no compiled-graph or runtime memory. The
     measured peak of one real step: tools/memory_probe.py."""
     height = height or cfg.model.image_size
     width = width or cfg.model.image_size
-    params = num_params if num_params is not None else parameter_count(cfg.model, bert_config)
+    params = num_params if num_params is not None else parameter_count(cfg, bert_config)
     acts = activation_elements(cfg.model, bert_config, height, width)
     largest_layer = acts.pop("largest_layer")
     acts.update(loss_activation_elements(cfg, height, width))
@@ -344,31 +242,12 @@ def training_memory_estimate(cfg: Config, bert_config, batch: int, height: Optio
     return out
 
 
-def parameter_count(model_cfg, bert_config) -> int:
-    """Analytic parameter count of CoupAlign (matches the built model; used without building it)."""
-    arch = swin_arch(model_cfg.swin)
-    c0, window, ratio = arch["embed_dim"], arch["window_size"], arch["mlp_ratio"]
-    channels = [c0 * 2 ** i for i in range(NUM_STAGES)]
-    swin = stem_cost(arch, 32, 32)[1]  # parameters do not depend on the input size
-    for i, depth in enumerate(arch["depths"]):
-        c, heads = channels[i], arch["num_heads"][i]
-        hidden = int(c * ratio)
-        block = (4 * c                                       # two LayerNorms
-                 + (2 * window - 1) ** 2 * heads              # relative position table
-                 + 3 * c * c + (3 * c if arch["qkv_bias"] else 0) + c * c + c
-                 + c * hidden + hidden + hidden * c + c)
-        swin += depth * block + 2 * c                         # + norm_i
-        if i < NUM_STAGES - 1:
-            swin += 8 * c + 4 * c * 2 * c                     # merging norm (4C) + reduction 4C -> 2C
-    h, inter = bert_config.hidden_size, bert_config.intermediate_size
-    bert = ((bert_config.vocab_size + bert_config.max_position_embeddings + bert_config.type_vocab_size) * h + 2 * h
-            + bert_config.num_hidden_layers * (4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h))
-    t = h
-    mg = model_cfg.mask_generator
-    registered = sum(cost.params for cost in part_costs(model_cfg, bert_config, arch["patch_size"] * 32,
-                                                        arch["patch_size"] * 32).values())  # sizes do not matter
-    head = t * mg.mask_dim + mg.mask_dim
-    return swin + bert + registered + head
+def parameter_count(cfg: Config, bert_config) -> int:
+    """Trainable parameters of CoupAlign, counted on the model built from `cfg` (random weights, nothing read
+    from disk): whatever a part's Cells hold is counted, with no formula to keep in step with them."""
+    from src.models import create_model
+
+    return count_parameters(create_model(cfg, load_pretrained=False, bert_config=bert_config))["total"]
 
 
 # ================================================================================================

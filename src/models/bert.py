@@ -394,6 +394,34 @@ def build_bert_from_checkpoint(path: str, add_pooler: bool = False) -> Tuple[Ber
     return model, vocab
 
 
+
+# ----------------------------------------------------------------------------------------------------------
+# Analytic cost (read by tools/benchmark.py; conventions in src/models/cost.py)
+# ----------------------------------------------------------------------------------------------------------
+def bert_layer_flops(hidden: int, intermediate: int, tokens: int) -> int:
+    """Forward FLOPs of one `BertLayer` on `tokens` tokens."""
+    from src.models.cost import attention_flops, dense_flops
+
+    return (dense_flops(tokens, hidden, 3 * hidden)          # query, key, value
+            + attention_flops(tokens, tokens, hidden)        # scores + context
+            + dense_flops(tokens, hidden, hidden)            # attention output
+            + dense_flops(tokens, hidden, intermediate) + dense_flops(tokens, intermediate, hidden))
+
+
+def bert_flops(config: BertConfig, tokens: int, batch: int = 1, num_layers: Optional[int] = None) -> int:
+    """Forward FLOPs of `BertModel`'s encoder layers (the embedding is a look-up; no pooler)."""
+    layers = config.num_hidden_layers if num_layers is None else num_layers
+    return batch * layers * bert_layer_flops(config.hidden_size, config.intermediate_size, tokens)
+
+
+def bert_activations(config: BertConfig, tokens: int) -> int:
+    """fp32 elements `BertModel` keeps from its forward for the backward of one sentence of `tokens` tokens: per
+    layer 8 (T, H) tensors, 2 (T, intermediate) ones (GELU input, output dense input) and the attention
+    probabilities (heads, T, T); plus the embedding norm's input."""
+    hidden, inter, heads = config.hidden_size, config.intermediate_size, config.num_attention_heads
+    per_layer = 8 * tokens * hidden + 2 * tokens * inter + heads * tokens * tokens
+    return config.num_hidden_layers * per_layer + tokens * hidden
+
 __all__ = [
     "BertConfig", "BertModel", "BertEmbeddings", "BertLayer", "MASK_NEGATIVE",
     "SUPPORTED_HIDDEN_ACTS", "split_layers", "expected_param_shapes", "load_bert_params",

@@ -225,3 +225,15 @@ class SentencePixelHead(nn.Cell):
     def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
         logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence)
         return logits, weights, target_embed
+
+
+# ----- analytic cost (read by tools/benchmark.py; conventions in src/models/cost.py) -----
+def sma_flops(text_dim: int, mask_dim: int, queries: int, stride4_pixels: int, enabled: bool = True) -> int:
+    """Forward FLOPs of one supervised stage of `SentenceMaskAlignment` or, with `enabled=False`, of the no-SMA
+    `SentencePixelHead`: the sentence projection g and the target embedding's product with the stride-4 pixel
+    embeddings, plus (SMA) the scores Q g and the mix a = w Q. The optional geometry and reasoning keys and the
+    coupled head's extra terms are not counted."""
+    flops = 2 * text_dim * mask_dim + 2 * mask_dim * stride4_pixels  # g, a . P
+    if enabled:
+        flops += 2 * (2 * queries * mask_dim)  # scores Q g, target embedding a = w Q
+    return flops
