@@ -41,7 +41,7 @@ def _tiny_model(**train):
 
     cfg = config_from_dict(TINY_AMP, {f"train.{k}": v for k, v in train.items()})
     ms.set_seed(0)
-    return cfg, CoupAlign(cfg.model)
+    return cfg, CoupAlign(cfg)
 
 
 def _norm_cells(model):

@@ -12,7 +12,7 @@ import mindspore as ms
 from mindspore import Tensor
 
 from src.config import config_from_dict
-from src.models import load_into
+from src.models.weights import load_into
 from src.models.coupalign import CoupAlign, CoupAlignWithLoss, build_criterion
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "compat")
@@ -35,7 +35,7 @@ def test_old_checkpoint_loads_strictly_and_reproduces_outputs(variant, pynative)
     stem = os.path.join(HERE, f"tiny_{variant}_{COMMIT}")
     saved = np.load(stem + "_outputs.npz")
     cfg = config_from_dict(fixture.TINY, fixture.VARIANTS[variant])
-    model = CoupAlign(cfg.model)
+    model = CoupAlign(cfg)
     missing, unused = load_into(model, ms.load_checkpoint(stem + ".ckpt"), stem + ".ckpt", strict=True)
     assert not missing and not unused
     model.set_train(False)

@@ -60,7 +60,7 @@ def make_train_batch(seed=0, batch=2, other_objects=3):
 @pytest.fixture(scope="module")
 def model():
     ms.set_seed(0)
-    net = CoupAlign(tiny_config().model)
+    net = CoupAlign(tiny_config())
     net.set_train(False)
     return net
 
@@ -135,9 +135,9 @@ def test_interleaved_text_encoder_is_plain_bert_at_initialisation(model, pynativ
 
 
 def test_ablation_switches_change_the_structure(pynative):  # PyNative: one forward, no 50 s compile
-    full = CoupAlign(tiny_config().model)
+    full = CoupAlign(tiny_config())
     one_way = CoupAlign(tiny_config(**{"wpa.bidirectional": False, "sma.enabled": False,
-                                       "mask_generator.pixel_decoder": "fpn", "sma.sentence_pool": "mean"}).model)
+                                       "mask_generator.pixel_decoder": "fpn", "sma.sentence_pool": "mean"}))
     names_full = {p.name for p in full.trainable_params()}
     names_ablated = {p.name for p in one_way.trainable_params()}
     assert any("word_pixel_attn" in n for n in names_full)
@@ -153,7 +153,7 @@ def test_ablation_switches_change_the_structure(pynative):  # PyNative: one forw
 
 
 def test_num_queries_switch():
-    net = CoupAlign(tiny_config(**{"mask_generator.num_queries": 5}).model)
+    net = CoupAlign(tiny_config(**{"mask_generator.num_queries": 5}))
     assert tuple(net.transformer_decoder.query_feat.shape) == (5, 32)
 
 
@@ -163,7 +163,7 @@ def train_setup():
     decay is off so that a parameter moves exactly when some gradient of it so far was non-zero."""
     ms.set_seed(1)
     cfg = tiny_config()
-    net = CoupAlign(cfg.model)
+    net = CoupAlign(cfg)
     with_loss = CoupAlignWithLoss(net, build_criterion(cfg.loss))
     with_loss.set_train(True)
     optimizer = AdamW(param_groups(with_loss.trainable_params(), 0.0), learning_rate=1e-3)
@@ -220,7 +220,7 @@ def test_paper_configuration_parameter_count(capsys):
 
     cfg = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "default_config.yaml"),
                       ["--model.swin.pretrained=", "--model.bert.pretrained="])
-    net = CoupAlign(cfg.model)
+    net = CoupAlign(cfg)
     counts = {}
     for p in net.trainable_params():
         part = p.name.split(".")[0]
@@ -261,7 +261,7 @@ def test_convnet_image_encoder_has_swins_stage_api_and_trains(pynative):  # PyNa
     np.testing.assert_allclose(encoder.stage_output(0, tokens, h, w).asnumpy(), maps[0].asnumpy(), rtol=1e-5, atol=1e-6)
 
     cfg = tiny_config(image_encoder="convnet", **{"convnet.widths": [8, 16, 32, 32], "convnet.depths": [1, 1, 1, 1]})
-    net = CoupAlign(cfg.model)
+    net = CoupAlign(cfg)
     assert isinstance(net.swin, ConvNetEncoder)
     with_loss = CoupAlignWithLoss(net, build_criterion(cfg.loss))
     step = TrainStep(with_loss, AdamW(param_groups(with_loss.trainable_params(), 0.01), learning_rate=1e-3))
@@ -274,7 +274,7 @@ def test_convnet_image_encoder_has_swins_stage_api_and_trains(pynative):  # PyNa
     with pytest.raises(ConfigError, match="model.convnet.widths"):
         tiny_config(image_encoder="convnet", **{"convnet.widths": [8, 16, 20, 32]})
     with pytest.raises(ConfigError, match="did you mean 'convnet'"):
-        CoupAlign(tiny_config(image_encoder="convnett").model)
+        CoupAlign(tiny_config(image_encoder="convnett"))
     with pytest.raises(NotImplementedError, match="convnet"):
         part_costs(cfg.model, bert_config_from(cfg.model.bert), 64, 64)
 
@@ -283,7 +283,7 @@ def test_convnet_pretrained_loads_into_the_image_encoder_and_a_missing_file_name
     """model.convnet.pretrained (what tools/pretrain_visual.py writes for the CNN): create_model replaces every
     encoder parameter with the checkpoint's, under the encoder's own names; a wrong path names the key and the
     tool that writes the file."""
-    from src.models import create_model
+    from src.models.factory import create_model
     from src.models.convnet import ConvNetEncoder
 
     sizes = {"convnet.widths": [8, 16, 32, 32], "convnet.depths": [1, 1, 1, 1]}
@@ -315,7 +315,7 @@ def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate(pynative):
     ms.set_seed(1)
     cfg = tiny_config(**{"sma.head": "coupled", "mask_generator.num_classes": 3, "sma.pixel_agreement": True,
                          "sma.proposal_grad_scale": 0.5})
-    net = CoupAlign(cfg.model)
+    net = CoupAlign(cfg)
     image, ids, mask, _ = make_batch()
     stage_logits, _, _, _, scores, maps = net.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
     assert stage_logits.shape == (1, 2, 1, IMAGE // 4, IMAGE // 4) and maps.shape == (3, 2, 1, IMAGE // 4, IMAGE // 4)

@@ -227,7 +227,7 @@ def _tiny_cfg(data_root, out, **overrides):
 def _save_tiny_checkpoint(cfg, path, gate=None):
     """A checkpoint as train.py writes it (weights, config, text-encoder architecture and vocabulary),
     of an untrained model: the decomposition reads the maps, not their quality."""
-    from src.models import create_model
+    from src.models.factory import create_model
 
     ms.set_seed(0)
     model = create_model(cfg)
@@ -281,7 +281,7 @@ def test_final_stage_maps_of_the_coupled_head(tiny, pynative):
 def test_final_stage_maps_without_proposals_and_of_the_top_proposal(tiny, pynative):
     """No SMA: the output alone. The mixture head with select_at_inference: the output is the top proposal's
     mask, while the weights stay the soft ones (the one-hot ones would put all weight on the top)."""
-    from src.models import create_model
+    from src.models.factory import create_model
 
     image, ids, mask = _inputs()
     lavt = create_model(_tiny_cfg(tiny["data"], "", **{"model.sma.enabled": False}))

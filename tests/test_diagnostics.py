@@ -54,7 +54,7 @@ def _sma_text_wpa_warnings(metrics):
 def test_healthy_model_passes(probe):
     ms.set_seed(0)
     cfg = tiny_config()
-    net = CoupAlign(cfg.model)
+    net = CoupAlign(cfg)
     net.transformer_decoder = _DistinctProposals(8, 32, cfg.model.mask_generator.decoder_layers + 1)
     proj = net.head.sentence_proj.weight
     proj.set_data(proj * 40.0)  # decisive weights that depend on the sentence
@@ -88,7 +88,7 @@ def test_selection_at_the_stride4_grid():
 
 def test_coupled_head_reports_its_gate(probe):
     ms.set_seed(0)
-    net = CoupAlign(tiny_config(**{"sma.head": "coupled"}).model)
+    net = CoupAlign(tiny_config(**{"sma.head": "coupled"}))
     net.head.gate.set_data(Tensor(0.25, ms.float32))
     metrics = diagnostics.collect(net, probe)
     assert metrics["gate"] == pytest.approx(0.25)
@@ -97,7 +97,7 @@ def test_coupled_head_reports_its_gate(probe):
 
 def test_collapsed_model_is_flagged_by_part(probe):
     ms.set_seed(0)
-    net = CoupAlign(tiny_config().model)
+    net = CoupAlign(tiny_config())
     decoder = net.transformer_decoder
     for table in (decoder.query_feat, decoder.query_embed):  # identical queries
         first = table.asnumpy()[:1]
@@ -119,7 +119,7 @@ def test_collapsed_model_is_flagged_by_part(probe):
 
 def test_flat_word_attention_is_flagged(probe):
     ms.set_seed(0)
-    net = CoupAlign(tiny_config().model)
+    net = CoupAlign(tiny_config())
     for stage in net.wpa:  # zero query projection: every pixel gets the same (uniform) word attention
         query = stage.pixel_word_attn.image_lang_att.f_query[0]
         query.weight.set_data(ops.zeros_like(query.weight))

@@ -137,7 +137,7 @@ def test_mindir_export_round_trip_matches_the_model(trained, tmp_path):
     from src.data.transforms import preprocess_image
     from src.engine.checkpoint import load_model_weights
     from src.engine.inference import build_tokenizer
-    from src.models import create_model
+    from src.models.factory import create_model
 
     ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
     name = str(tmp_path / "coupalign")

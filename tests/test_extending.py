@@ -48,7 +48,7 @@ def test_registered_fusion_is_chosen_by_config_and_trains(fusion_class):
     cfg = config_from_dict(TINY, {"model.fusion": "sentence_gate", "model.wpa.bidirectional": False,
                                   "train.weight_decay": 0.0, "data.max_other_objects": 3})
     ms.set_seed(0)
-    model = CoupAlign(cfg.model)
+    model = CoupAlign(cfg)
     assert all(isinstance(cell, fusion_class) for cell in model.wpa)
     step = build_train_step(cfg, model, PolyLR(1e-3, 10, 0.9, 0))
     gates = [p for p in step.net_with_loss.trainable_params() if ".gate." in p.name]
@@ -62,10 +62,10 @@ def test_registered_fusion_is_chosen_by_config_and_trains(fusion_class):
 def test_unknown_part_names_the_key_and_the_nearest_registered_name():
     cfg = config_from_dict(TINY, {"model.fusion": "wap"})
     with pytest.raises(ConfigError, match=r"unknown fusion module 'wap' \(config key 'model.fusion'\).*did you mean 'wpa'"):
-        CoupAlign(cfg.model)
+        CoupAlign(cfg)
     cfg = config_from_dict(TINY, {"model.mask_generator.pixel_decoder": "fpm"})
     with pytest.raises(ConfigError, match=r"'fpm' \(config key 'model.mask_generator.pixel_decoder'\).*did you mean 'fpn'"):
-        CoupAlign(cfg.model)
+        CoupAlign(cfg)
 
 
 def test_registries_hold_the_built_in_parts(fusion_class):

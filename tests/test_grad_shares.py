@@ -159,7 +159,7 @@ TINY_OVERRIDES = {"model.mask_generator.pixel_decoder": "fpn", "model.mask_gener
 def tiny():
     cfg = config_from_dict(TINY, TINY_OVERRIDES)
     ms.set_seed(0)
-    net = CoupAlignWithLoss(CoupAlign(cfg.model), CoupAlignCriterion.from_config(cfg))
+    net = CoupAlignWithLoss(CoupAlign(cfg), CoupAlignCriterion.from_config(cfg))
     net.set_train(True)
     assert net.loss_names == ("loss", "seg_loss", "aux_loss", "proposal_loss")
     assert net.criterion.loss_weights == (1.0, 0.1, 1.0)
@@ -265,7 +265,7 @@ def test_tool_prints_the_shares_of_a_checkpoint(tmp_path, capsys):
 
     from src.data.synthetic import generate_synthetic_refer
     from src.engine.checkpoint import CheckpointManager, TrainState
-    from src.models import create_model
+    from src.models.factory import create_model
     from test_entry_scripts import ROOT, _vocab_path, tiny_config as script_config
 
     data_root, out = str(tmp_path / "data"), str(tmp_path / "run")

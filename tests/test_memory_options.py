@@ -24,7 +24,7 @@ def test_recompute_stages_key_is_validated_and_reaches_the_blocks():
     cfg = config_from_dict({"model": {"image_size": 64, "swin": {"preset": "", **{k: list(v) if isinstance(v, tuple)
                                                                                  else v for k, v in TINY.items()},
                                                                  "recompute_stages": [2]}}})
-    net = SwinTransformer.from_config(cfg.model.swin, cfg.model.image_size)
+    net = SwinTransformer.from_config(cfg)
     # Cell.recompute() marks the cell (MindSpore 2.10 keeps the mark in _has_config_recompute).
     assert [[block._has_config_recompute for block in layer.blocks] for layer in net.layers] == \
         [[False], [False], [True], [False]]

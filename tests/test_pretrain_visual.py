@@ -12,7 +12,7 @@ def test_pretrain_visual_writes_an_encoder_checkpoint_that_train_loads(trained, 
     import mindspore as ms
 
     from src.config import load_config
-    from src.models import create_model
+    from src.models.factory import create_model
     from test_entry_scripts import run
 
     out = str(tmp_path / "swin.ckpt")

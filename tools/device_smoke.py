@@ -155,7 +155,7 @@ def worker_train(spec: Dict) -> Dict:
     from mindspore import Tensor
 
     from src.config import num_other_objects, num_proposal_classes
-    from src.models import create_model
+    from src.models.factory import create_model
     from src.models.bert import bert_config_from
     from tools.benchmark import build_train_step, random_batch, without_missing_checkpoints
 
@@ -215,7 +215,7 @@ def worker_forward(spec: Dict) -> Dict:
     import mindspore as ms
 
     from src.engine.checkpoint import load_model_weights
-    from src.models import create_model
+    from src.models.factory import create_model
     from tools.benchmark import without_missing_checkpoints
 
     cfg = _worker_setup(spec)

@@ -48,7 +48,7 @@ def probe(cfg, steps: int = 1) -> dict:
     from src.config import num_other_objects, num_proposal_classes
     from src.engine.optimizer import PolyLR
     from src.engine.train_step import build_train_step
-    from src.models import create_model
+    from src.models.factory import create_model
     from src.utils.runtime import resolve_device_id
     from tools.benchmark import random_batch, training_memory_estimate, without_missing_checkpoints
 

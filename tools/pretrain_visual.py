@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     from src.config import ConfigError, load_config
     from src.utils.cli import split_options
     from src.data.base import build_dataset
-    from src.models.registry import IMAGE_ENCODERS, discover
+    from src.models.registry import IMAGE_ENCODERS
     from src.utils.runtime import setup_context
 
     args = list(sys.argv[1:] if argv is None else argv)
@@ -145,8 +145,7 @@ def main(argv=None) -> int:
     print(f"{len(train_x)} train / {len(val_x)} val images; classes: "
           + ", ".join(f"{field} {n}" for field, n in zip(fields, backgrounds)) + f"; {time.time() - start:.0f} s")
 
-    discover()
-    encoder = IMAGE_ENCODERS.get(cfg.model.image_encoder)(cfg.model)
+    encoder = IMAGE_ENCODERS.get(cfg.model.image_encoder).from_config(cfg)
     cells = size // stride
 
     class Segmenter(nn.Cell):

@@ -76,7 +76,7 @@ def main() -> int:
     import mindspore as ms
     from mindspore import Tensor
 
-    from src.models import create_model
+    from src.models.factory import create_model
     from src.models.bert import bert_config_from
 
     ms.set_device("CPU")

@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     from src.data.base import build_dataset
     from src.data.transforms import preprocess_image, resize_mask
     from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
-    from src.models import create_model
+    from src.models.factory import create_model
     from src.models.coupalign import NUM_STAGES
     from src.utils.runtime import setup_context
 

@@ -4,7 +4,7 @@ Everything that reads a split (the MindSpore pipeline in `src/data/dataset.py`, 
 training-health probe set, preprocess.py / postprocess.py, research/tools/ablate.py, tools/benchmark.py,
 tools/diagnose.py) goes through `ReferringDataset` below and nothing else, and gets its dataset from
 `build_dataset(cfg, split)`, which looks ``cfg.data.dataset`` up in `DATASETS`. Adding a dataset
-(ReferIt, gRefCOCO) is therefore one new module::
+(ReferIt, gRefCOCO) is therefore one new module in src/data/::
 
     @DATASETS.register("referit")
     class ReferItDataset:
@@ -12,15 +12,16 @@ tools/diagnose.py) goes through `ReferringDataset` below and nothing else, and g
         def from_config(cls, cfg, split): ...
         ...  # the members of ReferringDataset
 
-plus its module name in `BUILTIN_MODULES` (so that `build_dataset` imports it); `data.dataset: <name>`
-then chooses it (the registry, not a fixed list in src/config.py, says which names exist).
+and nothing else: before its first look-up the registry imports the modules of src/data that register a
+dataset (those that mention ``DATASETS.register``; src/registry.py, "Discovery", the same mechanism as the
+model parts'), and `data.dataset: <name>` then chooses it (the registry, not a fixed list in src/config/,
+says which names exist).
 
-No MindSpore (nor OpenCV) import here: the registry can be listed cheaply, and src/data/refer.py can
-import `DATASETS` without a cycle (this module imports the readers only inside functions).
+No MindSpore (nor OpenCV) import here, and discovery imports only the modules that register a dataset: the
+registry can be listed cheaply, and src/data/refer.py can import `DATASETS` without a cycle.
 """
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any, List, Mapping, Protocol, Sequence, Tuple, runtime_checkable
 
 import numpy as np
@@ -30,10 +31,7 @@ from src.registry import Registry
 if TYPE_CHECKING:  # annotations only: src.config stays out of this module's imports
     from src.config import Config
 
-DATASETS: "Registry[type]" = Registry("dataset", "data.dataset")
-
-# Modules whose import registers the project's datasets; `build_dataset` imports them on first use.
-BUILTIN_MODULES = ("src.data.refer",)
+DATASETS: "Registry[type]" = Registry("dataset", "data.dataset", "src.data", "DATASETS")
 
 
 class DatasetSample(Protocol):
@@ -131,14 +129,8 @@ def missing_members(dataset: Any) -> List[str]:
     return [name for name in _protocol_members() if not hasattr(dataset, name)]
 
 
-def _import_builtin_datasets() -> None:
-    for module in BUILTIN_MODULES:
-        importlib.import_module(module)
-
-
 def dataset_names() -> List[str]:
     """The registered dataset names (the values `data.dataset` may take), built-in readers included."""
-    _import_builtin_datasets()
     return DATASETS.keys()
 
 
@@ -149,7 +141,6 @@ def build_dataset(cfg: "Config", split: str) -> ReferringDataset:
     class whose objects lack members of `ReferringDataset` is a TypeError naming them (a bug in that class,
     caught here rather than deep inside a pipeline worker).
     """
-    _import_builtin_datasets()
     cls = DATASETS.get(cfg.data.dataset)
     if not hasattr(cls, "from_config"):  # checked first: without it there is nothing to build the object with
         dataset, missing = None, ["from_config"]

@@ -266,7 +266,7 @@ def check_ranks_agree_on_resume(path: Optional[str], directory: str, ctx) -> Non
 def load_model_weights(model, path: str) -> None:
     """Loads a training or best checkpoint (or a bare model checkpoint) into `model`. A checkpoint from
     another configuration is refused with the mismatched or missing parameter names and shapes."""
-    from src.models import load_into
+    from src.models.weights import load_into
 
     params, _, _ = split_meta(read_checkpoint(path))
     own = {p.name for p in model.get_parameters()}

@@ -116,7 +116,7 @@ def build_trained_model(cfg: Config, script: str):
     """The network of `cfg` with the checkpoint's weights, in inference mode. The text encoder's
     architecture comes from the checkpoint when it stores one (no pretrained file is read)."""
     from src.engine.checkpoint import load_model_weights, read_artifacts
-    from src.models import create_model
+    from src.models.factory import create_model
 
     path = _require_checkpoint(cfg, script)
     artifacts = read_artifacts(path)

@@ -44,6 +44,7 @@ from src.errors import CheckpointError
 
 from src.arch.bert import SUPPORTED_HIDDEN_ACTS, BertConfig  # noqa: F401  (re-exported)
 from src.models.layers import Embedding, LayerNorm, gelu, softmax_fp32
+from src.models.weights import load_into
 
 # Added to the attention score of a padded key. exp(-1e4) is exactly 0 in float32/float16.
 MASK_NEGATIVE = -10000.0
@@ -329,12 +330,10 @@ def expected_param_shapes(config: BertConfig, add_pooler: bool = False) -> Dict[
 def load_bert_params(model: BertModel, params: Dict[str, object], strict: bool = True
                      ) -> Tuple[List[str], List[str]]:
     """Copies ``params`` (HF-style names relative to the BERT cell -> numpy array / Tensor / Parameter) into
-    ``model``, which may be nested inside a bigger network (``src.models.load_into`` matches names
+    ``model``, which may be nested inside a bigger network (``src.models.weights.load_into`` matches names
     relative to ``model``). Returns (missing, unexpected) names; a shape mismatch always raises
     ValueError, and with ``strict`` any missing or unexpected name does too.
     """
-    from src.models import load_into  # the package imports this module
-
     return load_into(model, params, "BERT parameters", strict=strict)
 
 

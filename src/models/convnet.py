@@ -57,6 +57,7 @@ class BasicBlock(nn.Cell):
         return ops.relu(x + self.norm2(self.conv2(self.conv1(x))))
 
 
+@IMAGE_ENCODERS.register("convnet")
 class ConvNetEncoder(StagedEncoder):
     """Four stages of residual convolutions at strides 4..32 with the image encoders' stage API (module docstring)."""
 
@@ -77,9 +78,9 @@ class ConvNetEncoder(StagedEncoder):
             setattr(self, f"norm{i}", LayerNorm(widths[i]))
 
     @classmethod
-    def from_config(cls, model_cfg) -> "ConvNetEncoder":
-        """From a ModelSection: its `convnet` section (widths, depths)."""
-        return cls(model_cfg.convnet.widths, model_cfg.convnet.depths)
+    def from_config(cls, cfg) -> "ConvNetEncoder":
+        """From a Config: its `model.convnet` section (widths, depths)."""
+        return cls(cfg.model.convnet.widths, cfg.model.convnet.depths)
 
     def embed(self, x):
         """Image (B, 3, H, W) -> (tokens (B, ceil(H/4) * ceil(W/4), C_0), H/4, W/4)."""
@@ -92,6 +93,3 @@ class ConvNetEncoder(StagedEncoder):
         if i >= self.num_layers - 1:
             return tokens, H, W
         return map_to_tokens(self.downsamples[i](tokens_to_map(tokens, H, W)))
-
-
-IMAGE_ENCODERS.register("convnet")(ConvNetEncoder.from_config)

@@ -354,8 +354,9 @@ class MSDeformAttnPixelDecoder(nn.Cell):
         self.layer_1 = ConvNormAct(conv_dim, conv_dim, 3, padding=1, has_bias=False, use_norm=True, relu=True)
 
     @classmethod
-    def from_config(cls, section, in_channels) -> "MSDeformAttnPixelDecoder":
-        """From `model.mask_generator` (src.config.MaskGeneratorSection) and its `msdeform` sub-section."""
+    def from_config(cls, cfg, in_channels) -> "MSDeformAttnPixelDecoder":
+        """From a Config: `model.mask_generator` and its `msdeform` sub-section; `in_channels` of the 4 input maps."""
+        section = cfg.model.mask_generator
         own = section.msdeform
         return cls(tuple(in_channels), section.conv_dim, section.mask_dim, num_encoder_layers=own.encoder_layers,
                    n_heads=own.encoder_heads, n_points=own.encoder_points, dim_feedforward=own.encoder_ffn_dim,
@@ -457,8 +458,9 @@ class FPNPixelDecoder(nn.Cell):
         self.mask_features = ConvNormAct(conv_dim, mask_dim, 3, padding=1, has_bias=True)
 
     @classmethod
-    def from_config(cls, section, in_channels) -> "FPNPixelDecoder":
-        """From `model.mask_generator` (src.config.MaskGeneratorSection)."""
+    def from_config(cls, cfg, in_channels) -> "FPNPixelDecoder":
+        """From a Config: `model.mask_generator`; `in_channels` of the 4 input maps."""
+        section = cfg.model.mask_generator
         return cls(tuple(in_channels), section.conv_dim, section.mask_dim)
 
     @staticmethod

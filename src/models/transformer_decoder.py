@@ -184,9 +184,9 @@ class MaskedTransformerDecoder(nn.Cell):
         return mask_embed, proposal_logits(mask_embed, pixel_embed)
 
     @classmethod
-    def from_config(cls, section) -> "MaskedTransformerDecoder":
-        """From `model.mask_generator` (src.config.MaskGeneratorSection): queries of width conv_dim read the
-        pixel decoder's conv_dim maps."""
+    def from_config(cls, cfg) -> "MaskedTransformerDecoder":
+        """From a Config: `model.mask_generator`; queries of width conv_dim read the pixel decoder's conv_dim maps."""
+        section = cfg.model.mask_generator
         return cls(in_channels=section.conv_dim, hidden_dim=section.conv_dim, num_queries=section.num_queries,
                    nheads=section.decoder_heads, dim_feedforward=section.decoder_ffn_dim,
                    dec_layers=section.decoder_layers, mask_dim=section.mask_dim)

@@ -218,9 +218,10 @@ class WordPixelAlignment(nn.Cell):
             self.word_pixel_attn = None
 
     @classmethod
-    def from_config(cls, model_cfg, stage: int, visual_dim: int, text_dim: int) -> "WordPixelAlignment":
-        """From `model` (src.config.ModelSection): the `model.wpa` section; the same module at every stage."""
-        return cls(visual_dim, text_dim, num_heads=model_cfg.wpa.word_heads, bidirectional=model_cfg.wpa.bidirectional)
+    def from_config(cls, cfg, stage: int, visual_dim: int, text_dim: int) -> "WordPixelAlignment":
+        """From a Config: the `model.wpa` section; the same module at every stage."""
+        wpa = cfg.model.wpa
+        return cls(visual_dim, text_dim, num_heads=wpa.word_heads, bidirectional=wpa.bidirectional)
 
     @staticmethod
     def analytic_cost(model_cfg, geometry: CostGeometry) -> PartCost:

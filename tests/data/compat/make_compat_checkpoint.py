@@ -65,7 +65,7 @@ def main(commit: str) -> None:
     for name, overrides in VARIANTS.items():
         cfg = config_from_dict(TINY, overrides)
         ms.set_seed(0)
-        model = CoupAlign(cfg.model)
+        model = CoupAlign(cfg)
         model.set_train(False)
         logits = model(Tensor(inputs["image"]), Tensor(inputs["input_ids"]), Tensor(inputs["attention_mask"]))
         criterion = build_criterion(cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled,
