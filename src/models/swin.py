@@ -41,6 +41,7 @@ from src.models.layers.norm import group_norm
 from src.models.layers.stages import StagedEncoder, map_to_tokens
 from src.models.registry import IMAGE_ENCODERS
 from src.models.swin_blocks import BasicLayer, PatchMerging, SwinTransformerBlock, pad_end
+from src.models.weights import load_into
 from src.arch.swin import SWIN_PRESETS, swin_arch
 
 __all__ = [
@@ -153,6 +154,7 @@ class ConvStem(nn.Cell):
 STEMS = {"patch": PatchEmbed, "conv": ConvStem}
 
 
+@IMAGE_ENCODERS.register("swin")  # the image encoder of the paper (model.image_encoder: swin)
 class SwinTransformer(StagedEncoder):
     """Swin Transformer backbone returning the four normalised stage maps (strides 4, 8, 16, 32).
 
@@ -231,9 +233,10 @@ class SwinTransformer(StagedEncoder):
             setattr(self, f"norm{i}", LayerNorm(self.num_features[i]))
 
     @classmethod
-    def from_config(cls, section, image_size: int) -> "SwinTransformer":
-        """From a `model.swin` section (src.config.SwinSection); `image_size` sizes the `ape` table."""
-        grid = -(-image_size // section.patch_size)  # patches per side (PatchEmbed pads up)
+    def from_config(cls, cfg) -> "SwinTransformer":
+        """From a Config: its `model.swin` section; `model.image_size` sizes the `ape` table."""
+        section = cfg.model.swin
+        grid = -(-cfg.model.image_size // section.patch_size)  # patches per side (PatchEmbed pads up)
         return cls(**swin_arch(section), ape_grid=(grid, grid) if section.ape else None,
                    recompute_stages=section.recompute_stages)
 
@@ -314,12 +317,6 @@ class SwinTransformer(StagedEncoder):
     # stage_output and construct: StagedEncoder's (src/models/layers/stages.py).
 
 
-@IMAGE_ENCODERS.register("swin")
-def swin_encoder(model_cfg) -> SwinTransformer:
-    """The image encoder of the paper: `model.swin` at `model.image_size` (registered as model.image_encoder: swin)."""
-    return SwinTransformer.from_config(model_cfg.swin, model_cfg.image_size)
-
-
 def build_swin(preset: Optional[str] = None, **overrides) -> SwinTransformer:
     """Build a ``SwinTransformer`` from a named preset (tiny/small/base/large) plus keyword overrides.
 
@@ -338,12 +335,10 @@ def load_swin_checkpoint(swin: SwinTransformer, ckpt_path: str, strict: bool = T
     """Load a checkpoint written by ``tools/convert_swin.py`` into ``swin``, wherever it sits in a model.
 
     Names in the file are relative to ``SwinTransformer`` (``layers.0.blocks.0.attn.qkv.weight``) and are
-    matched relative to ``swin`` (``src.models.load_into``), so a prefix such as ``backbone.`` does not
+    matched relative to ``swin`` (``src.models.weights.load_into``), so a prefix such as ``backbone.`` does not
     matter. Returns ``{"loaded": [...], "missing": [...], "unexpected": [...]}``. A shape mismatch always
     raises ``ValueError``; with ``strict`` a missing or unexpected key does too.
     """
-    from src.models import load_into  # the package imports this module
-
     saved = ms.load_checkpoint(ckpt_path)
     missing, unexpected = load_into(swin, saved, ckpt_path, strict=strict)
     loaded = sorted(k for k in saved if k not in set(unexpected))
