@@ -4,7 +4,7 @@
 #   abs_path P       P relative to the directory the user ran the launcher from -> absolute
 #   config_value KEY CONFIG [--key=value ...]   one resolved config value (python -m src.config)
 # Command-line path options (--data_root=..., --output_dir=..., --checkpoint_path=...) are resolved by
-# src/config.py against COUPALIGN_ARGS_CWD, the caller's directory exported here; paths inside config
+# src/config/ against COUPALIGN_ARGS_CWD, the caller's directory exported here; paths inside config
 # files stay relative to the repository root, where the launchers run Python.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -32,7 +32,7 @@ TINY_AMP = {
                            "decoder_layers": 1, "decoder_heads": 2, "decoder_ffn_dim": 32},
         "sma": {"deep_supervision": False},
     },
-    "loss": {"aux_num_fg": 8, "aux_num_bg": 16, "proposal_targets": "referent"},
+    "loss": {"aux_num_fg": 8, "aux_num_bg": 16},
 }
 
 
@@ -67,7 +67,7 @@ def test_levels_set_precision_in_place_and_keep_the_model():
     assert deform
     for level in ("O2", "O3", "O2"):  # a second call replaces the flags of the first
         assert apply_mixed_precision(model, level) is model
-        assert model.amp_level == level and hasattr(model, "forward_heads") and hasattr(model, "encode")
+        assert model.amp_level == level and hasattr(model, "forward_train") and hasattr(model, "encode")
         # the master weights stay float32 at every level; only the compute is cast
         assert all(p.dtype == ms.float32 for p in model.get_parameters())
         assert precision_of(model) is None  # the root is never flagged: its methods and output keep their dtype
@@ -129,8 +129,8 @@ def test_criterion_in_float16_inputs_gives_the_float32_loss():
     stay float32, so the loss equals the loss of the same values given in float32."""
     from src.models.criterion import CoupAlignCriterion
 
-    crit = CoupAlignCriterion(aux_num_fg=8, aux_num_bg=16, proposal_loss="matched", proposal_targets="all_objects",
-                              deep_supervision=True)
+    crit = CoupAlignCriterion.from_config(config_from_dict(TINY_AMP, {"model.sma.deep_supervision": True}))
+    assert crit.term_names == ("referring", "aux_contrast", "proposal_masks", "proposal_selection")
     rng = np.random.default_rng(1)
     stages, batch, queries, dim, h = 2, 2, 4, 8, 8
     target = np.zeros((batch, 32, 32), np.float32)
@@ -144,9 +144,13 @@ def test_criterion_in_float16_inputs_gives_the_float32_loss():
     # keys in float32 either way (the model does not make them); half the pixels fg, so the -1e30 fill is used
     keys = [Tensor(rng.random((batch, h * h)).astype(np.float32)) for _ in range(2)]
 
+    crit.term("aux_contrast").use_fixed_keys(*keys)
+    fields = {"target": Tensor(target), "others": Tensor(others), "categories": Tensor(np.zeros((batch, 0), np.int32))}
+
     def loss(dtype):
         logits, pixel, anchor, embeds, scores = (Tensor(v.astype(np.float16).astype(np.float32), dtype) for v in values)
-        out = crit(logits, Tensor(target), pixel, anchor, keys[0], keys[1], embeds, scores, Tensor(others))
+        out = crit({"stage_logits": logits, "pixel_embed": pixel, "target_embed": anchor, "mask_embeds": embeds,
+                    "scores": scores, "class_logits": None, "sma_map_logits": None}, fields)
         return np.array([o.asnumpy() for o in out], np.float64)
 
     expected, got = loss(ms.float32), loss(ms.float16)
@@ -165,7 +169,10 @@ def _batch():
     target = np.zeros((2, IMAGE, IMAGE), np.float32)
     target[0, 4:20, 6:16] = 1
     target[1, 10:30, 8:28] = 1
-    return [Tensor(a) for a in (image, ids, mask, target)]
+    others = np.zeros((2, 3, IMAGE, IMAGE), np.uint8)  # the tiny model's 4 proposals: up to 3 other objects
+    others[0, 0, 24:30, 20:30] = 1
+    categories = np.zeros((2, 0), np.int32)  # no category head
+    return [Tensor(a) for a in (image, ids, mask, target, others, categories)]
 
 
 @pytest.fixture(scope="module")

@@ -218,7 +218,7 @@ def test_memory_estimate_bookkeeping():
     largest = parts.pop("largest_layer")
     losses = loss_activation_elements(cfg, 480, 480)
     # Every loss the default config turns on is counted (issue 22: the proposal loss was left out).
-    assert set(losses) == {"proposal_loss", "aux_loss"} and four["activations.proposal_loss"] > 0.6 * 2 ** 30
+    assert set(losses) == {"proposal_matching", "aux_contrast"} and four["activations.proposal_matching"] > 0.6 * 2 ** 30
     assert four["activations"] == 4 * 4 * (sum(parts.values()) + sum(losses.values()))
     assert four["backward_working_set"] == 4 * 4 * largest and largest < max(parts.values())
     assert four["total"] == (4 * params + four["activations"] + four["backward_working_set"])

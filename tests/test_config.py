@@ -26,7 +26,8 @@ def test_default_config_is_the_paper_configuration():
     assert cfg.model.mask_generator.num_queries == 100
     assert cfg.model.mask_generator.decoder_layers == 9
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.lr_power, cfg.train.epochs) == (5e-5, 0.01, 0.9, 40)
-    assert (cfg.loss.ce_weight_bg, cfg.loss.ce_weight_fg, cfg.loss.aux_weight) == (0.9, 1.1, 0.1)
+    assert (cfg.loss.ce_weight_bg, cfg.loss.ce_weight_fg, cfg.loss.weights["aux_contrast"]) == (0.9, 1.1, 0.1)
+    assert cfg.loss.terms == ["referring", "aux_contrast", "proposal_masks", "proposal_selection"]
 
 
 def test_base_inheritance_overrides_only_what_differs():
@@ -173,3 +174,68 @@ def test_diagnostics_are_off_on_devices_unless_asked():
     assert load_config(default).train.diagnostics_batch_size == 16
     with pytest.raises(ConfigError, match="diagnostics_batch_size"):
         load_config(default, ["--train.diagnostics_batch_size=0"])
+
+
+# ------------------------------------------------------------------------------------ configs of earlier versions
+def test_an_old_loss_section_loads_as_the_terms_it_trained_with():
+    """Checkpoints store their whole config: one written before loss.terms (switches and *_weight keys, the class
+    and SMA-map losses implied by the model) must load as the same sum of terms and weights."""
+    from src.config import config_from_dict
+
+    old = {"model": {"sma": {"head": "coupled"}, "mask_generator": {"num_classes": 6}},
+           "loss": {"aux_enabled": True, "aux_weight": 0.2, "proposal_loss": "matched", "proposal_targets": "all_objects",
+                    "proposal_weight": 1.0, "sma_ce_weight": 0.5, "match_score_weight": 0.0, "class_weight": 0.4,
+                    "pixel_class_weight": 0.0, "sma_map_weight": 1.0}}
+    cfg = config_from_dict(old)
+    assert cfg.loss.terms == ["referring", "aux_contrast", "proposal_masks", "proposal_selection", "proposal_class",
+                              "sma_map"]
+    assert cfg.loss.weights == {"aux_contrast": 0.2, "proposal_masks": 1.0, "proposal_selection": 0.5,
+                                "proposal_class": 0.4, "sma_map": 1.0}
+    lavt = config_from_dict({"model": {"sma": {"enabled": False}}, "loss": {"aux_enabled": False, "proposal_loss": "none"}})
+    assert lavt.loss.terms == ["referring"]
+    mixture = config_from_dict({"loss": {"proposal_loss": "matched"}})  # no category head, the mixture head
+    assert mixture.loss.terms == ["referring", "aux_contrast", "proposal_masks", "proposal_selection"]
+
+
+@pytest.mark.parametrize("key,value", [("loss.proposal_loss", "weighted"), ("loss.proposal_targets", "referent"),
+                                       ("loss.match_score_weight", 1.0), ("loss.pixel_class_weight", 0.5),
+                                       ("model.sma.weighting", "sigmoid"), ("model.sma.select_at_inference", True)])
+def test_a_removed_option_loads_at_todays_value_and_is_refused_otherwise(key, value):
+    from src.config import config_from_dict
+    from src.config.legacy import REMOVED_OPTIONS
+
+    section, *middle, leaf = key.split(".")
+
+    def tree(v):
+        node = {leaf: v}
+        for part in reversed(middle):
+            node = {part: node}
+        return {section: node}
+
+    if key in REMOVED_OPTIONS:  # today's value: accepted, the key dropped, the same config as without it
+        assert config_from_dict(tree(REMOVED_OPTIONS[key][0])).to_dict() == config_from_dict({}).to_dict()
+    with pytest.raises(ConfigError, match=f"'{key}' = .*removed"):
+        config_from_dict(tree(value), source="old.yaml")
+
+
+def test_an_old_loss_key_on_the_command_line_names_todays_key():
+    from src.config import load_config
+
+    with pytest.raises(ConfigError, match=r"'loss.aux_weight' is now 'loss.weights.aux_contrast'"):
+        load_config(None, ["--loss.aux_weight=0.2"])
+    with pytest.raises(ConfigError, match=r"now the list loss.terms"):
+        load_config(None, ["--loss.aux_enabled=false"])
+    cfg = load_config(None, ["--loss.weights.aux_contrast=0.2", "--loss.terms=[referring,aux_contrast]"])
+    assert cfg.loss.weights["aux_contrast"] == 0.2 and cfg.loss.terms == ["referring", "aux_contrast"]
+    with pytest.raises(ConfigError, match=r"'loss.weights.aux_contrast' = -1"):
+        load_config(None, ["--loss.weights.aux_contrast=-1"])
+
+
+def test_a_weight_for_no_term_is_refused_with_the_nearest_name():
+    from src.config import config_from_dict
+    from src.models.criterion import CoupAlignCriterion
+
+    with pytest.raises(ConfigError, match=r"loss.weights.aux_contrst.*did you mean 'aux_contrast'"):
+        CoupAlignCriterion.from_config(config_from_dict({"loss": {"weights": {"aux_contrst": 0.2}}}))
+    with pytest.raises(ConfigError, match=r"unknown loss term 'referrin'.*did you mean 'referring'"):
+        CoupAlignCriterion.from_config(config_from_dict({"loss": {"terms": ["referrin"]}}))

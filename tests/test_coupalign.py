@@ -9,7 +9,9 @@ from mindspore import Tensor
 from src.config import config_from_dict
 from src.engine.optimizer import AdamW, param_groups
 from src.engine.train_step import TrainStep
-from src.models.coupalign import CoupAlign, CoupAlignWithLoss, build_criterion
+from src.models.coupalign import CoupAlign, CoupAlignWithLoss
+from src.models.criterion import CoupAlignCriterion
+from src.models.outputs import TRAIN_OUTPUTS
 
 IMAGE, TOKENS, VOCAB = 64, 8, 100
 
@@ -48,13 +50,20 @@ def make_batch(seed=0, batch=2):
     return image, ids, mask, target
 
 
-def make_train_batch(seed=0, batch=2, other_objects=3):
-    """`make_batch` plus the masks of the other objects of each image (the `others` column)."""
+def make_train_batch(seed=0, batch=2, other_objects=3, num_classes=0):
+    """`make_batch` plus the train step's other columns: the masks of the other objects of each image (`others`,
+    zero-size with ``other_objects=0``) and, with ``num_classes`` C > 0, their categories (`categories`: the
+    referent, then each other object, C in empty slots; (B, 0) without)."""
     others = np.zeros((batch, other_objects, IMAGE, IMAGE), np.uint8)
-    others[0, 0, 44:60, 40:60] = 1
-    others[1, 0, 2:20, 2:24] = 1
-    others[1, 1, 40:50, 0:10] = 1
-    return make_batch(seed, batch) + (others,)
+    if other_objects:
+        others[0, 0, 44:60, 40:60] = 1
+        others[1, 0, 2:20, 2:24] = 1
+        others[1, 1, 40:50, 0:10] = 1
+    categories = np.zeros((batch, 0), np.int32)
+    if num_classes:
+        categories = np.full((batch, 1 + other_objects), num_classes, np.int32)
+        categories[:, :3] = np.array([[0, 2, num_classes], [1, 0, 2]], np.int32)[:batch, :1 + other_objects]
+    return make_batch(seed, batch) + (others, categories)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +97,11 @@ def test_padding_tokens_have_no_influence(model):
 
 def test_heads_shapes_and_deep_supervision(model):
     image, ids, mask, _ = make_batch()
-    stage_logits, pixel_embed, target_embed, _, _, maps = model.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
+    out = model.forward_train(Tensor(image), Tensor(ids), Tensor(mask))
+    assert set(out) == set(TRAIN_OUTPUTS) and out["class_logits"] is None  # no category head in TINY
+    stage_logits, pixel_embed, target_embed, maps = (out[k] for k in ("stage_logits", "pixel_embed", "target_embed",
+                                                                      "sma_map_logits"))
+    assert out["mask_embeds"].shape == (4, 2, 8, 32) and out["scores"].shape == (4, 2, 8)
     # 3 decoder layers + the learnable queries before the first = 4 supervised stages, stride 4
     assert stage_logits.shape == (4, 2, 1, IMAGE // 4, IMAGE // 4)
     assert pixel_embed.shape == (2, 32, IMAGE // 4, IMAGE // 4) and target_embed.shape == (2, 32)
@@ -148,7 +161,7 @@ def test_ablation_switches_change_the_structure(pynative):  # PyNative: one forw
     image, ids, mask, _ = make_batch()
     out = one_way(Tensor(image), Tensor(ids), Tensor(mask))
     assert out.shape == (2, 1, IMAGE, IMAGE) and np.isfinite(out.asnumpy()).all()
-    stage_logits, _, _, _, _, _ = one_way.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
+    stage_logits = one_way.forward_train(Tensor(image), Tensor(ids), Tensor(mask))["stage_logits"]
     assert stage_logits.shape[0] == 1  # no proposals, no deep supervision
 
 
@@ -164,7 +177,7 @@ def train_setup():
     ms.set_seed(1)
     cfg = tiny_config()
     net = CoupAlign(cfg)
-    with_loss = CoupAlignWithLoss(net, build_criterion(cfg.loss))
+    with_loss = CoupAlignWithLoss(net, CoupAlignCriterion.from_config(cfg))
     with_loss.set_train(True)
     optimizer = AdamW(param_groups(with_loss.trainable_params(), 0.0), learning_rate=1e-3)
     return with_loss, TrainStep(with_loss, optimizer)
@@ -263,7 +276,7 @@ def test_convnet_image_encoder_has_swins_stage_api_and_trains(pynative):  # PyNa
     cfg = tiny_config(image_encoder="convnet", **{"convnet.widths": [8, 16, 32, 32], "convnet.depths": [1, 1, 1, 1]})
     net = CoupAlign(cfg)
     assert isinstance(net.swin, ConvNetEncoder)
-    with_loss = CoupAlignWithLoss(net, build_criterion(cfg.loss))
+    with_loss = CoupAlignWithLoss(net, CoupAlignCriterion.from_config(cfg))
     step = TrainStep(with_loss, AdamW(param_groups(with_loss.trainable_params(), 0.01), learning_rate=1e-3))
     before = {p.name: p.asnumpy().copy() for p in net.swin.trainable_params()}
     loss = step(*[Tensor(a) for a in make_train_batch()])[0]
@@ -308,16 +321,20 @@ def test_convnet_pretrained_loads_into_the_image_encoder_and_a_missing_file_name
 
 def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate(pynative):
     """model.sma.head = coupled: the final stage's combined logits once (the inference output, upsampled), SMA's
-    own maps of the 3 decoder layers after the initial queries, a criterion with sma_map_loss; one compiled step
+    own maps of the 3 decoder layers after the initial queries, a criterion with the sma_map term; one compiled step
     moves the gate, the temperature, the pixel-agreement weight and the pixel query (from gate 0, so the gate gets a
     gradient at once), with the proposal branch's gradient into the trunk scaled. In PyNative (a compiled step took
     136 s of the suite); the coupled head trains in graph mode in conftest's `trained` run (the quickstart's head)."""
     ms.set_seed(1)
-    cfg = tiny_config(**{"sma.head": "coupled", "mask_generator.num_classes": 3, "sma.pixel_agreement": True,
-                         "sma.proposal_grad_scale": 0.5})
+    cfg = config_from_dict(TINY, {"model.sma.head": "coupled", "model.mask_generator.num_classes": 3,
+                                  "model.sma.pixel_agreement": True, "model.sma.proposal_grad_scale": 0.5,
+                                  "loss.terms": ["referring", "aux_contrast", "proposal_masks", "proposal_selection",
+                                                 "proposal_class", "sma_map"]})
     net = CoupAlign(cfg)
     image, ids, mask, _ = make_batch()
-    stage_logits, _, _, _, scores, maps = net.forward_heads(Tensor(image), Tensor(ids), Tensor(mask))
+    out = net.forward_train(Tensor(image), Tensor(ids), Tensor(mask))
+    stage_logits, scores, maps = out["stage_logits"], out["scores"], out["sma_map_logits"]
+    assert out["class_logits"].shape == (4, 2, 8, 4)
     assert stage_logits.shape == (1, 2, 1, IMAGE // 4, IMAGE // 4) and maps.shape == (3, 2, 1, IMAGE // 4, IMAGE // 4)
     assert scores.shape == (4, 2, 8)
     net.set_train(False)
@@ -325,15 +342,14 @@ def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate(pynative):
     np.testing.assert_allclose(final.asnumpy(), net(Tensor(image), Tensor(ids), Tensor(mask)).asnumpy(),
                                rtol=1e-5, atol=1e-5)
     net.set_train(True)
-    criterion = build_criterion(cfg.loss, num_classes=3, coupled=True)
-    assert criterion.loss_names[-1] == "sma_map_loss" and criterion.loss_weights[-1] == cfg.loss.sma_map_weight
+    criterion = CoupAlignCriterion.from_config(cfg)
+    assert criterion.loss_names[-1] == "sma_map" and criterion.loss_weights[-1] == 1.0  # SmaMapLoss.default_weight
     with_loss = CoupAlignWithLoss(net, criterion)
     step = TrainStep(with_loss, AdamW(param_groups(with_loss.trainable_params(), 0.0), learning_rate=1e-3))
     watched = ("head.gate", "head.log_temperature", "head.pixel_query.weight", "head.agreement_weight")
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params() if p.name in watched}
     assert len(before) == 4 and float(before["head.gate"]) == 0.0
-    categories = np.array([[0, 1, 2, 3], [2, 0, 1, 3]], np.int32)
-    losses = step(*[Tensor(a) for a in make_train_batch()], Tensor(categories))
+    losses = step(*[Tensor(a) for a in make_train_batch(num_classes=3)])
     assert all(np.isfinite(float(v.asnumpy())) for v in losses) and float(losses[-1].asnumpy()) > 0
     moved = {p.name for p in net.trainable_params() if p.name in watched
              and not np.array_equal(p.asnumpy(), before[p.name])}

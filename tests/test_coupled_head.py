@@ -144,8 +144,10 @@ def test_scale_gradient_is_the_identity_forward_and_scales_the_gradient():
 
 
 def test_proposal_grad_scale_scales_only_the_proposal_losses_pull_on_the_pixel_embeddings():
-    """The criterion's matched proposal loss reads P through the scale; the referring loss does not."""
+    """The matched proposal mask term reads P through the scale (the matcher's proposal logits)."""
     from src.models.criterion import CoupAlignCriterion
+    from src.models.losses.matching import ProposalMatcher
+    from src.models.losses.proposal_masks import ProposalMaskLoss
 
     rng = np.random.default_rng(5)
     pixels = Tensor(rng.standard_normal((B, D, 8, 8)).astype(np.float32))
@@ -153,13 +155,17 @@ def test_proposal_grad_scale_scales_only_the_proposal_losses_pull_on_the_pixel_e
     scores = Tensor(rng.standard_normal((1, B, N)).astype(np.float32))
     target = np.zeros((B, 32, 32), np.float32)
     target[:, 4:20, 6:18] = 1
-    target = Tensor(target)
+    fields = {"target": Tensor(target), "others": Tensor(np.zeros((B, 1, 32, 32), np.uint8)),
+              "categories": Tensor(np.zeros((B, 0), np.int32))}
 
     def proposal_grad(scale):
-        criterion = CoupAlignCriterion(proposal_loss="matched", proposal_grad_scale=scale, use_aux=False)
+        criterion = CoupAlignCriterion([("proposal_masks", ProposalMaskLoss(), 1.0)], ProposalMatcher(0, 0.0, scale))
 
         def proposal_part(p):
-            return criterion.proposal_losses(queries, scores, p, target)
+            out = {"stage_logits": None, "pixel_embed": p, "target_embed": None, "mask_embeds": queries,
+                   "scores": scores, "class_logits": None, "sma_map_logits": None}
+            return criterion(out, {"target": fields["target"], "others": fields["others"],
+                                   "categories": fields["categories"]})[0]
 
         return ms.grad(proposal_part)(pixels).asnumpy()
 

@@ -1,4 +1,5 @@
-"""CoupAlignCriterion against PyTorch (cross-entropy, resizing) and NumPy (Dice, auxiliary contrast)."""
+"""The referring and auxiliary-contrast loss terms and their sum by CoupAlignCriterion, against PyTorch
+(cross-entropy, resizing) and NumPy (Dice, auxiliary contrast)."""
 import numpy as np
 import pytest
 import torch
@@ -7,8 +8,10 @@ import torch.nn.functional as F
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from src.models.criterion import (AuxPixelSampler, CoupAlignCriterion, aux_contrastive_loss, greedy_match,
-                                  nearest_resize, pairwise_mask_losses, stride4_labels)
+from criterion_inputs import batch, named, outputs, seg_aux_criterion, traced_batch, traced_outputs
+from src.models.losses.aux_contrast import AuxPixelSampler, aux_contrastive_loss
+from src.models.losses.functional import nearest_resize, pairwise_mask_losses, stride4_labels
+from src.models.losses.matching import greedy_match
 
 RTOL, ATOL = 1e-5, 1e-6
 S, B, D, h, w = 3, 3, 8, 6, 6  # stages, batch, embed width, stride-4 grid
@@ -112,18 +115,26 @@ def data():
 
 @pytest.fixture(scope="module")
 def criterion():
-    return CoupAlignCriterion(aux_num_fg=NUM_FG, aux_num_bg=NUM_BG, aux_temperature=TEMP)
+    return seg_aux_criterion(num_fg=NUM_FG, num_bg=NUM_BG, temperature=TEMP)
+
+
+def _losses(crit, logits, target, pixel_embed, target_embed, fg_keys=None, bg_keys=None):
+    """{name: value} of `crit` on these arrays; the aux contrast draws `fg_keys`/`bg_keys` when given."""
+    if "aux_contrast" in crit.term_names:
+        crit.term("aux_contrast").use_fixed_keys(*(None if k is None else Tensor(k) for k in (fg_keys, bg_keys)))
+    out = outputs(stage_logits=logits, pixel_embed=pixel_embed, target_embed=target_embed)
+    return named(crit, crit(out, batch(target)))
 
 
 # ----------------------------------------------------------------------------- segmentation loss
 def test_cross_entropy_matches_torch_weighted_mean(data):
     logits, target = data[0], data[1]
-    crit = CoupAlignCriterion(dice_weight=0.0, deep_supervision=False, use_aux=False)
-    total, seg, aux, _ = crit(Tensor(logits), Tensor(target), Tensor(data[2]), Tensor(data[3]))
+    crit = seg_aux_criterion(dice_weight=0.0, deep_supervision=False, aux=False)
+    losses = _losses(crit, logits, target, data[2], data[3])
     ce, _ = _torch_seg_terms(logits[-1:], target)
-    np.testing.assert_allclose(seg.asnumpy(), ce[0], rtol=RTOL)
-    np.testing.assert_allclose(total.asnumpy(), ce[0], rtol=RTOL)
-    assert aux.asnumpy() == 0.0
+    assert list(losses) == ["loss", "referring"]
+    np.testing.assert_allclose(losses["referring"], ce[0], rtol=RTOL)
+    np.testing.assert_allclose(losses["loss"], ce[0], rtol=RTOL)
     # the weighted-mean convention matters here: dividing by the pixel count would differ by > 1 %
     up = F.interpolate(torch.from_numpy(logits[-1]).double(), size=(H, W), mode="bilinear", align_corners=False)
     per_pixel = F.cross_entropy(torch.cat([torch.zeros_like(up), up], 1), torch.from_numpy(target).long(),
@@ -134,21 +145,23 @@ def test_cross_entropy_matches_torch_weighted_mean(data):
 @pytest.mark.parametrize("deep_supervision", [True, False])
 def test_seg_loss_ce_plus_dice_and_deep_supervision(data, deep_supervision):
     logits, target = data[0], data[1]
-    crit = CoupAlignCriterion(dice_weight=0.7, deep_supervision=deep_supervision, use_aux=False)
-    total, seg, _, _ = crit(Tensor(logits), Tensor(target), Tensor(data[2]), Tensor(data[3]))
+    crit = seg_aux_criterion(dice_weight=0.7, deep_supervision=deep_supervision, aux=False)
+    losses = _losses(crit, logits, target, data[2], data[3])
     ce, dice = _torch_seg_terms(logits, target)
     per_stage = ce + 0.7 * dice
     expected = per_stage.sum() if deep_supervision else per_stage[-1]
-    np.testing.assert_allclose(seg.asnumpy(), expected, rtol=RTOL)
-    np.testing.assert_allclose(total.asnumpy(), expected, rtol=RTOL)
+    np.testing.assert_allclose(losses["referring"], expected, rtol=RTOL)
+    np.testing.assert_allclose(losses["loss"], expected, rtol=RTOL)
 
 
 def test_seg_loss_gradient_matches_torch(data):
     logits, target = data[0], data[1]
-    crit = CoupAlignCriterion(dice_weight=1.0, use_aux=False)
+    crit = seg_aux_criterion(dice_weight=1.0, aux=False)
+
+    extra = batch(target)
 
     def seg_only(x, t, p, a):
-        return crit(x, t, p, a)[0]
+        return crit(traced_outputs(x, p, a), traced_batch(t, extra["others"], extra["categories"]))[0]
 
     grad = ms.grad(seg_only, grad_position=0)(Tensor(logits), Tensor(target), Tensor(data[2]), Tensor(data[3]))
     x = torch.from_numpy(logits).double().requires_grad_(True)
@@ -242,33 +255,40 @@ def test_aux_loss_end_to_end_matches_numpy(criterion, data):
     # the labels are the cells' area averages, not their top-left pixels: the two differ here
     assert not np.array_equal(small, _torch_nearest(target, (h, w)))
     assert small[0].sum() > NUM_FG and 0 < small[1].sum() < NUM_FG
-    total, seg, aux, _ = criterion(*(Tensor(x) for x in data))
+    losses = _losses(criterion, *data)
     ref_aux = _np_aux(pixel_embed, target_embed, target, fg_keys, bg_keys)
-    np.testing.assert_allclose(aux.asnumpy(), ref_aux, rtol=RTOL)
+    np.testing.assert_allclose(losses["aux_contrast"], ref_aux, rtol=RTOL)
     # the empty sample is excluded from the batch mean (not counted as a zero)
     ref_valid_only = _np_aux(pixel_embed[:2], target_embed[:2], target[:2], fg_keys[:2], bg_keys[:2])
     np.testing.assert_allclose(ref_aux, ref_valid_only, rtol=1e-12)
     ce, dice = _torch_seg_terms(logits, target)
-    np.testing.assert_allclose(seg.asnumpy(), (ce + dice).sum(), rtol=RTOL)
-    np.testing.assert_allclose(total.asnumpy(), (ce + dice).sum() + 0.1 * ref_aux, rtol=RTOL)
+    np.testing.assert_allclose(losses["referring"], (ce + dice).sum(), rtol=RTOL)
+    np.testing.assert_allclose(losses["loss"], (ce + dice).sum() + 0.1 * ref_aux, rtol=RTOL)
 
 
 def test_all_background_batch_gives_zero_aux(criterion, data):
     logits, _, pixel_embed, target_embed, fg_keys, bg_keys = data
     empty = np.zeros((B, H, W), np.float32)
-    total, seg, aux, _ = criterion(*(Tensor(x) for x in (logits, empty, pixel_embed, target_embed, fg_keys, bg_keys)))
-    assert aux.asnumpy() == 0.0
-    assert np.isfinite(total.asnumpy()) and total.asnumpy() == seg.asnumpy()
+    losses = _losses(criterion, logits, empty, pixel_embed, target_embed, fg_keys, bg_keys)
+    assert losses["aux_contrast"] == 0.0
+    assert np.isfinite(losses["loss"]) and losses["loss"] == losses["referring"]
 
 
 @pytest.fixture(scope="module")
 def total_grad(criterion):
-    """Gradient of the total w.r.t. (logits, pixel_embed, target_embed), compiled once for the module."""
+    """Gradient of the total w.r.t. (logits, pixel_embed, target_embed) with the aux keys of `data`, compiled once
+    for the module."""
+    aux = criterion.term("aux_contrast")
+    extra = batch(np.zeros((B, H, W), np.float32))
 
-    def total_loss(x, t, p, a, kf, kb):
-        return criterion(x, t, p, a, kf, kb)[0]
+    def total_loss(x, t, p, a):
+        return criterion(traced_outputs(x, p, a), traced_batch(t, extra["others"], extra["categories"]))[0]
 
-    return ms.jit(ms.grad(total_loss, grad_position=(0, 2, 3)))
+    def grads(x, t, p, a, kf, kb):
+        aux.use_fixed_keys(kf, kb)  # before the first call compiles the graph: the same keys in every call
+        return ms.jit(ms.grad(total_loss, grad_position=(0, 2, 3)))(x, t, p, a)
+
+    return grads
 
 
 @pytest.mark.parametrize("all_background", [False, True])
@@ -291,9 +311,10 @@ def test_random_selection_reproducible_under_seed(data):
     results = []
     for _ in range(2):
         ms.set_seed(11)
-        crit = CoupAlignCriterion(aux_num_fg=2, aux_num_bg=4, aux_temperature=TEMP)  # strict subsets
-        first = crit(logits, target, pixel_embed, target_embed)[2].asnumpy()
-        second = crit(logits, target, pixel_embed, target_embed)[2].asnumpy()
+        crit = seg_aux_criterion(num_fg=2, num_bg=4, temperature=TEMP)  # strict subsets
+        out = outputs(stage_logits=logits, pixel_embed=pixel_embed, target_embed=target_embed)
+        first = crit(out, batch(target))[2].asnumpy()
+        second = crit(out, batch(target))[2].asnumpy()
         results.append((first, second))
     assert results[0][0] == results[1][0] and results[0][1] == results[1][1]
     assert results[0][0] != results[0][1]  # fresh keys on every call

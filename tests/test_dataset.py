@@ -228,7 +228,7 @@ def test_transforms_match_pillow_on_random_sizes():
 
 
 def test_other_objects_column_holds_the_images_other_annotations(refer, tokenizer):
-    """The `others` column (loss.proposal_targets=all_objects): the masks of every other annotated object
+    """The `others` column (the proposals are matched to them): the masks of every other annotated object
     of the sample's image, decoded with pycocotools from instances.json, largest first, zero-padded."""
     limit = 6
     dataset = create_refer_dataset(refer, tokenizer, S, batch_size=4, train=True, num_workers=1, seed=0,

@@ -279,8 +279,8 @@ def test_final_stage_maps_of_the_coupled_head(tiny, pynative):
 
 
 def test_final_stage_maps_without_proposals_and_of_the_top_proposal(tiny, pynative):
-    """No SMA: the output alone. The mixture head with select_at_inference: the output is the top proposal's
-    mask, while the weights stay the soft ones (the one-hot ones would put all weight on the top)."""
+    """No SMA: the output alone. The mixture head: the output is the weighted sum of the proposals' logits (the
+    mix a = sum_n w_n Q_n is linear, and so is the upsampling)."""
     from src.models.factory import create_model
 
     image, ids, mask = _inputs()
@@ -289,12 +289,12 @@ def test_final_stage_maps_without_proposals_and_of_the_top_proposal(tiny, pynati
     maps = dec.FinalStageMaps(lavt)(image, ids, mask)
     assert dec.head_kind(lavt) == "none" and len(maps) == 1
     np.testing.assert_allclose(maps[0].asnumpy(), lavt(image, ids, mask).asnumpy(), rtol=1e-5, atol=1e-5)
-    select = create_model(_tiny_cfg(tiny["data"], "", **{"model.sma.select_at_inference": True}))
-    select.set_train(False)
-    output, proposals, weights = [m.asnumpy() for m in dec.FinalStageMaps(select)(image, ids, mask)]
-    top = weights.argmax(axis=1)
-    np.testing.assert_allclose(output[:, 0], proposals[[0, 1], top], rtol=1e-4, atol=1e-4)
-    assert dec.head_kind(select) == "mixture" and (weights.max(axis=1) < 0.99).all()
+    mixture = create_model(_tiny_cfg(tiny["data"], "", **{"model.sma.head": "mixture", "model.sma.pixel_agreement": False,
+                                                         "loss.terms": ["referring"]}))
+    mixture.set_train(False)
+    output, proposals, weights = [m.asnumpy() for m in dec.FinalStageMaps(mixture)(image, ids, mask)]
+    np.testing.assert_allclose(output[:, 0], np.einsum("bn,bnhw->bhw", weights, proposals), rtol=1e-4, atol=1e-4)
+    assert dec.head_kind(mixture) == "mixture" and (weights.max(axis=1) < 0.99).all()
 
 
 def test_decompose_tool_end_to_end(tiny):

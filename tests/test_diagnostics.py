@@ -6,7 +6,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from src.engine import diagnostics
-from src.models.coupalign import CoupAlign, build_criterion
+from src.models.coupalign import CoupAlign
+from src.models.criterion import CoupAlignCriterion
 from test_coupalign import IMAGE, TOKENS, VOCAB, tiny_config
 
 PAIRS = 4
@@ -58,7 +59,7 @@ def test_healthy_model_passes(probe):
     net.transformer_decoder = _DistinctProposals(8, 32, cfg.model.mask_generator.decoder_layers + 1)
     proj = net.head.sentence_proj.weight
     proj.set_data(proj * 40.0)  # decisive weights that depend on the sentence
-    metrics = diagnostics.collect(net, probe, build_criterion(cfg.loss))
+    metrics = diagnostics.collect(net, probe, CoupAlignCriterion.from_config(cfg))
     assert set(metrics) >= {"sma_entropy", "mask_embed_cosine", "target_embed_cross_cosine", "top_proposal_changes",
                             "sentence_cross_cosine", "aux_chance_ratio"}
     assert sum(k.startswith("token_self_similarity_") for k in metrics) == 4  # one per BERT layer
@@ -130,7 +131,7 @@ def test_flat_word_attention_is_flagged(probe):
 
 
 def test_aux_chance_ratio_is_one_at_chance_and_small_when_separated(probe):
-    crit = build_criterion(tiny_config().loss)
+    crit = CoupAlignCriterion.from_config(tiny_config()).term("aux_contrast")
     target = Tensor(probe.target[:2])
     anchor = np.ones((2, 32), np.float32)
     constant = Tensor(np.ones((2, 32, 16, 16), np.float32))

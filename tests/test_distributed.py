@@ -32,7 +32,7 @@ def _deterministic(cfg):
     parallelism: tests/test_proposal_losses.py.)"""
     cfg["model"]["bert"].update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     cfg["model"]["swin"]["drop_path_rate"] = 0.0
-    cfg["loss"].update(aux_enabled=False, ce_weight_bg=1.0, ce_weight_fg=1.0, proposal_loss="none")
+    cfg["loss"].update(terms=["referring"], ce_weight_bg=1.0, ce_weight_fg=1.0)
     cfg["train"].update(max_steps=STEPS, validate=False, log_every=1, save_all_ranks=True, save_every_steps=1,
                         keep_last=STEPS)
     return cfg

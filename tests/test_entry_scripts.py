@@ -58,7 +58,7 @@ def test_training_writes_logs_checkpoints_and_curves(trained):
     records = [json.loads(line) for line in open(os.path.join(out, "train_log.jsonl"))]
     train = [r for r in records if r["type"] == "train"]
     assert [r["step"] for r in train] == [2, 4, 6]
-    for key in ("loss", "seg_loss", "aux_loss", "lr", "sec_per_step", "images_per_sec", "eta_sec", "epoch"):
+    for key in ("loss", "referring", "aux_contrast", "lr", "sec_per_step", "images_per_sec", "eta_sec", "epoch"):
         assert all(np.isfinite(r[key]) for r in train), key
     assert train[0]["lr"] > train[-1]["lr"] > 0  # polynomial decay per iteration
     val = [r for r in records if r["type"] == "val"]

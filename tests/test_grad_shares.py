@@ -12,7 +12,7 @@ from src.config import config_from_dict
 from src.engine.grad_shares import combine, format_table, gradient_shares, summary_line
 from src.models.coupalign import CoupAlign, CoupAlignWithLoss
 from src.models.criterion import CoupAlignCriterion
-from test_coupalign import IMAGE, TINY, make_batch
+from test_coupalign import IMAGE, TINY, make_train_batch
 
 TRUNK = ("swin", "bert", "wpa", "pixel_decoder")
 
@@ -141,7 +141,7 @@ def test_combine_and_formatting():
     both = combine([first, second])
     assert both == {"grad_norm/seg_loss": 2.0, "grad_norm/aux_loss": 2.0, "grad_share/seg_loss": 0.5,
                     "grad_share/aux_loss": 0.5}
-    assert summary_line(first) == "seg 25.0% (|g| 1) | aux 75.0% (|g| 3)"
+    assert summary_line(first) == "seg_loss 25.0% (|g| 1) | aux_loss 75.0% (|g| 3)"
     table = format_table(both, {"seg_loss": 1.0, "aux_loss": 0.1}, [first, second]).splitlines()
     assert table[0].split() == ["part", "weight", "grad", "norm", "share", "per", "batch"]
     assert table[2].split() == ["aux_loss", "0.1", "2", "50.0%", "75.0%", "25.0%"]
@@ -149,10 +149,9 @@ def test_combine_and_formatting():
 
 # ------------------------------------------------------------------------------------------- a tiny CoupAlign
 # The light end of the tiny configurations (FPN pixel decoder, one decoder layer) keeps the file under a minute,
-# and so does the proposal loss left out: its part is the constant 0, whose weight the test sets to 0 (a part
-# with weight 0 costs no backward pass).
+# and so does the proposal mask term at weight 0 (a part with weight 0 costs no backward pass; its norm is 0).
 TINY_OVERRIDES = {"model.mask_generator.pixel_decoder": "fpn", "model.mask_generator.decoder_layers": 1,
-                  "loss.proposal_loss": "none"}
+                  "loss.terms": ["referring", "aux_contrast", "proposal_masks"], "loss.weights.proposal_masks": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -161,11 +160,9 @@ def tiny():
     ms.set_seed(0)
     net = CoupAlignWithLoss(CoupAlign(cfg), CoupAlignCriterion.from_config(cfg))
     net.set_train(True)
-    assert net.loss_names == ("loss", "seg_loss", "aux_loss", "proposal_loss")
-    assert net.criterion.loss_weights == (1.0, 0.1, 1.0)
-    net.criterion.loss_weights = (1.0, 0.1, 0.0)
-    image, ids, mask, target = make_batch()
-    return net, (image, ids, mask, target)
+    assert net.loss_names == ("loss", "referring", "aux_contrast", "proposal_masks")
+    assert net.criterion.loss_weights == (1.0, 0.1, 0.0)
+    return net, make_train_batch()
 
 
 def _by_hand(net, batch, seed=0):
@@ -176,13 +173,11 @@ def _by_hand(net, batch, seed=0):
     hw = (IMAGE // 4) ** 2
     fg = Tensor(rng.random((2, hw), dtype=np.float32))
     bg = Tensor(rng.random((2, hw), dtype=np.float32))
-    method = type(net.criterion).aux_loss
     inputs = [Tensor(x) for x in batch]
     norms = {}
     ms.set_context(mode=ms.PYNATIVE_MODE)
     net.set_train(False)
-    net.criterion.aux_loss = lambda pixel_embed, target_embed, target, *_: method(
-        net.criterion, pixel_embed, target_embed, target, fg, bg)
+    net.criterion.term("aux_contrast").use_fixed_keys(fg, bg)
     try:
         for i, (name, weight) in enumerate(zip(net.loss_names[1:], net.criterion.loss_weights), start=1):
             if weight == 0.0:  # the gradient of 0 * part
@@ -191,7 +186,7 @@ def _by_hand(net, batch, seed=0):
             grads = ms.grad(lambda *x: weight * net(*x)[i], grad_position=None, weights=trunk)(*inputs)
             norms[name] = math.sqrt(sum(float((g.asnumpy().astype(np.float64) ** 2).sum()) for g in grads))
     finally:
-        del net.criterion.aux_loss
+        net.criterion.term("aux_contrast").use_fixed_keys()
         net.set_train(True)
         ms.set_context(mode=ms.GRAPH_MODE)
     return norms
@@ -202,12 +197,12 @@ def test_tiny_coupalign_equals_backpropagating_each_term_by_hand(tiny):
     before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
     result = gradient_shares(net, batch)
     assert ms.get_context("mode") == ms.GRAPH_MODE and net.training and net.model.swin.training
-    assert "aux_loss" not in vars(net.criterion)  # the fixed keys are gone again
+    assert net.criterion.term("aux_contrast").fixed_keys is None  # the fixed keys are gone again
     for p in net.get_parameters():
         np.testing.assert_array_equal(p.asnumpy(), before[p.name], err_msg=p.name)
 
     hand = _by_hand(net, batch)
-    assert hand["seg_loss"] > 0 and hand["aux_loss"] > 0 and hand["proposal_loss"] == 0
+    assert hand["referring"] > 0 and hand["aux_contrast"] > 0 and hand["proposal_masks"] == 0
     total = sum(hand.values())
     for name, value in hand.items():
         assert result[f"grad_norm/{name}"] == pytest.approx(value, rel=1e-4, abs=1e-7), name
@@ -251,10 +246,10 @@ def test_training_logs_the_shares_at_the_start_and_the_end(tmp_path):
     assert [(r["when"], r["step"]) for r in logged] == [("start", 0), ("end", 6)]
     for r in logged:
         parts = [k for k in r["grad_shares"] if k.startswith("grad_share/")]
-        assert {"grad_share/seg_loss", "grad_share/aux_loss"} <= set(parts)
+        assert {"grad_share/referring", "grad_share/aux_contrast"} <= set(parts)
         assert sum(r["grad_shares"][k] for k in parts) == pytest.approx(1.0, abs=1e-6)
     log = open(os.path.join(out, "train.log")).read()
-    assert "gradient shares on the shared trunk at step 0 (start): seg " in log
+    assert "gradient shares on the shared trunk at step 0 (start): referring " in log
 
 
 @pytest.mark.slow  # a tiny checkpoint, a synthetic split and the tool in-process (~40 s on a shared 2-core machine)
@@ -282,12 +277,12 @@ def test_tool_prints_the_shares_of_a_checkpoint(tmp_path, capsys):
     assert tool.spread_refs(10, 3) == [0, 4, 9] and tool.spread_refs(2, 5) == [0, 1]
     report = str(tmp_path / "shares.json")
     assert tool.main(["--checkpoint_path", ckpt, "--batches", "1", "--batch_size", "2", "--output", report,
-                      "--loss.aux_weight=0.5"]) == 0
+                      "--loss.weights.aux_contrast=0.5"]) == 0
     printed = capsys.readouterr().out
     assert "gradient shares on the shared trunk" in printed and "1 batch(es), 2 samples" in printed
     result = json.load(open(report))
-    assert result["loss_weights"]["aux_loss"] == 0.5  # a config key overrides the checkpoint's config
+    assert result["loss_weights"]["aux_contrast"] == 0.5  # a config key overrides the checkpoint's config
     shares = result["combined"]
-    assert shares["grad_norm/seg_loss"] > 0 and shares["grad_norm/aux_loss"] > 0
+    assert shares["grad_norm/referring"] > 0 and shares["grad_norm/aux_contrast"] > 0
     assert sum(v for k, v in shares.items() if k.startswith("grad_share/")) == pytest.approx(1.0, abs=1e-6)
     assert ms.get_context("mode") == ms.GRAPH_MODE

@@ -1,6 +1,6 @@
-"""Stride-4 labels and the proposals' own losses (loss.proposal_loss): labels that decode back to the
-true masks, pairwise CE+Dice against NumPy, greedy matching against a NumPy greedy and SciPy's
-Hungarian, and the property the losses exist for: they break the symmetry of identical proposals."""
+"""Stride-4 labels and the proposals' own loss terms (proposal_masks, proposal_selection, proposal_class): labels
+that decode back to the true masks, pairwise CE+Dice against NumPy, greedy matching against a NumPy greedy and
+SciPy's Hungarian, and the property the terms exist for: they break the symmetry of identical proposals."""
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +10,13 @@ import torch.nn.functional as F
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from src.models.criterion import CoupAlignCriterion, greedy_match, nearest_resize, pairwise_mask_losses, stride4_labels
+from src.models.criterion import CoupAlignCriterion
+from src.models.losses.functional import nearest_resize, pairwise_mask_losses, stride4_labels
+from src.models.losses.matching import ProposalMatcher, greedy_match
+from src.models.losses.proposal_class import ProposalClassLoss
+from src.models.losses.proposal_masks import ProposalMaskLoss
+from src.models.losses.proposal_selection import ProposalSelectionLoss
+from src.models.losses.referring import ReferringLoss
 
 
 class _Labels(nn.Cell):
@@ -143,13 +149,34 @@ def _two_samples(size):
     return target, others
 
 
-@pytest.mark.parametrize("proposal_loss,targets", [("none", "referent"), ("weighted", "referent"),
-                                                   ("matched", "referent"), ("matched", "all_objects")])
-def test_proposal_losses_break_the_symmetry_of_identical_proposals(proposal_loss, targets):
-    """The measured collapse: identical proposals with uniform weights. With only the weighted sum
-    supervised every proposal gets the same gradient (a fixed point). The SMA-weighted per-proposal loss
-    is a fixed point too (equal losses, equal weights: only a random initialisation moves it off);
-    one-to-one matching is not: the matched proposal alone is pulled toward its object."""
+def _proposal_criterion(with_proposals=True, num_classes=0, class_weight=2.0):
+    """The referring loss, and (``with_proposals``) the matched proposals' mask and selection terms, and (C > 0) the
+    class term; the matcher uses the class cost with the class term, as `CoupAlignCriterion.from_config` builds it."""
+    terms = [("referring", ReferringLoss(), 1.0)]
+    matcher = None
+    if with_proposals:
+        terms += [("proposal_masks", ProposalMaskLoss(), 1.0), ("proposal_selection", ProposalSelectionLoss(), 1.0)]
+        matcher = ProposalMatcher(num_classes, class_weight if num_classes else 0.0)
+    if num_classes:
+        terms.append(("proposal_class", ProposalClassLoss(num_classes, 0.1), class_weight))
+    return CoupAlignCriterion(terms, matcher)
+
+
+def _outputs(stage_logits, pixel_embed, target_embed, mask_embeds, scores, class_logits=None):
+    return {"stage_logits": stage_logits, "pixel_embed": pixel_embed, "target_embed": target_embed,
+            "mask_embeds": mask_embeds, "scores": scores, "class_logits": class_logits, "sma_map_logits": None}
+
+
+def _batch(target, others, categories=None):
+    categories = np.zeros((target.shape[0], 0), np.int32) if categories is None else categories
+    return {"target": Tensor(target), "others": Tensor(others), "categories": Tensor(categories)}
+
+
+@pytest.mark.parametrize("with_proposals", [False, True])
+def test_proposal_terms_break_the_symmetry_of_identical_proposals(with_proposals):
+    """The measured collapse: identical proposals with uniform weights. With only the weighted output supervised
+    (the referring loss alone) every proposal gets the same gradient (a fixed point); the one-to-one matching is
+    not: the matched proposal alone is pulled toward its object, and SMA's scores toward that proposal."""
     rng = np.random.default_rng(3)
     s, b, n, d, h, w, size = 2, 2, 6, 8, 8, 8, 32
     one = rng.standard_normal((1, b, 1, d)).astype(np.float32)
@@ -158,47 +185,50 @@ def test_proposal_losses_break_the_symmetry_of_identical_proposals(proposal_loss
     pixel_embed = rng.standard_normal((b, d, h, w)).astype(np.float32)
     target, others = _two_samples(size)
     others[1, 0, 0:8, 0:8] = 1
-    crit = CoupAlignCriterion(aux_num_fg=8, aux_num_bg=16, proposal_loss=proposal_loss, proposal_targets=targets)
+    crit = _proposal_criterion(with_proposals)
+    fields = _batch(target, others)
 
     def total(q, sc):
         logits = ms.ops.stack([ms.ops.bmm(ms.ops.softmax(sc[i], -1).expand_dims(1), q[i]) for i in range(s)])  # (S,B,1,D)
         stage_logits = ms.ops.stack([ms.ops.bmm(logits[i], Tensor(pixel_embed).reshape(b, d, h * w)).reshape(b, 1, h, w)
                                      for i in range(s)])
-        return crit(stage_logits, Tensor(target), Tensor(pixel_embed), logits[-1].squeeze(1), None, None, q, sc,
-                    Tensor(others))[0]
+        out = _outputs(stage_logits, Tensor(pixel_embed), logits[-1].squeeze(1), q, sc)
+        return crit(out, {"target": fields["target"], "others": fields["others"],
+                          "categories": fields["categories"]})[0]
 
     grad_q, grad_s = ms.grad(total, grad_position=(0, 1))(Tensor(mask_embeds), Tensor(scores))
     spread = np.abs(grad_q.asnumpy() - grad_q.asnumpy()[:, :, :1]).max()
-    if proposal_loss in ("none", "weighted"):
+    if not with_proposals:
         assert spread < 1e-6 and np.abs(grad_s.asnumpy()).max() < 1e-6  # the fixed point
     else:
         assert spread > 1e-3
-        if proposal_loss == "matched":
-            assert np.abs(grad_s.asnumpy()).max() > 1e-3  # the SMA scores are pulled toward one proposal
+        assert np.abs(grad_s.asnumpy()).max() > 1e-3  # the SMA scores are pulled toward one proposal
 
 
-@pytest.mark.parametrize("proposal_loss", ["weighted", "matched"])
-def test_proposal_loss_of_a_batch_is_the_mean_of_its_halves(proposal_loss):
-    """Data parallelism averages per-device losses: that is the global batch's loss only if the loss is a
-    mean over samples. Here the two halves hold different numbers of objects (1 + 2 and 1 + 0): the old
-    normalisation by the batch's total of matched objects gave (a + b) / 4 for the whole and a / 3, b / 1
-    for the halves."""
+def test_proposal_terms_of_a_batch_are_the_mean_of_their_halves():
+    """Data parallelism averages per-device losses: that is the global batch's loss only if each term is a mean
+    over samples. Here the two halves hold different numbers of objects (1 + 2 and 1 + 0): the old normalisation
+    by the batch's total of matched objects gave (a + b) / 4 for the whole and a / 3, b / 1 for the halves."""
     rng = np.random.default_rng(5)
     s, b, n, d, h, w, size = 1, 2, 4, 8, 8, 8, 32
     mask_embeds = rng.standard_normal((s, b, n, d)).astype(np.float32)
     scores = rng.standard_normal((s, b, n)).astype(np.float32)
     pixel_embed = rng.standard_normal((b, d, h, w)).astype(np.float32)
+    stage_logits = rng.standard_normal((s, b, 1, h, w)).astype(np.float32)
     target, others = _two_samples(size)
     others[0, 1, 0:8, 24:32] = 1  # sample 0: two other objects; sample 1: none
-    crit = CoupAlignCriterion(aux_num_fg=8, aux_num_bg=16, proposal_loss=proposal_loss, proposal_targets="all_objects")
+    crit = _proposal_criterion()
 
-    def loss(rows):
-        return crit.proposal_losses(Tensor(mask_embeds[:, rows]), Tensor(scores[:, rows]), Tensor(pixel_embed[rows]),
-                                    Tensor(target[rows]), Tensor(others[rows])).asnumpy()
+    def losses(rows):
+        out = _outputs(Tensor(stage_logits[:, rows]), Tensor(pixel_embed[rows]), Tensor(pixel_embed[rows, :, 0, 0]),
+                       Tensor(mask_embeds[:, rows]), Tensor(scores[:, rows]))
+        values = crit(out, _batch(target[rows], others[rows]))
+        return {name: float(v.asnumpy()) for name, v in zip(crit.loss_names, values)}
 
-    whole, first, second = loss([0, 1]), loss([0]), loss([1])
-    np.testing.assert_allclose(whole, (first + second) / 2, rtol=1e-5)
-    assert abs(first - second) > 1e-2  # the halves really differ, so the equality says something
+    whole, first, second = losses([0, 1]), losses([0]), losses([1])
+    for name in ("proposal_masks", "proposal_selection"):
+        np.testing.assert_allclose(whole[name], (first[name] + second[name]) / 2, rtol=1e-5)
+        assert abs(first[name] - second[name]) > 1e-2  # the halves really differ, so the equality says something
 
 
 def _np_class_loss(class_logits, assign, categories, num_classes, no_object_weight):
@@ -219,24 +249,29 @@ def _np_class_loss(class_logits, assign, categories, num_classes, no_object_weig
 
 
 def test_category_loss_matches_numpy_and_follows_the_matching():
-    """model.mask_generator.num_classes > 0: each matched proposal is classified as its object's category,
-    the rest as "no object" (weight 0.1); checked against loops over a real matching. The class cost must
-    move the matching: two proposals with equal masks go to the object whose category each predicts."""
+    """The proposal_class term: each matched proposal is classified as its object's category, the rest as "no
+    object" (weight 0.1); checked against loops over a real matching. The class cost must move the matching: two
+    proposals with equal masks go to the object whose category each predicts."""
     rng = np.random.default_rng(7)
     s, b, n, d, h, w, size, classes = 1, 2, 5, 8, 8, 8, 32, 3
     mask_embeds = rng.standard_normal((s, b, n, d)).astype(np.float32)
     scores = rng.standard_normal((s, b, n)).astype(np.float32)
     pixel_embed = rng.standard_normal((b, d, h, w)).astype(np.float32)
+    stage_logits = rng.standard_normal((s, b, 1, h, w)).astype(np.float32)
     class_logits = (3.0 * rng.standard_normal((s, b, n, classes + 1))).astype(np.float32)
     target, others = _two_samples(size)
     others[1, 0, 0:8, 0:8] = 1
     others[1, 1, 0:6, 24:32] = 1
     categories = np.array([[2, 0, classes], [1, 1, 0]], np.int32)
-    crit = CoupAlignCriterion(aux_num_fg=8, aux_num_bg=16, proposal_loss="matched", proposal_targets="all_objects",
-                              num_classes=classes, class_weight=2.0, no_object_weight=0.1)
-    assert crit.loss_names[-1] == "class_loss"
-    _, classes_loss = crit.proposal_losses(Tensor(mask_embeds), Tensor(scores), Tensor(pixel_embed), Tensor(target),
-                                           Tensor(others), Tensor(class_logits), Tensor(categories))
+    crit = _proposal_criterion(num_classes=classes, class_weight=2.0)
+    assert crit.loss_names[-1] == "proposal_class" and crit.loss_weights[-1] == 2.0
+
+    def class_loss(q, cls, referent, other, labels):
+        out = _outputs(Tensor(stage_logits), Tensor(pixel_embed), Tensor(pixel_embed[:, :, 0, 0]), Tensor(q),
+                       Tensor(scores), Tensor(cls))
+        return float(crit(out, _batch(referent, other, labels))[-1].asnumpy())
+
+    got = class_loss(mask_embeds, class_logits, target, others, categories)
     # the same matching by hand: cost = pairwise CE+Dice - 2 p(category), greedy on it
     soft = F.adaptive_avg_pool2d(torch.from_numpy(np.concatenate([target[:, None], others], 1)), (h, w)).numpy()
     logits = np.einsum("bnd,bdhw->bnhw", mask_embeds[0], pixel_embed)
@@ -252,78 +287,34 @@ def test_category_loss_matches_numpy_and_follows_the_matching():
             c[p, :] = np.inf
             c[:, k] = np.inf
     expected = _np_class_loss(class_logits[0], assign, categories, classes, 0.1)
-    np.testing.assert_allclose(float(classes_loss.asnumpy()), expected, rtol=1e-4)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
 
     # the class cost decides between two proposals whose masks fit one object equally
     same = np.repeat(mask_embeds[:, :, :1], n, axis=2)  # identical masks for every proposal
     sure = np.full((s, b, n, classes + 1), -8.0, np.float32)
     sure[0, :, 3, 2] = 8.0  # proposal 3 is sure the object is category 2, the referent's category in sample 0
-    one_cat = np.array([[2], [2]], np.int32)
-    single = CoupAlignCriterion(aux_num_fg=8, aux_num_bg=16, proposal_loss="matched", proposal_targets="referent",
-                                num_classes=classes)
-    _, low = single.proposal_losses(Tensor(same), Tensor(scores), Tensor(pixel_embed), Tensor(target), None,
-                                    Tensor(sure), Tensor(one_cat))
+    low = class_loss(same, sure, target, others[:, :0], np.array([[2], [2]], np.int32))
     # matched to proposal 3, the loss is (8-ish nats of the others toward "no object" * 0.1 weight) small;
     # any other proposal would pay ~16 nats for the referent
-    assert float(low.asnumpy()) < 4.0
+    assert low < 4.0
 
 
-def test_category_head_config_needs_matched_proposals():
+def test_proposal_terms_refuse_a_model_without_what_they_read():
     from src.config import ConfigError, config_from_dict
 
     cfg = config_from_dict({"model": {"mask_generator": {"num_classes": 6}}})
     assert cfg.model.mask_generator.num_classes == 6
     with pytest.raises(ConfigError, match="num_classes"):
-        config_from_dict({"model": {"mask_generator": {"num_classes": 6}}, "loss": {"proposal_loss": "weighted"}})
+        config_from_dict({"model": {"mask_generator": {"num_classes": 6}, "sma": {"enabled": False}}})
     with pytest.raises(ConfigError, match="num_classes"):
         config_from_dict({"model": {"mask_generator": {"num_classes": -1}}})
-
-
-def test_pixel_category_loss_matches_numpy_at_the_cell_centres():
-    """loss.pixel_class_weight > 0: every stride-4 cell is labelled with the category of the object covering more
-    than half of it (referent or another object), else "no object" (class C, weight no_object_weight); checked
-    against loops. A cell straddling two objects takes neither when neither covers half; the padded object slots
-    (category C, empty masks) change nothing."""
-    rng = np.random.default_rng(3)
-    classes, b, k, size, h, w = 3, 2, 2, 16, 4, 4
-    target = np.zeros((b, size, size), np.float32)
-    target[0, 0:8, 0:8] = 1
-    target[1, 8:16, 6:16] = 1  # its left edge cuts cells in half: column 1 covered 2/4, not > 1/2
-    others = np.zeros((b, k, size, size), np.float32)
-    others[0, 0, 8:16, 0:4] = 1
-    others[1, 0, 0:6, 0:6] = 1
-    categories = np.array([[0, 2, classes], [1, 0, classes]], np.int32)
-    logits = (2.0 * rng.standard_normal((b, classes + 1, h, w))).astype(np.float32)
-    crit = CoupAlignCriterion(proposal_loss="matched", proposal_targets="all_objects", num_classes=classes,
-                              pixel_class_weight=0.5, no_object_weight=0.1)
-    assert crit.loss_names[-1] == "pixel_class_loss" and crit.loss_weights[-1] == 0.5
-    got = float(crit.pixel_class_loss(Tensor(logits), Tensor(target), Tensor(others), Tensor(categories)).asnumpy())
-
-    labels = np.full((b, h, w), classes)
-    objects = np.concatenate([target[:, None], others], 1)
-    for i in range(b):
-        for j in range(k + 1):
-            share = objects[i, j].reshape(h, size // h, w, size // w).mean(axis=(1, 3))
-            labels[i][share > 0.5] = categories[i, j]
-    assert labels[1, 3, 1] == classes and labels[1, 3, 2] == 1  # the half-covered cell is background
-    log_p = logits - np.logaddexp.reduce(logits.astype(np.float64), axis=1, keepdims=True)
-    per_sample = []
-    for i in range(b):
-        nll = -np.take_along_axis(log_p[i], labels[i][None], 0)[0]
-        weight = np.where(labels[i] == classes, 0.1, 1.0)
-        per_sample.append((weight * nll).sum() / weight.sum())
-    np.testing.assert_allclose(got, np.mean(per_sample), rtol=1e-5)
-
-
-def test_pixel_category_loss_needs_every_objects_category():
-    from src.config import ConfigError, config_from_dict
-
-    ok = config_from_dict({"model": {"mask_generator": {"num_classes": 6}}, "loss": {"pixel_class_weight": 1.0}})
-    assert ok.loss.pixel_class_weight == 1.0
-    with pytest.raises(ConfigError, match="pixel_class_weight"):
-        config_from_dict({"loss": {"pixel_class_weight": 1.0}})  # no category head
-    with pytest.raises(ConfigError, match="pixel_class_weight"):
-        config_from_dict({"model": {"mask_generator": {"num_classes": 6}},
-                          "loss": {"pixel_class_weight": 1.0, "proposal_targets": "referent"}})
-    with pytest.raises(ValueError, match="pixel_class_weight"):
-        CoupAlignCriterion(proposal_loss="matched", proposal_targets="referent", num_classes=3, pixel_class_weight=1.0)
+    # a term needing a part the model lacks is named with the key to set, when the criterion is built
+    no_classes = config_from_dict({"loss": {"terms": ["referring", "proposal_class"]}})
+    with pytest.raises(ConfigError, match=r"'proposal_class'.*num_classes > 0"):
+        CoupAlignCriterion.from_config(no_classes)
+    no_sma = config_from_dict({"model": {"sma": {"enabled": False}}, "loss": {"terms": ["referring", "proposal_masks"]}})
+    with pytest.raises(ConfigError, match=r"'proposal_masks'.*model.sma.enabled=true"):
+        CoupAlignCriterion.from_config(no_sma)
+    mixture = config_from_dict({"loss": {"terms": ["referring", "sma_map"]}})
+    with pytest.raises(ConfigError, match=r"'sma_map'.*coupled"):
+        CoupAlignCriterion.from_config(mixture)

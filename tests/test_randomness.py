@@ -9,9 +9,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn
 
-from src.config import LossSection
 from src.engine.train_step import TrainStep
-from src.models.criterion import build_criterion
+from src.models.losses.aux_contrast import AuxContrastLoss
 from src.utils.runtime import rank_seed, seed_rank_randomness
 
 
@@ -21,12 +20,11 @@ class _AuxOnly(nn.Cell):
 
     def __init__(self):
         super().__init__()
-        loss = LossSection(aux_num_fg=8, aux_num_bg=16)
-        self.criterion = build_criterion(loss, use_sma=False)
+        self.aux = AuxContrastLoss(num_fg=8, num_bg=16)
         self.proj = nn.Dense(8, 8)
 
     def construct(self, pixel_embed, target_embed, target):
-        aux = self.criterion.aux_loss(pixel_embed, self.proj(target_embed), target)  # scalar
+        aux = self.aux.loss(pixel_embed, self.proj(target_embed), target)  # scalar
         return aux, aux
 
 

@@ -102,7 +102,7 @@ def test_diverging_loss_stops_with_step_and_components(data_root, tmp_path):
     proc = _train(cfg, "--train.max_steps=30")
     assert proc.returncode == 1, proc.stderr[-3000:]
     message = proc.stderr.strip().splitlines()[-1]
-    assert message.startswith("error: non-finite loss at step") and "seg_loss=" in message and "aux_loss=" in message
+    assert message.startswith("error: non-finite loss at step") and "referring=" in message and "aux_contrast=" in message
     assert "Traceback" not in proc.stderr
 
 
@@ -184,7 +184,7 @@ def test_same_seed_same_loss_trajectory_and_another_seed_differs(data_root, tmp_
         _finish(proc)
         records = [json.loads(line) for line in open(tmp_path / name / "train_log.jsonl")]
         assert records[0] == {**records[0], "type": "run", "seed": seed}  # the seed is in the log
-        trajectory = [(r["loss"], r["seg_loss"], r["aux_loss"]) for r in records if r["type"] == "train"]
+        trajectory = [(r["loss"], r["referring"], r["aux_contrast"]) for r in records if r["type"] == "train"]
         final = glob.glob(str(tmp_path / name / "checkpoints" / "step_*.ckpt"))[-1]
         assert int(ms.load_checkpoint(final)["seed"].asnumpy()) == seed  # and in the checkpoint
         return trajectory

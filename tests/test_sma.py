@@ -27,17 +27,14 @@ def inputs():
     return queries, pixels, sentence
 
 
-def _reference(cell, queries, pixels, sentence, weighting):
+def _reference(cell, queries, pixels, sentence):
     weight = cell.sentence_proj.weight.asnumpy().astype(np.float64)
     bias = cell.sentence_proj.bias.asnumpy().astype(np.float64)
     q64, p64 = queries.astype(np.float64), pixels.astype(np.float64)
     g = sentence.astype(np.float64) @ weight.T + bias  # (B, D)
     scores = np.einsum("bnd,bd->bn", q64, g) / math.sqrt(D)
-    if weighting == "softmax":
-        e = np.exp(scores - scores.max(axis=1, keepdims=True))
-        w = e / e.sum(axis=1, keepdims=True)
-    else:
-        w = 1.0 / (1.0 + np.exp(-scores))
+    e = np.exp(scores - scores.max(axis=1, keepdims=True))
+    w = e / e.sum(axis=1, keepdims=True)
     # literal: one proposal mask per n, weighted, then summed
     logits = np.zeros((B, 1, H, W))
     for b in range(B):
@@ -48,43 +45,21 @@ def _reference(cell, queries, pixels, sentence, weighting):
     return logits, w, target_embed
 
 
-@pytest.mark.parametrize("weighting", ["softmax", "sigmoid"])
-def test_sma_matches_literal_weighted_sum(inputs, weighting):
-    cell = SentenceMaskAlignment(D_TEXT, D, weighting=weighting)
+def test_sma_matches_literal_weighted_sum(inputs):
+    cell = SentenceMaskAlignment(D_TEXT, D)
     _randomise(cell, 1)
     logits, weights, target_embed = cell(*(Tensor(x) for x in inputs))
-    ref_logits, ref_w, ref_a = _reference(cell, *inputs, weighting)
+    ref_logits, ref_w, ref_a = _reference(cell, *inputs)
     assert logits.shape == (B, 1, H, W) and weights.shape == (B, N) and target_embed.shape == (B, D)
     np.testing.assert_allclose(weights.asnumpy(), ref_w, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(target_embed.asnumpy(), ref_a, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(logits.asnumpy(), ref_logits, rtol=RTOL, atol=ATOL)
-    if weighting == "softmax":
-        np.testing.assert_allclose(weights.asnumpy().sum(axis=1), 1.0, rtol=1e-6)
-    else:
-        assert not np.allclose(weights.asnumpy().sum(axis=1), 1.0, atol=1e-3)
+    np.testing.assert_allclose(weights.asnumpy().sum(axis=1), 1.0, rtol=1e-6)
     # weights must be non-uniform for the comparison to test the sentence projection
     assert np.ptp(weights.asnumpy(), axis=1).min() > 1e-2
-
-
-def test_select_at_inference_gives_the_top_proposal_mask(inputs):
-    cell = SentenceMaskAlignment(D_TEXT, D, select_at_inference=True)
-    _randomise(cell, 1)
-    logits, weights, target_embed = cell(*(Tensor(x) for x in inputs))
-    _, ref_w, _ = _reference(cell, *inputs, "softmax")
-    queries, pixels, _ = inputs
-    top = ref_w.argmax(axis=1)  # (B,)
-    expected = np.stack([np.einsum("d,dhw->hw", queries[b, top[b]], pixels[b]) for b in range(B)])[:, None]
-    np.testing.assert_allclose(logits.asnumpy(), expected, rtol=RTOL, atol=ATOL)
-    np.testing.assert_array_equal(weights.asnumpy(), np.eye(N)[top])
-    np.testing.assert_allclose(target_embed.asnumpy(), queries[np.arange(B), top], rtol=RTOL, atol=ATOL)
-    # training reads forward_with_scores: still the weighted mix
-    mixed, soft, _, _ = cell.forward_with_scores(*(Tensor(x) for x in inputs))
+    # training reads forward_with_scores: the same mix
+    _, soft, _, _ = cell.forward_with_scores(*(Tensor(x) for x in inputs))
     np.testing.assert_allclose(soft.asnumpy(), ref_w, rtol=RTOL, atol=ATOL)
-
-
-def test_sma_rejects_unknown_weighting():
-    with pytest.raises(ValueError):
-        SentenceMaskAlignment(D_TEXT, D, weighting="max")
 
 
 def test_sentence_pixel_head_matches_numpy(inputs):

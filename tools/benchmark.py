@@ -87,10 +87,9 @@ def part_costs(model_cfg, bert_config, height: int, width: int) -> "OrderedDict[
     """The registered parts' own analytic costs (`analytic_cost` beside each class, src/models/cost.py):
     'wpa' (the fusion module at the four stages), 'pixel_decoder', 'transformer_decoder' (zero without
     SMA). Importing the registries loads MindSpore; callers set the CPU environment first (main())."""
-    from src.models.registry import FUSIONS, PIXEL_DECODERS, TRANSFORMER_DECODERS, discover
+    from src.models.registry import FUSIONS, PIXEL_DECODERS, TRANSFORMER_DECODERS
     from src.models.swin import SwinTransformer
 
-    discover()
     if model_cfg.image_encoder != "swin":  # every count below reads the Swin's geometry
         raise NotImplementedError(f"tools/benchmark.py's analytic counts cover the Swin image encoder only; "
                                   f"model.image_encoder = {model_cfg.image_encoder!r} has none (train.py logs its measured step time)")
@@ -182,32 +181,21 @@ def activation_elements(model_cfg, bert_config, height: int, width: int) -> "Ord
 
 
 def loss_activation_elements(cfg: Config, height: int, width: int) -> "OrderedDict[str, int]":
-    """fp32 elements the loss terms the config turns on keep for the backward, per image, beyond the
-    segmentation loss (`activation_elements`' "sma_and_loss"); the same accounting rule.
+    """fp32 elements the loss terms of ``cfg.loss.terms`` keep for the backward, per image, beyond the referring
+    loss (`activation_elements`' "sma_and_loss"); the same accounting rule. Each term counts its own
+    (`LossTerm.activation_elements`, src/models/losses/); the proposals' matching, which the proposal terms share,
+    is counted once ("proposal_matching")."""
+    from src.models.losses.matching import ProposalMatcher
+    from src.models.registry import LOSS_TERMS
 
-    * proposal_loss (loss.proposal_loss weighted / matched, with SMA): at every decoder stage the N proposal
-      logits at stride 4 (kept by their matmul and by softplus), softplus's exponential and the sigmoid's
-      output: 3 x N x h4 x w4 per stage;
-    * aux_loss (loss.aux_enabled): the pixel similarities and the (num_fg x num_bg) logits, exponentials
-      and mask of the contrast;
-    * pixel_class_loss (pixel_class_weight > 0 with categories): logits, log-softmax and goal per stride-4 cell;
-    * sma_map_loss (the coupled head): CE and Dice on SMA's own map at input resolution, per decoder layer.
-    """
-    from src.models.swin import SwinTransformer
-
-    model, loss, mg = cfg.model, cfg.loss, cfg.model.mask_generator
-    h4, w4 = SwinTransformer.stage_sizes(height, width, swin_arch(model.swin)["patch_size"])[0]
-    n1 = h4 * w4  # stride-4 cells
-    stages = mg.decoder_layers + 1 if model.sma.deep_supervision else 1
     out = OrderedDict()
-    if model.sma.enabled and loss.proposal_loss != "none":
-        out["proposal_loss"] = stages * 3 * mg.num_queries * n1
-    if loss.aux_enabled and loss.aux_weight > 0:
-        out["aux_loss"] = 3 * n1 + 3 * min(loss.aux_num_fg, n1) * min(loss.aux_num_bg, 2 * n1)
-    if model.sma.enabled and mg.num_classes and loss.pixel_class_weight > 0:
-        out["pixel_class_loss"] = 3 * n1 * (mg.num_classes + 1)
-    if model.sma.enabled and model.sma.head == "coupled" and loss.sma_map_weight > 0:
-        out["sma_map_loss"] = mg.decoder_layers * (n1 + 6 * height * width)
+    terms = [LOSS_TERMS.get(name) for name in cfg.loss.terms]
+    if any(term.uses_matching for term in terms):
+        out["proposal_matching"] = ProposalMatcher.activation_elements(cfg, height, width)
+    for name, term in zip(cfg.loss.terms, terms):
+        elements = term.activation_elements(cfg, height, width)
+        if elements:
+            out[name] = elements
     return out
 
 
@@ -245,7 +233,7 @@ def training_memory_estimate(cfg: Config, bert_config, batch: int, height: Optio
 def parameter_count(cfg: Config, bert_config) -> int:
     """Trainable parameters of CoupAlign, counted on the model built from `cfg` (random weights, nothing read
     from disk): whatever a part's Cells hold is counted, with no formula to keep in step with them."""
-    from src.models import create_model
+    from src.models.factory import create_model
 
     return count_parameters(create_model(cfg, load_pretrained=False, bert_config=bert_config))["total"]
 
@@ -330,7 +318,8 @@ def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed
                  num_classes: int = 0):
     """NumPy inputs of the model's signature: a normalised-looking image, token ids with the second
     half of the rows padded after 60% of the tokens, a rectangular target mask and, with `other_objects`
-    K > 0, (B, K, S, S) masks of other objects; with `num_classes` C > 0, (B, 1 + K) object categories."""
+    K > 0, (B, K, S, S) masks of other objects; with `num_classes` C > 0, (B, 1 + K) object categories (both
+    zero-size otherwise: the train step's inputs are fixed, src/models/outputs.py)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -342,18 +331,16 @@ def random_batch(batch: int, image_size: int, tokens: int, vocab_size: int, seed
     input_ids[attention_mask == 0] = 0
     target = np.zeros((batch, image_size, image_size), np.float32)
     target[:, image_size // 4: 3 * image_size // 4, image_size // 3: 2 * image_size // 3] = 1.0
-    batch_columns = (image, input_ids, attention_mask, target)
-    if other_objects:
-        others = np.zeros((batch, other_objects, image_size, image_size), np.uint8)  # one other object per sample
+    others = np.zeros((batch, other_objects, image_size, image_size), np.uint8)  # (B, K, S, S); zero-size when K = 0
+    if other_objects:  # one other object per sample
         others[:, 0, : image_size // 4, : image_size // 4] = 1
-        batch_columns += (others,)
+    categories = np.zeros((batch, 0), np.int32)  # (B, 0) without a category head
     if num_classes:  # the referent is class 0, the other object class 1 (or 0 with one class), slots "no object"
         categories = np.full((batch, 1 + other_objects), num_classes, np.int32)
         categories[:, 0] = 0
         if other_objects:
             categories[:, 1] = min(1, num_classes - 1)
-        batch_columns += (categories,)
-    return batch_columns
+    return image, input_ids, attention_mask, target, others, categories
 
 
 def without_missing_checkpoints(cfg: Config) -> List[str]:
@@ -664,7 +651,7 @@ def model_columns(dataset) -> List[int]:
     """Positions of the train step's inputs among the dataset's columns (the pipeline may carry more,
     e.g. a bad-sample flag)."""
     names = dataset.get_col_names()
-    return [names.index(name) for name in ("image", "input_ids", "attention_mask", "mask", "others", "categories") if name in names]
+    return [names.index(name) for name in ("image", "input_ids", "attention_mask", "mask", "others", "categories")]
 
 
 def epochs_for(dataset, batches: int) -> int:
@@ -946,7 +933,7 @@ def run_benchmark(args, cfg: Config, bert_config, threads: int, notes: List[str]
     pipeline alone."""
     import mindspore as ms
 
-    from src.models import create_model
+    from src.models.factory import create_model
 
     start_snapshot = cpu_snapshot()
     size, batch, tokens = cfg.model.image_size, cfg.train.batch_size, cfg.model.max_tokens

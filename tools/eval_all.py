@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results_dir", required=True, help="OUT: OUT/<split>/ per split, OUT/results.{md,json}")
     args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
 
-    # Relative paths on this command line, and in the options passed on to eval.py (src/config.py reads
+    # Relative paths on this command line, and in the options passed on to eval.py (src/config/ reads
     # ARGS_CWD_ENV), are the caller's; eval.py itself runs from the repository root, as the config files expect.
     caller_dir = os.environ.setdefault(ARGS_CWD_ENV, os.getcwd())
 

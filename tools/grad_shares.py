@@ -1,7 +1,7 @@
 """Each loss term's share of the gradient on the shared trunk, for a trained checkpoint.
 
     python tools/grad_shares.py --checkpoint_path CK [--data_root D] [--split train] [--batches 2]
-        [--batch_size 4] [--seed 0] [--output grad_shares.json] [config keys, e.g. --loss.aux_weight=0.5]
+        [--batch_size 4] [--seed 0] [--output grad_shares.json] [config keys, e.g. --loss.weights.aux_contrast=0.5]
 
 --config_path is optional with a checkpoint written by train.py: its config, text-encoder architecture and
 vocabulary are stored in it (src/engine/inference.py). Config keys override the stored config, so the loss
@@ -34,7 +34,7 @@ def spread_refs(num_refs: int, count: int) -> list:
 
 
 def load_batches(cfg, refer, tokenizer, batches: int, batch_size: int) -> list:
-    """[(image, input_ids, attention_mask, target[, others][, categories]) numpy arrays] for the loss of `cfg`."""
+    """[(image, input_ids, attention_mask, target, others, categories) numpy arrays] for the loss of `cfg`."""
     from src.config import num_other_objects, num_proposal_classes
     from src.data.dataset import ReferSource
     from src.errors import DataError

@@ -440,7 +440,7 @@ def weight_destinations(config_path: str):
     """(swin section, swin checkpoint path, bert checkpoint path) that `config_path` trains from.
 
     Relative paths in a config file are relative to the repository root, where every launcher runs
-    (src/config.py, PATH_KEYS)."""
+    (src/config/, PATH_KEYS)."""
     from src.config import load_config  # no MindSpore import
 
     cfg = load_config(config_path)

@@ -37,17 +37,26 @@ def test_subset_metrics_of_the_same_category_subset(tmp_path):
 
 
 def test_every_row_is_a_valid_configuration_of_a_config_with_a_category_head():
-    """Rows without matched proposals (no SMA, or only the weighted sum supervised) must drop the category
-    head, or the config check refuses them; the other rows keep the config's choices."""
+    """Every row builds a criterion that fits its model (a term needing a part the row removed is refused when the
+    criterion is built); rows without the class term drop the category head; the other rows keep the config's
+    choices and terms."""
     from src.config import config_from_dict, load_config
+    from src.models.criterion import CoupAlignCriterion
 
     cfg = load_config(os.path.join(ablate.REPO, "configs", "quickstart_cpu.yaml"),
                       ["--model.mask_generator.num_classes=6", "--model.sma.mask_geometry=true"])
     for row in ablate.ROWS:
         overrides = ablate._row_overrides(row, cfg)
         built = config_from_dict(cfg.to_dict(), overrides)  # raises ConfigError on an invalid row
+        terms = CoupAlignCriterion.from_config(built).term_names  # raises ConfigError on a term without its part
         heads = built.model.mask_generator.num_classes
         if row in ("lavt", "bidir", "sma_sum", "paper_sma"):
             assert heads == 0, row
         else:
             assert heads == 6, row
+        if row in ("lavt", "bidir", "sma_sum"):
+            assert terms == ("referring",), row
+        elif row == "sma":
+            assert "aux_contrast" not in terms and "proposal_masks" in terms, row
+        elif row in ("coupalign", "n4", "n16", "n64"):
+            assert list(terms) == cfg.loss.terms, row

@@ -17,8 +17,8 @@ Rows (each on the recipe of --config_path; `--set` adds overrides to all of them
 |---|---|
 | lavt | one-way WPA (all of BERT first), no mask generator / SMA, no auxiliary loss |
 | bidir | + words attend to pixels (bidirectional WPA) |
-| sma_sum | + mask generator and SMA, only the weighted sum supervised (loss.proposal_loss=none) |
-| sma | + mask generator and SMA with the config's proposal loss, no auxiliary loss |
+| sma_sum | + mask generator and SMA, only the output supervised (loss.terms=[referring]) |
+| sma | + mask generator and SMA with the config's proposal terms, no auxiliary contrast |
 | coupalign | + auxiliary contrast: the full model = the config as given |
 | mixture | the full model with the mixture SMA head (the output is the weighted mix of the proposals; docs/method.md) |
 | paper_sma | the full model with the paper's SMA scores `Q_n . g` only: no category head, mask geometry or reasoning layers |
@@ -42,12 +42,12 @@ from typing import Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
+# Each row: model overrides, then its loss terms: the only ones (ROW_TERMS) or the config's less some (ROW_DROPS).
 ROWS: Dict[str, Dict[str, object]] = {
-    "lavt": {"model.wpa.bidirectional": False, "model.sma.enabled": False, "loss.aux_enabled": False,
-             "loss.proposal_loss": "none"},
-    "bidir": {"model.sma.enabled": False, "loss.aux_enabled": False, "loss.proposal_loss": "none"},
-    "sma_sum": {"loss.aux_enabled": False, "loss.proposal_loss": "none"},
-    "sma": {"loss.aux_enabled": False},
+    "lavt": {"model.wpa.bidirectional": False, "model.sma.enabled": False},
+    "bidir": {"model.sma.enabled": False},
+    "sma_sum": {},
+    "sma": {},
     "coupalign": {},
     "mixture": {"model.sma.head": "mixture", "model.sma.pixel_agreement": False},
     "paper_sma": {"model.mask_generator.num_classes": 0, "model.sma.mask_geometry": False,
@@ -56,6 +56,8 @@ ROWS: Dict[str, Dict[str, object]] = {
     "n16": {"model.mask_generator.num_queries": 16},
     "n64": {"model.mask_generator.num_queries": 64},
 }
+ROW_TERMS = {"lavt": ("referring",), "bidir": ("referring",), "sma_sum": ("referring",)}
+ROW_DROPS = {"sma": ("aux_contrast",), "mixture": ("sma_map",), "paper_sma": ("proposal_class",)}
 DEFAULT_ROWS = "lavt,bidir,sma_sum,sma,coupalign,n4,n64"
 LABELS = {
     "lavt": "1. LAVT-style: one-way WPA, no SMA, no aux",
@@ -74,14 +76,18 @@ HEALTH = ("sma_entropy", "mask_embed_cosine", "top_proposal_changes", "max_token
 
 
 def _fmt(value) -> str:
+    if isinstance(value, list):
+        return "[" + ",".join(value) + "]"
     return "true" if value is True else "false" if value is False else str(value)
 
 
 def _row_overrides(row: str, cfg) -> Dict[str, object]:
     overrides = dict(ROWS[row])
-    no_matching = (overrides.get("model.sma.enabled") is False or
-                   overrides.get("loss.proposal_loss", cfg.loss.proposal_loss) != "matched")
-    if no_matching and cfg.model.mask_generator.num_classes:  # no matched proposals to classify
+    drops = ROW_DROPS.get(row, ())
+    terms = list(ROW_TERMS[row]) if row in ROW_TERMS else [t for t in cfg.loss.terms if t not in drops]
+    if terms != list(cfg.loss.terms):
+        overrides["loss.terms"] = terms
+    if "proposal_class" not in terms and cfg.model.mask_generator.num_classes:  # an untrained category head
         overrides["model.mask_generator.num_classes"] = 0
     queries = overrides.get("model.mask_generator.num_queries")
     if queries is not None and cfg.data.max_other_objects is not None:  # room to match every object one-to-one

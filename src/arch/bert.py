@@ -1,7 +1,7 @@
 """BERT's architecture hyper-parameters (Hugging Face's field names), in a module without MindSpore.
 
 `BertConfig` is what `src/models/bert.py` builds from and what a converted checkpoint stores; the config
-section `model.bert` (src/config.py) derives from it, so the schema names each field once, here.
+section `model.bert` (src/config/) derives from it, so the schema names each field once, here.
 """
 from __future__ import annotations
 

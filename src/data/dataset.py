@@ -21,7 +21,8 @@
 
 Columns (batched): ``image`` float32 (B, 3, S, S), ``input_ids`` int32 (B, T), ``attention_mask``
 int32 (B, T), ``mask`` float32 (B, S, S) in {0, 1}, ``bad`` int32 (B,) (0, or: this row's sample could
-not be loaded; see `ReferSource`), and in evaluation ``index`` int32 (B,) into
+not be loaded; see `ReferSource`), ``others`` uint8 (B, K, S, S) and ``categories`` int32 (B, 1 + K) (see
+`create_refer_dataset`; zero-size when the configuration uses none), and in evaluation ``index`` int32 (B,) into
 `refer.samples()` (the original-resolution metric fetches the original mask and size through it:
 ``refer.load_mask(refer.sample(i).ann_id)``). Training drops the last incomplete batch.
 
@@ -48,7 +49,10 @@ from .transforms import preprocess_image, resize_mask
 
 logger = logging.getLogger(__name__)
 
-TRAIN_COLUMNS = ["image", "input_ids", "attention_mask", "mask", "bad"]
+# Every dataset has these columns, whatever the configuration: a column the configuration does not use is zero-size
+# (`others` (B, 0, S, S) without SMA, `categories` (B, 0) without a category head), so the train step's inputs are
+# fixed (src/models/outputs.py, `BATCH`).
+TRAIN_COLUMNS = ["image", "input_ids", "attention_mask", "mask", "bad", "others", "categories"]
 EVAL_COLUMNS = TRAIN_COLUMNS + ["index"]
 EPOCH_SAMPLING = ("one_per_ref", "all_sentences")
 PAD_INDEX = -1
@@ -237,15 +241,15 @@ class ReferSource:
         input_ids, attention_mask = self.tokenizer.encode(sample.text)  # (T,), (T,)
         row = (image, input_ids.astype(np.int32, copy=False), attention_mask.astype(np.int32, copy=False), mask,
                np.array(bad, np.int32))
-        if self.max_other_objects:
-            size = self.image_size
-            others = (self._others(sample) if bad != self.UNREPLACEABLE
-                      else np.zeros((self.max_other_objects, size, size), np.uint8))
-            row = row + (others,)
+        size = self.image_size
+        others = np.zeros((self.max_other_objects, size, size), np.uint8)  # (K, S, S); K = 0: not used
+        if self.max_other_objects and bad != self.UNREPLACEABLE:
+            others = self._others(sample)
+        labels = np.zeros((0,), np.int32)  # (1 + K,) with a category head, else (0,)
         if self.num_classes:
             labels = (self._categories(sample) if bad != self.UNREPLACEABLE
                       else np.full((1 + self.max_other_objects,), self.num_classes, np.int32))
-            row = row + (labels,)
+        row = row + (others, labels)
         return row if self.train else row + (np.array(index, np.int32),)
 
     def __getitem__(self, i):
@@ -282,11 +286,11 @@ def create_refer_dataset(refer: ReferringDataset, tokenizer, image_size: int, ba
         num_shards / shard_id: data-parallel sharding (both or neither).
         seed, epoch_sampling, start_epoch: training sampling (see `ReferSampler`).
         pad_last_batch: evaluation only; pad the last batch with index -1 rows (static shapes).
-        max_other_objects: K > 0 adds the column ``others`` (B, K, S, S) uint8 after ``bad``: the masks of up
-            to K other annotated objects of the sample's image (largest first, zero-padded), the proposal
-            targets of ``loss.proposal_targets: all_objects``.
-        num_classes: C > 0 adds the column ``categories`` (B, 1 + K) int32 after ``others``: the class (see
-            `category_classes`) of the referent, then of each of the K other objects, C in empty slots.
+        max_other_objects: K, the size of the column ``others`` (B, K, S, S) uint8: the masks of up to K other
+            annotated objects of the sample's image (largest first, zero-padded), which the proposals are matched
+            to beside the referent; 0 (zero-size) without SMA.
+        num_classes: C > 0 fills the column ``categories`` (B, 1 + K) int32: the class (see `category_classes`) of
+            the referent, then of each of the K other objects, C in empty slots; (B, 0) when C = 0.
         python_multiprocessing: workers are processes (default) or threads. Measured on the 2-core
             CPU machine, synthetic data at 320x320 (~12 ms of CPU per sample): 2 processes gave
             104-169 images/s, 2 threads 98-114, 1 worker 94-98 (the machine was shared, hence ranges).
@@ -309,11 +313,6 @@ def create_refer_dataset(refer: ReferringDataset, tokenizer, image_size: int, ba
         raise ConfigError(f"{refer!r}: shard {shard_id}/{num_shards} holds {per_epoch} samples per epoch, "
                           f"fewer than one batch of {batch_size}: lower train.batch_size")
     columns = TRAIN_COLUMNS if train else EVAL_COLUMNS
-    if max_other_objects:
-        columns = columns[:5] + ["others"] + columns[5:]
-    if num_classes:
-        at = 6 if max_other_objects else 5
-        columns = columns[:at] + ["categories"] + columns[at:]
     source = ReferSource(refer, tokenizer, image_size, train=train, max_other_objects=max_other_objects,
                          num_classes=num_classes)
     workers, cores = max(1, int(num_workers)), available_cpus()

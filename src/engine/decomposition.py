@@ -176,9 +176,8 @@ class FinalStageMaps(nn.Cell):
     (B, N, S, S) and SMA's weights (B, N); with the coupled head also M_pix and M_sma (B, 1, S, S) each.
 
     A Cell of its own so that graph mode compiles the whole pass once: on the 2-core CPU machine a batch of
-    the tiny test model took ~7 s in PyNative and 35 ms compiled (after ~17 s of compiling). The weights come from `forward_with_scores` (the soft weights even with
-    ``select_at_inference``, whose output is the top proposal's mask) with the class head's logits, as the
-    head sees them at inference.
+    the tiny test model took ~7 s in PyNative and 35 ms compiled (after ~17 s of compiling). The weights come from `forward_with_scores` with the class head's
+    logits, as the head sees them at inference.
     """
 
     def __init__(self, model):

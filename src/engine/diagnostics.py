@@ -40,7 +40,7 @@ from mindspore import Tensor
 
 from src.engine.decomposition import head_kind, proposal_ious, proposal_selection
 from src.errors import DataError
-from src.models.criterion import stride4_labels
+from src.models.losses.functional import stride4_labels
 from src.models.sma import pool_sentence
 from src.models.transformer_decoder import proposal_logits
 
@@ -149,23 +149,25 @@ def _lang_spread(model, stage: int, vis, words, attention_mask) -> float:
     return float(np.mean(spreads))
 
 
-def _aux_chance_ratio(criterion, pixel_embed, target_embed, target) -> float:
-    """The auxiliary loss over its chance value ln(1 + K_b) (every similarity equal)."""
+def _aux_chance_ratio(aux, pixel_embed, target_embed, target) -> float:
+    """The auxiliary contrast (`aux`, the criterion's aux_contrast term) over its chance value ln(1 + K_b) (every
+    similarity equal)."""
     height, width = pixel_embed.shape[2], pixel_embed.shape[3]
     fg = stride4_labels(target, height, width).asnumpy().reshape(target.shape[0], -1)
-    num_bg = np.minimum((1 - fg).sum(axis=1), criterion.sampler.num_hard + criterion.sampler.num_random_bg)
+    num_bg = np.minimum((1 - fg).sum(axis=1), aux.sampler.num_hard + aux.sampler.num_random_bg)
     keep = fg.sum(axis=1) > 0
     if not keep.any():
         return float("nan")
     chance = float(np.log1p(num_bg[keep]).mean())
-    loss = float(criterion.aux_loss(pixel_embed, target_embed, target).asnumpy())
+    loss = float(aux.loss(pixel_embed, target_embed, target).asnumpy())
     return loss / chance
 
 
 def collect(model, probe: ProbeSet, criterion=None, batch_size: int = 16) -> Dict[str, float]:
     """Every diagnostic of `model` on `probe` (see the module docstring); forward passes only.
 
-    `criterion` (a CoupAlignCriterion) adds ``aux_chance_ratio``. The model's train/eval state is restored.
+    `criterion` (a CoupAlignCriterion) with the aux_contrast term adds ``aux_chance_ratio``. The model's train/eval
+    state is restored.
     """
     was_training = model.training
     model.set_train(False)
@@ -209,8 +211,8 @@ def _collect_batch(model, probe, start, stop, criterion, parts) -> None:
             add("oracle_iou", chosen["iou_best"])
     if head_kind(model) == "coupled":
         add("gate", float(model.head.gate.asnumpy()))
-    if criterion is not None:
-        add("aux_chance_ratio", _aux_chance_ratio(criterion, pixel_embed, target_embed,
+    if criterion is not None and "aux_contrast" in criterion.term_names:
+        add("aux_chance_ratio", _aux_chance_ratio(criterion.term("aux_contrast"), pixel_embed, target_embed,
                                                   Tensor(probe.target[start:stop])))
 
 

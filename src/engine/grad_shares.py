@@ -56,28 +56,18 @@ def aux_keys(batch: int, num_pixels: int, seed: int) -> Tuple[np.ndarray, np.nda
 
 
 @contextlib.contextmanager
-def _fixed_aux_draws(criterion, seed: int):
-    """Makes the criterion's auxiliary contrast take the keys of `aux_keys` when it is given none."""
-    original = getattr(criterion, "aux_loss", None)
-    if original is None:  # a criterion without the auxiliary contrast draws nothing
+def _fixed_aux_draws(criterion, batch: int, num_pixels: int, seed: int):
+    """Makes the criterion's auxiliary contrast (its aux_contrast term) draw the keys of `aux_keys`."""
+    if "aux_contrast" not in getattr(criterion, "term_names", ()):  # no auxiliary contrast: nothing is drawn
         yield
         return
-
-    def aux_loss(pixel_embed, target_embed, target, fg_keys=None, bg_keys=None):
-        fixed = aux_keys(pixel_embed.shape[0], pixel_embed.shape[2] * pixel_embed.shape[3], seed)
-        fg_keys = Tensor(fixed[0]) if fg_keys is None else fg_keys
-        bg_keys = Tensor(fixed[1]) if bg_keys is None else bg_keys
-        return original(pixel_embed, target_embed, target, fg_keys, bg_keys)
-
-    own = vars(criterion).get("aux_loss")  # already replaced on the instance (e.g. by a test): put it back after
-    criterion.aux_loss = aux_loss  # an instance attribute: shadows the method until it is deleted
+    aux = criterion.term("aux_contrast")
+    previous = aux.fixed_keys
+    aux.use_fixed_keys(*(Tensor(keys) for keys in aux_keys(batch, num_pixels, seed)))
     try:
         yield
     finally:
-        if own is None:
-            del criterion.aux_loss
-        else:
-            criterion.aux_loss = own
+        aux.fixed_keys = previous
 
 
 @contextlib.contextmanager
@@ -108,8 +98,8 @@ def gradient_shares(net_with_loss, batch: Sequence, trunk_prefixes: Sequence[str
     Args:
         net_with_loss: a CoupAlignWithLoss (or any cell returning ``(total, *parts)`` with ``loss_names`` and
             ``criterion.loss_weights``, one weight per part).
-        batch: its inputs in order, arrays or Tensors: ``(image, input_ids, attention_mask, target[, others]
-            [, categories])``. A few samples are enough.
+        batch: its inputs in order, arrays or Tensors: ``(image, input_ids, attention_mask, target, others,
+            categories)``. A few samples are enough.
         trunk_prefixes: the parameters measured, by name prefix.
         seed: of the auxiliary contrast's pixel keys (`aux_keys`).
 
@@ -124,7 +114,9 @@ def gradient_shares(net_with_loss, batch: Sequence, trunk_prefixes: Sequence[str
     params = trunk_parameters(net_with_loss, trunk_prefixes)
     inputs = tuple(x if isinstance(x, Tensor) else Tensor(np.asarray(x)) for x in batch)
     norms: Dict[str, float] = {}
-    with _measuring(net_with_loss), _fixed_aux_draws(net_with_loss.criterion, seed):
+    image = inputs[0]  # (B, 3, H, W); the pixel embeddings are at stride 4
+    num_pixels = -(-image.shape[2] // 4) * -(-image.shape[3] // 4)
+    with _measuring(net_with_loss), _fixed_aux_draws(net_with_loss.criterion, image.shape[0], num_pixels, seed):
         for index, (name, weight) in enumerate(zip(names, weights), start=1):
             if weight == 0.0:
                 norms[name] = 0.0
@@ -158,8 +150,8 @@ def combine(results: Sequence[Dict[str, float]]) -> Dict[str, float]:
 
 
 def summary_line(shares: Dict[str, float]) -> str:
-    """One line: ``seg 41.2% (|g| 6.65) | aux 52.0% (|g| 8.4) | ...``."""
-    return " | ".join(f"{name.replace('_loss', '')} {100 * shares[SHARE + name]:.1f}% (|g| {shares[NORM + name]:.3g})"
+    """One line: ``referring 41.2% (|g| 6.65) | aux_contrast 52.0% (|g| 8.4) | ...``."""
+    return " | ".join(f"{name} {100 * shares[SHARE + name]:.1f}% (|g| {shares[NORM + name]:.3g})"
                       for name in part_names(shares))
 
 

@@ -23,7 +23,7 @@ from src.engine.grad_shares import gradient_shares, summary_line
 from src.engine.inference import build_tokenizer
 from src.engine.optimizer import PolyLR
 from src.engine.train_step import build_train_step
-from src.models import create_model
+from src.models.factory import create_model
 from src.errors import DataError, TrainingError
 from src.utils.runtime import RunContext, seed_rank_randomness
 
@@ -70,7 +70,9 @@ def plot_curves(records: List[Dict], path: str) -> None:
     val = [r for r in records if r.get("type") == "val"]
     health = [r for r in records if r.get("type") == "diagnostics"]
     fig, axes = plt.subplots(1, 3 if health else 2, figsize=(16.5 if health else 11, 4))
-    loss_keys = [k for k in (train[0] if train else {}) if k == "loss" or k.endswith("_loss")]
+    # The total and each loss term, by the names the run logged (its "run" record; older logs: the *_loss keys).
+    names = next((r["loss_names"] for r in records if r.get("type") == "run" and "loss_names" in r), None)
+    loss_keys = [k for k in (train[0] if train else {}) if (k in names if names else k == "loss" or k.endswith("_loss"))]
     for key in loss_keys:
         axes[0].plot([r["step"] for r in train], [max(r[key], 1e-8) for r in train], label=key)
     axes[0].set_xlabel("step"), axes[0].set_ylabel("loss"), axes[0].set_yscale("log"), axes[0].legend()
@@ -275,7 +277,8 @@ class Trainer:
                     self.ctx.group_size, accumulate, global_batch)
         logger.info("seed %d; data order, sentence choice and initialisation follow from it", cfg.seed)
         self.log.write({"type": "run", "seed": cfg.seed, "start_step": self.state.step, "total_steps": self.total_updates,
-                        "global_batch": global_batch, "devices": self.ctx.group_size})
+                        "global_batch": global_batch, "devices": self.ctx.group_size,
+                        "loss_names": list(self.loss_names)})
         start_time = time.time()
         window_start, window_steps = time.time(), 0
         last_metrics = None
@@ -285,17 +288,17 @@ class Trainer:
         while self.state.step < self.total_updates and self.state.epoch < max_epochs:
             sampler.set_epoch(self.state.epoch)
             skip = self.state.batch_in_epoch
-            for batch_id, (image, input_ids, attention_mask, target, bad, *others) in enumerate(
+            for batch_id, (image, input_ids, attention_mask, target, bad, others, categories) in enumerate(
                     self.train_data.create_tuple_iterator(num_epochs=1)):
                 if batch_id < skip:  # resumed mid-epoch: these batches were consumed before the stop
                     continue
                 self._count_bad_samples(bad.asnumpy())
+                inputs = (image, input_ids, attention_mask, target, others, categories)  # CoupAlignWithLoss's
                 if self.grad_shares_on and self.grad_batch is None:  # before the run's first step
-                    self.grad_batch = tuple(x.asnumpy()[:GRAD_SHARE_SAMPLES]
-                                            for x in (image, input_ids, attention_mask, target, *others))
+                    self.grad_batch = tuple(x.asnumpy()[:GRAD_SHARE_SAMPLES] for x in inputs)
                     self._log_grad_shares("start")
                 update = (batch_id + 1) % accumulate == 0
-                *values, finite = self.step_cell(image, input_ids, attention_mask, target, *others, update=update)
+                *values, finite = self.step_cell(*inputs, update=update)
                 losses = {name: float(v.asnumpy()) for name, v in zip(self.loss_names, values)}
                 self._check_finite(losses, bool(finite.asnumpy()))
                 self.state.batch_in_epoch = batch_id + 1
@@ -313,7 +316,7 @@ class Trainer:
                               "images_per_sec": global_batch / sec_per_step,
                               "eta_sec": sec_per_step * (self.total_updates - self.state.step)}
                     self.log.write(record)
-                    parts = " ".join(f"{k.replace('_loss', '')} {v:.4f}" for k, v in losses.items() if k != "loss")
+                    parts = " ".join(f"{k} {v:.4f}" for k, v in losses.items() if k != "loss")
                     logger.info("step %d/%d epoch %d | loss %.4f (%s) | lr %.3g | %.2f s/step "
                                 "%.1f img/s | ETA %s", self.state.step, self.total_updates, self.state.epoch,
                                 losses["loss"], parts, record["lr"], sec_per_step,

@@ -1,7 +1,7 @@
 """Mixed precision (config `train.amp_level`) applied in place: the model keeps its class and its methods.
 
 `mindspore.amp.auto_mixed_precision` returns a wrapper Cell (`_OutputTo32`) for O2/O3, which has none of
-CoupAlign's methods (`forward_heads`, `class_embed`, `encode`, `head`) that the loss cell, the trainer, the
+CoupAlign's methods (`forward_train`, `class_embed`, `encode`, `head`) that the loss cell, the trainer, the
 diagnostics and the gradient shares call, and its O1 rewrites the source of every Cell's `construct` (and
 fails on networks holding `nn.MultiheadAttention`, docs/platform.md). Here the same per-Cell precision flags
 (`Cell.to_float`) are set on the model's own sub-cells instead; the root model is left unflagged, so the

@@ -8,8 +8,8 @@ sentence-mask alignment (docs/method.md, "Data flow").
     L_g = pool(L_4);  SMA(Q_s, P, L_g) -> M_s (B,1,H/4,W/4);  logits = upsample(M_last) (B,1,H,W)
 
 One forward path: `forward_features` (encoders with fusion, pixel decoder, proposals) feeds both
-`construct` (the inference/export signature: `predict`, the final stage upsampled) and `forward_heads`
-(every supervised stage, what `CoupAlignCriterion` needs); `CoupAlignWithLoss` joins model and criterion
+`construct` (the inference/export signature: `predict`, the final stage upsampled) and `forward_train`
+(every supervised stage, the named outputs `CoupAlignCriterion` reads); `CoupAlignWithLoss` joins model and criterion
 for the train step.
 """
 from __future__ import annotations
@@ -19,21 +19,23 @@ from typing import Optional
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.config import ConfigError, ModelSection
+from src.config import Config, ConfigError
 from src.models.bert import BertConfig, BertModel, bert_config_from
-from src.models.criterion import CoupAlignCriterion, build_criterion  # noqa: F401  (build_criterion re-exported)
+from src.models.criterion import CoupAlignCriterion
 from src.models.layers import scale_gradient
-from src.models.registry import FUSIONS, IMAGE_ENCODERS, PIXEL_DECODERS, SMA_HEADS, TRANSFORMER_DECODERS, discover
+from src.models.registry import FUSIONS, IMAGE_ENCODERS, PIXEL_DECODERS, SMA_HEADS, TRANSFORMER_DECODERS
 from src.models.sma import SentencePixelHead, pool_sentence
 
 NUM_STAGES = 4
 
 
 class CoupAlign(nn.Cell):
-    """The full network. Build it with `CoupAlign(cfg.model)` (or `create_model(cfg)`).
+    """The full network. Build it with `create_model(cfg)` (src/models/factory.py: also loads the pretrained
+    encoders) or `CoupAlign(cfg)`, `cfg` the whole Config.
 
-    Every part builds itself from the config (`from_config` beside its class); the fusion module, the pixel
-    decoder and the transformer decoder are chosen by name from their registries (src/models/registry.py).
+    Every part builds itself from the whole Config (`from_config(cfg, *runtime_args)` beside its class); the
+    image encoder, the fusion module, the pixel decoder, the transformer decoder and the SMA head are chosen by
+    name from their registries (src/models/registry.py).
 
     Inputs of `construct`: image float32 (B, 3, H, W) ImageNet-normalised, input_ids int32 (B, T),
     attention_mask int32 (B, T). Output: target logits float32 (B, 1, H, W) (mask = logits > 0).
@@ -41,24 +43,27 @@ class CoupAlign(nn.Cell):
 
     # Parts that stay float32 under mixed precision (train.amp_level, src/models/amp.py): they make the output
     # logits and SMA's scores from small tensors (N proposals, one sentence), and are called through methods
-    # (forward_train) that a float16 flag would not cast; `forward_head` hands them float32 inputs.
+    # (forward_train) that a float16 flag would not cast; `train_outputs` hands them float32 inputs.
     fp32_parts = ("head", "class_embed")
 
-    def __init__(self, cfg: ModelSection, bert_config: Optional[BertConfig] = None):
+    def __init__(self, cfg: Config, bert_config: Optional[BertConfig] = None):
         super().__init__()
-        discover()  # parts defined in any module of src/models are registered before they are looked up
-        self.bidirectional = cfg.wpa.bidirectional
-        self.use_sma = cfg.sma.enabled
-        self.deep_supervision = cfg.sma.deep_supervision
-        self.sentence_pool = cfg.sma.sentence_pool
-        self.proposal_grad_scale = float(cfg.sma.proposal_grad_scale)
+        if not hasattr(cfg, "model"):  # e.g. the model section, which CoupAlign took before the parts took the Config
+            raise TypeError(f"CoupAlign takes the whole Config (CoupAlign(cfg), not CoupAlign(cfg.model)); got "
+                            f"{type(cfg).__name__}")
+        model_cfg = cfg.model
+        self.bidirectional = model_cfg.wpa.bidirectional
+        self.use_sma = model_cfg.sma.enabled
+        self.deep_supervision = model_cfg.sma.deep_supervision
+        self.sentence_pool = model_cfg.sma.sentence_pool
+        self.proposal_grad_scale = float(model_cfg.sma.proposal_grad_scale)
 
         # The image encoder (model.image_encoder; the paper's Swin by default) sits at `swin` whatever its kind, so
         # the Swin configurations keep their checkpoint names.
-        self.swin = IMAGE_ENCODERS.get(cfg.image_encoder)(cfg)
-        bert_config = bert_config or bert_config_from(cfg.bert)
-        if cfg.max_tokens > bert_config.max_position_embeddings:
-            raise ConfigError(f"model.max_tokens = {cfg.max_tokens} exceeds BERT's max_position_embeddings "
+        self.swin = IMAGE_ENCODERS.get(model_cfg.image_encoder).from_config(cfg)
+        bert_config = bert_config or bert_config_from(model_cfg.bert)
+        if model_cfg.max_tokens > bert_config.max_position_embeddings:
+            raise ConfigError(f"model.max_tokens = {model_cfg.max_tokens} exceeds BERT's max_position_embeddings "
                               f"({bert_config.max_position_embeddings})")
         self.bert = BertModel(bert_config)
         text_dim = bert_config.hidden_size
@@ -67,17 +72,17 @@ class CoupAlign(nn.Cell):
         self.num_bert_layers = bert_config.num_hidden_layers
 
         channels = self.swin.num_features
-        fusion = FUSIONS.get(cfg.fusion)
+        fusion = FUSIONS.get(model_cfg.fusion)
         # The attribute keeps the name `wpa` whatever the module: checkpoint names (wpa.{i}.*) stay stable.
         self.wpa = nn.CellList([fusion.from_config(cfg, i, channels[i], text_dim) for i in range(NUM_STAGES)])
 
-        mg = cfg.mask_generator
-        self.pixel_decoder = PIXEL_DECODERS.get(mg.pixel_decoder).from_config(mg, channels)
+        mg = model_cfg.mask_generator
+        self.pixel_decoder = PIXEL_DECODERS.get(mg.pixel_decoder).from_config(cfg, channels)
         if self.use_sma:
-            self.transformer_decoder = TRANSFORMER_DECODERS.get(mg.transformer_decoder).from_config(mg)
+            self.transformer_decoder = TRANSFORMER_DECODERS.get(mg.transformer_decoder).from_config(cfg)
             # model.sma.head: mixture (the proposals' weighted mix is the output) or coupled (SMA's selected masks
             # added to the word-pixel path through a zero-initialised gate; src/models/coupled_head.py).
-            self.head = SMA_HEADS.get(cfg.sma.head).from_config(cfg, text_dim)
+            self.head = SMA_HEADS.get(model_cfg.sma.head).from_config(cfg, text_dim)
             # Category of each proposal, read off its mask embedding (the vector SMA scores against the
             # sentence), so that what a proposal is (a star, a person) is written into that vector. Used by
             # the training loss only (config model.mask_generator.num_classes; Mask2Former's class_embed).
@@ -155,35 +160,38 @@ class CoupAlign(nn.Cell):
     def forward_features(self, image, input_ids, attention_mask):
         """Encoders with fusion, then decoding -> (L_g (B, D_text), P (B, D, h, w), Q (S, B, N, D) or None
         without SMA, words L (B, T, D_text)): everything the heads read. The one path shared by inference
-        (`construct`), training (`forward_heads`) and the benchmark."""
+        (`construct`), training (`forward_train`) and the benchmark."""
         features, words = self.encode(image, input_ids, attention_mask)
         sentence, pixel_embed, mask_embeds = self.decode(features, words, attention_mask)
         return sentence, pixel_embed, mask_embeds, words
 
-    def forward_heads(self, image, input_ids, attention_mask):
-        """-> (referring logits per supervised stage (S', B, 1, h, w), P (B, D, h, w), target embedding a (B, D)
-        of the final stage, mask embeddings Q (S, B, N, D), SMA scores (S, B, N), SMA's own maps (S'', B, 1, h, w)).
-
-        The mixture head supervises its output at every stage and its map is that output; the coupled head
-        outputs the final stage once and SMA's maps separately (src/models/coupled_head.py). Without SMA there
-        are no proposals: Q is the target embedding as a single "proposal" (1, B, 1, D), the scores are zeros
-        (1, B, 1) and the map is the output.
-        """
+    def forward_train(self, image, input_ids, attention_mask):
+        """The training outputs: a dict with the fields of src/models/outputs.py (`TRAIN_OUTPUTS`), everything the
+        criterion reads: referring logits per supervised stage, P, the target embedding, the proposals' mask
+        embeddings, SMA's scores, the proposals' category logits and SMA's own maps."""
         sentence, pixel_embed, mask_embeds, words = self.forward_features(image, input_ids, attention_mask)
-        return self.forward_head(sentence, pixel_embed, mask_embeds, words, attention_mask)
+        return self.train_outputs(sentence, pixel_embed, mask_embeds, words, attention_mask)
 
-    def forward_head(self, sentence, pixel_embed, mask_embeds, words, attention_mask):
-        """`forward_heads` from `forward_features`' outputs (the benchmark times this part alone)."""
+    def train_outputs(self, sentence, pixel_embed, mask_embeds, words, attention_mask):
+        """`forward_train`'s dict from `forward_features`' outputs (the benchmark times this part alone).
+
+        The mixture head supervises its output at every stage and its map is that output; the coupled head outputs
+        the final stage once and SMA's maps separately (src/models/coupled_head.py). Without SMA there are no
+        proposals: the target embedding stands as a single "proposal" (1, B, 1, D), the scores are zeros (1, B, 1)
+        and the map is the output."""
         sentence, pixel_embed, mask_embeds, words = _float32(sentence, pixel_embed, mask_embeds, words)
         if mask_embeds is None:
             logits, _, target_embed, scores = self.head.forward_with_scores(None, pixel_embed, sentence)
             logits = logits.expand_dims(0)  # (1, B, 1, h, w)
-            return (logits, pixel_embed, target_embed, target_embed.expand_dims(0).expand_dims(2),
-                    scores.expand_dims(0), logits)
+            return {"stage_logits": logits, "pixel_embed": pixel_embed, "target_embed": target_embed,
+                    "mask_embeds": target_embed.expand_dims(0).expand_dims(2), "scores": scores.expand_dims(0),
+                    "class_logits": None, "sma_map_logits": logits}
         class_logits = None if self.class_embed is None else self.class_embed(mask_embeds)  # (S, B, N, C + 1)
         stage_logits, target_embed, scores, map_logits = self.head.forward_train(mask_embeds, pixel_embed, sentence,
                                                                                  words, attention_mask, class_logits)
-        return stage_logits, pixel_embed, target_embed, mask_embeds, scores, map_logits
+        return {"stage_logits": stage_logits, "pixel_embed": pixel_embed, "target_embed": target_embed,
+                "mask_embeds": mask_embeds, "scores": scores, "class_logits": class_logits,
+                "sma_map_logits": map_logits}
 
     def predict(self, sentence, pixel_embed, mask_embeds, words, attention_mask, height, width):
         """The final stage's target logits, upsampled to (height, width) -> (B, 1, H, W). Two ints, not a
@@ -207,28 +215,17 @@ def _float32(*tensors):
 
 
 class CoupAlignWithLoss(nn.Cell):
-    """(image, input_ids, attention_mask, target (B, H, W)[, others (B, K, H, W)][, categories (B, 1 + K)]) -> the
-    criterion's losses (a tuple named by ``loss_names``, the total first) for the train step. ``categories`` is
-    given exactly when the criterion classifies the proposals (``criterion.num_classes`` > 0)."""
+    """(image, input_ids, attention_mask, target (B, H, W), others (B, K, H, W), categories (B, 1 + K)) -> the
+    criterion's losses (a tuple named by ``loss_names``, the total first) for the train step. The batch always has
+    these columns; ``others`` and ``categories`` are zero-size where the configuration has none
+    (src/models/outputs.py, `BATCH`)."""
 
     def __init__(self, model: CoupAlign, criterion: CoupAlignCriterion):
         super().__init__(auto_prefix=False)
-        if criterion.num_classes and model.class_embed is None:
-            raise ValueError("the criterion classifies the proposals but the model has no category head "
-                             "(model.mask_generator.num_classes = 0)")
         self.model = model
         self.criterion = criterion
         self.loss_names = criterion.loss_names
-        self.classify = bool(criterion.num_classes)
 
-    def construct(self, image, input_ids, attention_mask, target, *extra):
-        stage_logits, pixel_embed, target_embed, mask_embeds, scores, map_logits = self.model.forward_heads(
-            image, input_ids, attention_mask)
-        categories = extra[-1] if self.classify else None
-        others = extra[0] if len(extra) > int(self.classify) else None
-        class_logits = self.model.class_embed(mask_embeds) if self.classify else None  # (S, B, N, C + 1)
-        pixel_class_logits = None
-        if self.criterion.pixel_classes:  # the proposals' classifier read at every pixel embedding
-            pixel_class_logits = self.model.class_embed(pixel_embed.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)  # (B, C + 1, h, w)
-        return self.criterion(stage_logits, target, pixel_embed, target_embed, None, None, mask_embeds, scores,
-                              others, class_logits, categories, pixel_class_logits, map_logits)
+    def construct(self, image, input_ids, attention_mask, target, others, categories):
+        outputs = self.model.forward_train(image, input_ids, attention_mask)
+        return self.criterion(outputs, {"target": target, "others": others, "categories": categories})

@@ -15,7 +15,7 @@ masks are projected back onto the per-pixel (word-pixel aligned) logits and adde
     M = M_pix + alpha * M_sma                               # alpha learnable, 0 at init
 
 At ``alpha = 0`` the output is exactly the per-pixel head's (tested), so SMA can only add to it; ``M_sma``
-gets a loss of its own (``loss.sma_map_weight``, src/models/criterion.py) so SMA must select whatever
+gets a loss of its own (the ``sma_map`` term, src/models/losses/sma_map.py) so SMA must select whatever
 alpha is. The objectness prior comes from the proposals' class head (no gradient through it: the class
 head learns categories, not the referent); without a class head it is 0. With ``pixel_agreement`` the
 word-pixel path also votes for the proposal it already covers (the coupling in the other direction: a read-out,
@@ -71,7 +71,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
 
     def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4,
                  pixel_agreement=False):
-        super().__init__(text_dim, mask_dim, weighting="softmax", geometry=geometry,
+        super().__init__(text_dim, mask_dim, geometry=geometry,
                          reasoning_layers=reasoning_layers, reasoning_heads=reasoning_heads)
         self.pixel_query = nn.Dense(text_dim, mask_dim)
         self.log_temperature = Parameter(Tensor(0.0, ms.float32), name="log_temperature")
@@ -81,8 +81,8 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
                                  else None)
 
     @classmethod
-    def from_config(cls, model_cfg, text_dim: int) -> "CoupledSentenceMaskHead":
-        sma, mg = model_cfg.sma, model_cfg.mask_generator
+    def from_config(cls, cfg, text_dim: int) -> "CoupledSentenceMaskHead":
+        sma, mg = cfg.model.sma, cfg.model.mask_generator
         return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
                    reasoning_heads=mg.decoder_heads, pixel_agreement=sma.pixel_agreement)
 

@@ -3,7 +3,7 @@
 docs/method.md, "SMA"::
 
     g = Linear(L_g)                              # sentence feature -> mask-embedding width D
-    w = softmax_n(Q g / sqrt(D))                 # or sigmoid (config sma.weighting)
+    w = softmax_n(Q g / sqrt(D))
     M = sum_n w_n (Q_n . P)                      # target logits at stride 4
 
 ``M`` is computed as ``a . P`` with the *target embedding* ``a = sum_n w_n Q_n``: the same number by
@@ -111,7 +111,6 @@ class SentenceMaskAlignment(nn.Cell):
     Args:
         text_dim: width of the sentence feature ``L_g``.
         mask_dim: width ``D`` of mask embeddings ``Q`` and pixel embeddings ``P``.
-        weighting: ``"softmax"`` over proposals (weights sum to 1) or ``"sigmoid"`` (independent).
         geometry: add ``Linear(mask_geometry(Q, P))`` to each ``Q_n`` in the scores (not in ``a``): the
             sentence can then prefer the leftmost, topmost or largest proposal (config ``sma.mask_geometry``).
         reasoning_layers: > 0 passes the score keys through `ProposalReasoning` with the words first
@@ -124,27 +123,20 @@ class SentenceMaskAlignment(nn.Cell):
         ``(logits M (B, 1, h, w), weights w (B, N), target_embed a (B, D))``.
     """
 
-    def __init__(self, text_dim, mask_dim, weighting="softmax", geometry=False, reasoning_layers=0, reasoning_heads=4,
-                 select_at_inference=False):
+    def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4):
         super().__init__()
-        self.select_at_inference = bool(select_at_inference)
         self.geometry_proj = nn.Dense(3, mask_dim) if geometry else None
         self.reasoning = (ProposalReasoning(text_dim, mask_dim, reasoning_layers, reasoning_heads)
                           if reasoning_layers else None)
-        if weighting not in ("softmax", "sigmoid"):
-            raise ValueError(f"unknown SMA weighting {weighting!r}; expected 'softmax' or 'sigmoid'")
-        self.use_softmax = weighting == "softmax"
         self.scale = 1.0 / math.sqrt(mask_dim)
         self.sentence_proj = nn.Dense(text_dim, mask_dim)
-        self.sigmoid = nn.Sigmoid()
 
     @classmethod
-    def from_config(cls, model_cfg, text_dim: int) -> "SentenceMaskAlignment":
-        """From `model` (src.config.ModelSection): `model.sma`, with the mask generator's width and heads."""
-        sma, mg = model_cfg.sma, model_cfg.mask_generator
-        return cls(text_dim, mg.mask_dim, weighting=sma.weighting, geometry=sma.mask_geometry,
-                   reasoning_layers=sma.reasoning_layers, reasoning_heads=mg.decoder_heads,
-                   select_at_inference=sma.select_at_inference)
+    def from_config(cls, cfg, text_dim: int) -> "SentenceMaskAlignment":
+        """From a Config: `model.sma`, with the mask generator's width and heads; `text_dim` of the text encoder."""
+        sma, mg = cfg.model.sma, cfg.model.mask_generator
+        return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
+                   reasoning_heads=mg.decoder_heads)
 
     def sentence_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
         """The sentence's agreement with each proposal, ``Q_n . g / sqrt(D)`` ``(B, N)`` (with the geometry and
@@ -164,10 +156,7 @@ class SentenceMaskAlignment(nn.Cell):
         proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal).
         ``class_logits`` is read by the coupled head only (its objectness); accepted here for one interface."""
         scores = self.sentence_scores(mask_embed, pixel_embed, sentence, words, word_mask)  # (B, N)
-        if self.use_softmax:
-            weights = softmax_fp32(scores)  # (B, N), float32 inside under AMP
-        else:
-            weights = self.sigmoid(scores)
+        weights = softmax_fp32(scores)  # (B, N), float32 inside under AMP
         target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D), a
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w), M
         return logits, weights, target_embed, scores
@@ -188,14 +177,9 @@ class SentenceMaskAlignment(nn.Cell):
         return stage_logits, target_embed, ops.stack(stage_scores), stage_logits
 
     def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
-        """Inference (`CoupAlign.predict`): the weighted mix, or with ``select_at_inference`` the top proposal."""
-        logits, weights, target_embed, scores = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
-                                                                         word_mask)
-        if self.select_at_inference:
-            weights = ops.one_hot(ops.argmax(scores, dim=-1), scores.shape[-1], ms.Tensor(1.0, ms.float32),
-                                  ms.Tensor(0.0, ms.float32))  # (B, N), one-hot
-            target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D): Q of the top proposal
-            logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w)
+        """Inference (`CoupAlign.predict`): the weighted mix."""
+        logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
+                                                                    word_mask)
         return logits, weights, target_embed
 
 
@@ -211,8 +195,8 @@ class SentencePixelHead(nn.Cell):
         self.sentence_proj = nn.Dense(text_dim, mask_dim)
 
     @classmethod
-    def from_config(cls, model_cfg, text_dim: int) -> "SentencePixelHead":
-        return cls(text_dim, model_cfg.mask_generator.mask_dim)
+    def from_config(cls, cfg, text_dim: int) -> "SentencePixelHead":
+        return cls(text_dim, cfg.model.mask_generator.mask_dim)
 
     def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
         """The same interface as SMA's; the one "proposal" is the target embedding, its score 0."""

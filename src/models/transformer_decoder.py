@@ -14,8 +14,8 @@ each followed by a residual connection and a LayerNorm. After the learnable quer
 every layer, a shared LayerNorm and a 3-layer MLP turn the queries into mask embeddings Q_o; the proposal
 masks are Y = Q_o . P (`proposal_logits`). The decoder itself has no class head and does no matching: the
 optional category head (`model.mask_generator.num_classes`, `class_embed` in coupalign.py) and the proposals'
-greedy one-to-one matching to the image's objects (`loss.proposal_loss: matched`, criterion.py) live outside
-it, and CoupAlign's Sentence-Mask Alignment weighs the proposals by the sentence.
+greedy one-to-one matching to the image's objects (src/models/losses/matching.py) live outside it, and
+CoupAlign's Sentence-Mask Alignment weighs the proposals by the sentence.
 
 The attention is written out (packed Q/K/V projection, head split, boolean mask) rather than using
 nn.MultiheadAttention, which breaks `auto_mixed_precision("O1")` (docs/platform.md) and would

@@ -17,7 +17,8 @@ import mindspore as ms  # noqa: E402
 from mindspore import Tensor  # noqa: E402
 
 from src.config import config_from_dict  # noqa: E402
-from src.models.coupalign import CoupAlign, CoupAlignWithLoss, build_criterion  # noqa: E402
+from src.models.coupalign import CoupAlign, CoupAlignWithLoss  # noqa: E402
+from src.models.criterion import CoupAlignCriterion  # noqa: E402
 
 IMAGE, TOKENS, VOCAB, OTHERS = 32, 6, 50, 2
 TINY = {
@@ -34,7 +35,11 @@ TINY = {
                            "decoder_ffn_dim": 32, "num_classes": 3},
         "sma": {"mask_geometry": True, "reasoning_layers": 1, "sentence_pool": "mean"},
     },
-    "loss": {"aux_num_fg": 8, "aux_num_bg": 16},
+    # The terms the fixture's commit summed for this model (it derived the class loss from num_classes = 3); named
+    # since loss.terms exists. Its outputs file holds them under the old names: seg_loss = referring, proposal_loss
+    # = proposal_masks + proposal_selection, class_loss = proposal_class.
+    "loss": {"aux_num_fg": 8, "aux_num_bg": 16,
+             "terms": ["referring", "aux_contrast", "proposal_masks", "proposal_selection", "proposal_class"]},
     "data": {"max_other_objects": OTHERS},
 }
 VARIANTS = {"msdeform": {}, "fpn": {"model.mask_generator.pixel_decoder": "fpn"}}
@@ -68,8 +73,7 @@ def main(commit: str) -> None:
         model = CoupAlign(cfg)
         model.set_train(False)
         logits = model(Tensor(inputs["image"]), Tensor(inputs["input_ids"]), Tensor(inputs["attention_mask"]))
-        criterion = build_criterion(cfg.loss, cfg.model.sma.deep_supervision, cfg.model.sma.enabled,
-                                    cfg.model.mask_generator.num_classes)
+        criterion = CoupAlignCriterion.from_config(cfg)
         net = CoupAlignWithLoss(model, criterion)
         losses = net(*[Tensor(inputs[k]) for k in ("image", "input_ids", "attention_mask", "target", "others",
                                                    "categories")])
