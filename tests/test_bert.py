@@ -70,9 +70,9 @@ class GroupedBert(nn.Cell):
 
     def construct(self, input_ids, attention_mask):
         hidden = self.text_encoder.embed(input_ids)
-        ext_mask = self.text_encoder.extended_attention_mask(attention_mask)
+        attention_bias = self.text_encoder.extended_attention_mask(attention_mask)
         for start, end in self.groups:
-            hidden = self.text_encoder.run_layers(hidden, ext_mask, start, end)
+            hidden = self.text_encoder.run_layers(hidden, attention_bias, start, end)
         return hidden
 
 

@@ -142,14 +142,14 @@ def test_reasoning_scores_read_the_words_and_the_other_proposals_but_not_padding
     queries, pixels, sentence = inputs
     rng = np.random.default_rng(4)
     words = rng.standard_normal((B, T, D_TEXT)).astype(np.float32)
-    word_mask = np.ones((B, T), np.int32)
-    word_mask[:, 4:] = 0
+    attention_mask = np.ones((B, T), np.int32)
+    attention_mask[:, 4:] = 0
     cell = SentenceMaskAlignment(D_TEXT, D, reasoning_layers=2, reasoning_heads=2)
     _randomise(cell, 5)
 
     def scores(q=queries, w=words):
         _, weights, target_embed, raw = cell.forward_with_scores(Tensor(q), Tensor(pixels), Tensor(sentence),
-                                                                 Tensor(w), Tensor(word_mask))
+                                                                 Tensor(w), Tensor(attention_mask))
         np.testing.assert_allclose(target_embed.asnumpy(), np.einsum("bn,bnd->bd", weights.asnumpy(), q),
                                    rtol=1e-4, atol=1e-5)
         return raw.asnumpy()

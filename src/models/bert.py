@@ -6,9 +6,9 @@ runs, WPA_i updates the word features, and group i+1 reads the updated words. So
 ``construct``:
 
     hidden = bert.embed(input_ids, token_type_ids)                 # (B, T, H)
-    ext_mask = bert.extended_attention_mask(attention_mask)       # (B, 1, 1, T), 0 / -1e4
+    attention_bias = bert.extended_attention_mask(attention_mask)       # (B, 1, 1, T), 0 / -1e4
     for start, end in bert.layer_groups(4):                       # Python ints, fixed at build time
-        hidden = bert.run_layers(hidden, ext_mask, start, end)    # (B, T, H)
+        hidden = bert.run_layers(hidden, attention_bias, start, end)    # (B, T, H)
         ...fusion module updates hidden...
 
 ``construct(input_ids, attention_mask, token_type_ids=None)`` is exactly those calls with one group, so the
@@ -100,14 +100,14 @@ class BertSelfAttention(nn.Cell):
         batch, seq_len, _ = x.shape
         return x.reshape(batch, seq_len, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def construct(self, hidden, ext_mask):
-        # hidden: (B, T, H); ext_mask: (B, 1, 1, T) additive
+    def construct(self, hidden, attention_bias):
+        # hidden: (B, T, H); attention_bias: (B, 1, 1, T) additive
         batch, seq_len, hidden_size = hidden.shape
         query = self._split_heads(self.query(hidden))  # (B, h, T, d)
         key = self._split_heads(self.key(hidden))      # (B, h, T, d)
         value = self._split_heads(self.value(hidden))  # (B, h, T, d)
         scores = mint.matmul(query, key.transpose(0, 1, 3, 2)) * self.scale  # (B, h, T, T)
-        scores = scores + ext_mask.astype(scores.dtype)  # float16 under mixed precision; -1e4 fits
+        scores = scores + attention_bias.astype(scores.dtype)  # float16 under mixed precision; -1e4 fits
         probs = self.dropout(softmax_fp32(scores))  # (B, h, T, T), float32 inside under AMP
         context = mint.matmul(probs, value)  # (B, h, T, d)
         return context.transpose(0, 2, 1, 3).reshape(batch, seq_len, hidden_size)  # (B, T, H)
@@ -134,8 +134,8 @@ class BertAttention(nn.Cell):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def construct(self, hidden, ext_mask):
-        return self.output(self.self(hidden, ext_mask), hidden)  # (B, T, H)
+    def construct(self, hidden, attention_bias):
+        return self.output(self.self(hidden, attention_bias), hidden)  # (B, T, H)
 
 
 class BertIntermediate(nn.Cell):
@@ -171,8 +171,8 @@ class BertLayer(nn.Cell):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def construct(self, hidden, ext_mask):
-        attended = self.attention(hidden, ext_mask)                      # (B, T, H)
+    def construct(self, hidden, attention_bias):
+        attended = self.attention(hidden, attention_bias)                      # (B, T, H)
         return self.output(self.intermediate(attended), attended)       # (B, T, H)
 
 
@@ -183,9 +183,9 @@ class BertEncoder(nn.Cell):
         super().__init__()
         self.layer = nn.CellList([BertLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def construct(self, hidden, ext_mask):
+    def construct(self, hidden, attention_bias):
         for layer in self.layer:
-            hidden = layer(hidden, ext_mask)
+            hidden = layer(hidden, attention_bias)
         return hidden
 
 
@@ -251,10 +251,10 @@ class BertModel(nn.Cell):
         mask = attention_mask.astype(ms.float32)[:, None, None, :]  # (B, 1, 1, T)
         return (1.0 - mask) * MASK_NEGATIVE
 
-    def run_layers(self, hidden, ext_mask, start: int, end: int):
+    def run_layers(self, hidden, attention_bias, start: int, end: int):
         """Runs encoder layers start .. end-1 (Python ints, unrolled at compile time). (B, T, H) -> (B, T, H)."""
         for index in range(start, end):
-            hidden = self.encoder.layer[index](hidden, ext_mask)
+            hidden = self.encoder.layer[index](hidden, attention_bias)
         return hidden
 
     def layer_groups(self, num_groups: int) -> List[Tuple[int, int]]:
@@ -274,8 +274,8 @@ class BertModel(nn.Cell):
 
     def construct(self, input_ids, attention_mask, token_type_ids=None):
         hidden = self.embed(input_ids, token_type_ids)               # (B, T, H)
-        ext_mask = self.extended_attention_mask(attention_mask)      # (B, 1, 1, T)
-        return self.run_layers(hidden, ext_mask, 0, self.num_layers)  # (B, T, H)
+        attention_bias = self.extended_attention_mask(attention_mask)      # (B, 1, 1, T)
+        return self.run_layers(hidden, attention_bias, 0, self.num_layers)  # (B, T, H)
 
 
 def split_layers(num_layers: int, num_groups: int) -> List[Tuple[int, int]]:

@@ -101,19 +101,19 @@ class CoupAlign(nn.Cell):
         is returned: ``{"layer_words": words after every BERT layer, "stage_inputs": (V_i, L_i, h, w) fed
         to each WPA}``.
         """
-        ext_mask = self.bert.extended_attention_mask(attention_mask)  # (B, 1, 1, T)
+        attention_bias = self.bert.extended_attention_mask(attention_mask)  # (B, 1, 1, T)
         words = self.bert.embed(input_ids)  # (B, T, D_text)
         layer_words = ()
         stage_inputs = ()
         if not self.bidirectional:  # LAVT: all of BERT first
-            words, layer_words = self._run_bert(words, ext_mask, 0, self.num_bert_layers, trace, layer_words)
+            words, layer_words = self._run_bert(words, attention_bias, 0, self.num_bert_layers, trace, layer_words)
         tokens, height, width = self.swin.embed(image)  # (B, H/4 * W/4, C_0)
         features = ()
         for i in range(NUM_STAGES):
             tokens = self.swin.run_stage(i, tokens, height, width)  # V_i (B, HW, C_i)
             if self.bidirectional:
                 start, end = self.bert_groups[i]
-                words, layer_words = self._run_bert(words, ext_mask, start, end, trace, layer_words)  # L_i
+                words, layer_words = self._run_bert(words, attention_bias, start, end, trace, layer_words)  # L_i
             if trace:
                 stage_inputs = stage_inputs + ((tokens, words, height, width),)
             tokens, aligned, words = self.wpa[i](tokens, words, attention_mask)
@@ -123,11 +123,11 @@ class CoupAlign(nn.Cell):
             return features, words, {"layer_words": layer_words, "stage_inputs": stage_inputs}
         return features, words
 
-    def _run_bert(self, words, ext_mask, start, end, trace, layer_words):
+    def _run_bert(self, words, attention_bias, start, end, trace, layer_words):
         if not trace:
-            return self.bert.run_layers(words, ext_mask, start, end), layer_words
+            return self.bert.run_layers(words, attention_bias, start, end), layer_words
         for index in range(start, end):
-            words = self.bert.run_layers(words, ext_mask, index, index + 1)
+            words = self.bert.run_layers(words, attention_bias, index, index + 1)
             layer_words = layer_words + (words,)
         return words, layer_words
 

@@ -90,7 +90,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
         """``M_pix = Linear_p(L_g) . P`` ``(B, 1, h, w)``: the word-pixel path."""
         return _project_to_pixels(self.pixel_query(sentence), pixel_embed)
 
-    def sma_map(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None,
+    def sma_map(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None,
                 pixel_logits=None):
         """SMA on one stage -> (``M_sma (B, 1, h, w)``, weights ``w (B, N)``, target embedding ``a = sum_n w_n Q_n
         (B, D)``, scores ``s (B, N)``: what the softmax normalises, supervised by the criterion's SMA CE).
@@ -98,7 +98,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
         batch, dim, height, width = pixel_embed.shape
         proposals = ops.sigmoid(ops.bmm(mask_embed, pixel_embed.reshape(batch, dim, height * width)))  # (B, N, hw)
         scores = ops.exp(self.log_temperature) * self.sentence_scores(mask_embed, pixel_embed, sentence, words,
-                                                                      word_mask)  # (B, N)
+                                                                      attention_mask)  # (B, N)
         if class_logits is not None:
             scores = scores + no_object_log_prior(class_logits)  # (B, N)
         if self.use_pixel_agreement:
@@ -114,13 +114,13 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
         """``M = M_pix + alpha * M_sma``."""
         return pixel_logits + self.gate * sma_logits
 
-    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         pixel_logits = self.pixel_logits(pixel_embed, sentence)  # (B, 1, h, w)
-        sma_logits, weights, target_embed, scores = self.sma_map(mask_embed, pixel_embed, sentence, words, word_mask,
+        sma_logits, weights, target_embed, scores = self.sma_map(mask_embed, pixel_embed, sentence, words, attention_mask,
                                                                  class_logits, pixel_logits)
         return self.combine(pixel_logits, sma_logits), weights, target_embed, scores
 
-    def forward_train(self, mask_embeds, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def forward_train(self, mask_embeds, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         """-> (the combined logits of the final stage (1, B, 1, h, w), a (B, D), scores (S, B, N), SMA's maps of
         the stages after the initial queries (S - 1, B, 1, h, w); of the one stage when S = 1)."""
         num_stages = mask_embeds.shape[0]
@@ -133,7 +133,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
             stage_class = None if class_logits is None else class_logits[s]
             # Indexed, not unpacked: an unused tuple output made graph mode warn "Some side effect nodes were
             # eliminated by mistake" here (nothing in sma_map is random; the weights are simply not needed).
-            stage = self.sma_map(mask_embeds[s], pixel_embed, sentence, words, word_mask, stage_class, pixel_logits)
+            stage = self.sma_map(mask_embeds[s], pixel_embed, sentence, words, attention_mask, stage_class, pixel_logits)
             sma_logits, target_embed, scores = stage[0], stage[2], stage[3]
             stage_scores = stage_scores + (scores,)
             if s > 0 or num_stages == 1:
@@ -141,7 +141,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
         logits = self.combine(pixel_logits, sma_logits)  # (B, 1, h, w), final stage
         return logits.expand_dims(0), target_embed, ops.stack(stage_scores), ops.stack(stage_maps)
 
-    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def construct(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
-                                                                    word_mask, class_logits)
+                                                                    attention_mask, class_logits)
         return logits, weights, target_embed

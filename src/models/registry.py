@@ -38,7 +38,7 @@ PIXEL_DECODERS = Registry("pixel decoder", "model.mask_generator.pixel_decoder",
 TRANSFORMER_DECODERS = Registry("transformer decoder", "model.mask_generator.transformer_decoder", PACKAGE,
                                 "TRANSFORMER_DECODERS")
 # from_config(cfg: Config, text_dim: int) -> Cell with forward_train(Q (S, B, N, D), P (B, D, h, w),
-# L_g (B, D_text), words, word_mask, class_logits (S, B, N, C + 1) or None) -> (referring logits per supervised
+# L_g (B, D_text), words, attention_mask, class_logits (S, B, N, C + 1) or None) -> (referring logits per supervised
 # stage (S', B, 1, h, w), target embedding a (B, D), scores (S, B, N), SMA's own maps (S'', B, 1, h, w)),
 # forward_with_scores (one stage) and construct (inference, the final stage).
 SMA_HEADS = Registry("SMA head", "model.sma.head", PACKAGE, "SMA_HEADS")

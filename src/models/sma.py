@@ -25,12 +25,12 @@ from .transformer_decoder import CrossAttentionLayer, FFNLayer, SelfAttentionLay
 __all__ = ["ProposalReasoning", "SentenceMaskAlignment", "SentencePixelHead", "mask_geometry", "pool_sentence"]
 
 
-def pool_sentence(lang, lang_mask, mode="cls"):
+def pool_sentence(lang, attention_mask, mode="cls"):
     """Sentence feature ``L_g`` from word features (config ``sma.sentence_pool``).
 
     Args:
         lang: ``(B, T, D_text)`` word features (the final encoder output).
-        lang_mask: ``(B, T)`` 1 for real tokens, 0 for padding.
+        attention_mask: ``(B, T)`` 1 for real tokens, 0 for padding.
         mode: ``"cls"`` takes token 0 ([CLS]); ``"mean"`` averages the real tokens only.
 
     Returns:
@@ -39,7 +39,7 @@ def pool_sentence(lang, lang_mask, mode="cls"):
     if mode == "cls":
         return lang[:, 0]
     if mode == "mean":
-        weights = lang_mask.astype(lang.dtype).expand_dims(-1)  # (B, T, 1)
+        weights = attention_mask.astype(lang.dtype).expand_dims(-1)  # (B, T, 1)
         total = (lang * weights).sum(axis=1)  # (B, D_text)
         count = ops.maximum(weights.sum(axis=1), 1.0)  # (B, 1); an all-padding row gives zeros
         return total / count
@@ -81,7 +81,7 @@ class ProposalReasoning(nn.Cell):
     dot product of one pooled sentence vector with one proposal cannot express. The output only scores the
     proposals; the masks still come from the unchanged mask embeddings.
 
-    Inputs: keys ``(B, N, D)``, words ``(B, T, D_text)``, word_mask ``(B, T)`` 1 = real token. Output ``(B, N, D)``.
+    Inputs: keys ``(B, N, D)``, words ``(B, T, D_text)``, attention_mask ``(B, T)`` 1 = real token. Output ``(B, N, D)``.
     """
 
     def __init__(self, text_dim, dim, num_layers, num_heads=4, ffn_dim=None):
@@ -91,14 +91,14 @@ class ProposalReasoning(nn.Cell):
         self.self_attn = nn.CellList([SelfAttentionLayer(dim, num_heads) for _ in range(num_layers)])
         self.ffn = nn.CellList([FFNLayer(dim, ffn_dim or 2 * dim) for _ in range(num_layers)])
 
-    def construct(self, keys, words, word_mask):
+    def construct(self, keys, words, attention_mask):
         memory = self.word_proj(words)  # (B, T, D)
         batch, num, _ = keys.shape
-        hidden = ops.broadcast_to((word_mask < 1).expand_dims(1), (batch, num, word_mask.shape[1]))  # (B, N, T)
+        padding = ops.broadcast_to((attention_mask < 1).expand_dims(1), (batch, num, attention_mask.shape[1]))  # (B, N, T)
         no_pos_words = ops.zeros_like(memory)
         no_pos_keys = ops.zeros_like(keys)
         for i in range(len(self.cross)):
-            keys = self.cross[i](keys, memory, hidden, no_pos_words, no_pos_keys)
+            keys = self.cross[i](keys, memory, padding, no_pos_words, no_pos_keys)
             keys = self.self_attn[i](keys, no_pos_keys)
             keys = self.ffn[i](keys)
         return keys
@@ -114,7 +114,7 @@ class SentenceMaskAlignment(nn.Cell):
         geometry: add ``Linear(mask_geometry(Q, P))`` to each ``Q_n`` in the scores (not in ``a``): the
             sentence can then prefer the leftmost, topmost or largest proposal (config ``sma.mask_geometry``).
         reasoning_layers: > 0 passes the score keys through `ProposalReasoning` with the words first
-            (config ``sma.reasoning_layers``); needs ``words`` and ``word_mask`` in the call.
+            (config ``sma.reasoning_layers``); needs ``words`` and ``attention_mask`` in the call.
 
     Inputs:
         mask_embed ``Q (B, N, D)``, pixel_embed ``P (B, D, h, w)``, sentence ``L_g (B, D_text)``.
@@ -138,9 +138,9 @@ class SentenceMaskAlignment(nn.Cell):
         return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
                    reasoning_heads=mg.decoder_heads)
 
-    def sentence_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None):
+    def sentence_scores(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None):
         """The sentence's agreement with each proposal, ``Q_n . g / sqrt(D)`` ``(B, N)`` (with the geometry and
-        reasoning keys where configured). ``words (B, T, D_text)`` and ``word_mask (B, T)`` are used by the
+        reasoning keys where configured). ``words (B, T, D_text)`` and ``attention_mask (B, T)`` are used by the
         reasoning layers only."""
         # mask_embed: (B, N, D); pixel_embed: (B, D, h, w); sentence: (B, D_text)
         query = self.sentence_proj(sentence)  # (B, D), g
@@ -148,20 +148,20 @@ class SentenceMaskAlignment(nn.Cell):
         if self.geometry_proj is not None:
             keys = mask_embed + self.geometry_proj(mask_geometry(mask_embed, pixel_embed))  # (B, N, D)
         if self.reasoning is not None:
-            keys = self.reasoning(keys, words, word_mask)  # (B, N, D)
+            keys = self.reasoning(keys, words, attention_mask)  # (B, N, D)
         return ops.bmm(keys, query.expand_dims(-1)).squeeze(-1) * self.scale  # (B, N)
 
-    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         """``construct``'s outputs plus the pre-normalisation scores ``(B, N)`` (`sentence_scores`), which the
         proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal).
         ``class_logits`` is read by the coupled head only (its objectness); accepted here for one interface."""
-        scores = self.sentence_scores(mask_embed, pixel_embed, sentence, words, word_mask)  # (B, N)
+        scores = self.sentence_scores(mask_embed, pixel_embed, sentence, words, attention_mask)  # (B, N)
         weights = softmax_fp32(scores)  # (B, N), float32 inside under AMP
         target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D), a
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w), M
         return logits, weights, target_embed, scores
 
-    def forward_train(self, mask_embeds, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def forward_train(self, mask_embeds, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         """Every supervised stage (the registry's interface): the mix of each stage's proposals is both the
         referring output and SMA's own map -> (logits (S, B, 1, h, w), a of the final stage (B, D), scores
         (S, B, N), the same logits)."""
@@ -170,16 +170,16 @@ class SentenceMaskAlignment(nn.Cell):
         target_embed = None
         for s in range(mask_embeds.shape[0]):
             logits, _, target_embed, scores = self.forward_with_scores(mask_embeds[s], pixel_embed, sentence, words,
-                                                                       word_mask)
+                                                                       attention_mask)
             stage_logits = stage_logits + (logits,)
             stage_scores = stage_scores + (scores,)
         stage_logits = ops.stack(stage_logits)  # (S, B, 1, h, w)
         return stage_logits, target_embed, ops.stack(stage_scores), stage_logits
 
-    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def construct(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         """Inference (`CoupAlign.predict`): the weighted mix."""
         logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
-                                                                    word_mask)
+                                                                    attention_mask)
         return logits, weights, target_embed
 
 
@@ -198,15 +198,15 @@ class SentencePixelHead(nn.Cell):
     def from_config(cls, cfg, text_dim: int) -> "SentencePixelHead":
         return cls(text_dim, cfg.model.mask_generator.mask_dim)
 
-    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         """The same interface as SMA's; the one "proposal" is the target embedding, its score 0."""
-        # mask_embed, words and word_mask are accepted for interface parity and ignored.
+        # mask_embed, words and attention_mask are accepted for interface parity and ignored.
         target_embed = self.sentence_proj(sentence)  # (B, D)
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w)
         weights = ops.zeros((sentence.shape[0], 1), ms.float32)  # placeholder
         return logits, weights, target_embed, weights
 
-    def construct(self, mask_embed, pixel_embed, sentence, words=None, word_mask=None, class_logits=None):
+    def construct(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence)
         return logits, weights, target_embed
 

@@ -53,20 +53,20 @@ class ImageLanguageAttention(nn.Cell):
         self.f_value = nn.Dense(text_dim, dim)
         self.W = nn.SequentialCell([nn.Dense(dim, dim), InstanceNormOverPixels()])  # pylint: disable=invalid-name
 
-    def attention(self, vis, lang, lang_mask):
+    def attention(self, vis, lang, attention_mask):
         """-> (A (B, HW, T) pixel-to-word attention, values (B, T, C)); the diagnostics read A v."""
-        # vis: (B, HW, C); lang: (B, T, D_text); lang_mask: (B, T) float
-        word_mask = lang_mask.expand_dims(-1)  # (B, T, 1)
+        # vis: (B, HW, C); lang: (B, T, D_text); attention_mask: (B, T) float
+        word_weight = attention_mask.expand_dims(-1)  # (B, T, 1): padded words contribute nothing
         query = self.f_query(vis)  # (B, HW, C)
-        key = self.f_key(lang) * word_mask  # (B, T, C)
-        value = self.f_value(lang) * word_mask  # (B, T, C)
+        key = self.f_key(lang) * word_weight  # (B, T, C)
+        value = self.f_value(lang) * word_weight  # (B, T, C)
         logits = ops.bmm(query, key.transpose(0, 2, 1)) * self.scale  # (B, HW, T)
-        logits = logits + ((lang_mask - 1.0) * _MASK_BIAS).expand_dims(1)  # padded words -> -1e4
+        logits = logits + ((attention_mask - 1.0) * _MASK_BIAS).expand_dims(1)  # padded words -> -1e4
         attn = softmax_fp32(logits)  # (B, HW, T), sums to 1 over words; float32 inside under AMP
         return attn, value
 
-    def construct(self, vis, lang, lang_mask):
-        attn, value = self.attention(vis, lang, lang_mask)
+    def construct(self, vis, lang, attention_mask):
+        attn, value = self.attention(vis, lang, attention_mask)
         gathered = ops.bmm(attn, value)  # (B, HW, C)
         return self.W(gathered)  # (B, HW, C)
 
@@ -91,7 +91,7 @@ class PixelWordAttention(nn.Cell):
         dropout: dropout after the two GELUs (LAVT uses 0.0).
 
     Inputs:
-        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, lang_mask ``(B, T)`` (any real or int dtype, 1/0).
+        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, attention_mask ``(B, T)`` (any real or int dtype, 1/0).
 
     Returns:
         ``(vis_out (B, HW, C), aligned (B, HW, C))``: ``V'`` and ``F``.
@@ -110,11 +110,11 @@ class PixelWordAttention(nn.Cell):
             [nn.Dense(dim, dim, has_bias=False), nn.ReLU(), nn.Dense(dim, dim, has_bias=False), AccurateTanh()]
         )
 
-    def construct(self, vis, lang, lang_mask):
-        # vis: (B, HW, C); lang: (B, T, D_text); lang_mask: (B, T)
-        lang_mask = lang_mask.astype(vis.dtype)
+    def construct(self, vis, lang, attention_mask):
+        # vis: (B, HW, C); lang: (B, T, D_text); attention_mask: (B, T)
+        attention_mask = attention_mask.astype(vis.dtype)
         vis_proj = self.vis_project(vis)  # (B, HW, C)
-        lang_ctx = self.image_lang_att(vis, lang, lang_mask)  # (B, HW, C), the G term
+        lang_ctx = self.image_lang_att(vis, lang, attention_mask)  # (B, HW, C), the G term
         aligned = self.project_mm(vis_proj * lang_ctx)  # (B, HW, C), F
         vis_out = vis + self.res_gate(aligned) * aligned  # (B, HW, C), V'
         return vis_out, aligned
@@ -136,7 +136,7 @@ class WordPixelAttention(nn.Cell):
     ``D_text``. The LayerNorm uses eps 1e-12, BERT's value. Padded words receive no update.
 
     Inputs:
-        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, lang_mask ``(B, T)``.
+        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, attention_mask ``(B, T)``.
 
     Returns:
         lang_out ``(B, T, D_text)``.
@@ -163,12 +163,12 @@ class WordPixelAttention(nn.Cell):
         batch, length, _ = x.shape
         return x.reshape(batch, length, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def construct(self, vis, lang, lang_mask):
-        # vis: (B, HW, C); lang: (B, T, D_text); lang_mask: (B, T)
+    def construct(self, vis, lang, attention_mask):
+        # vis: (B, HW, C); lang: (B, T, D_text); attention_mask: (B, T)
         batch, num_words, text_dim = lang.shape
         channels = vis.shape[2]
         heads, head_dim = self.num_heads, self.head_dim
-        lang_mask = lang_mask.astype(lang.dtype)
+        attention_mask = attention_mask.astype(lang.dtype)
         query = self._split_heads(self.query(lang))  # (B, h, T, d)
         # The key and value projections are applied on the word side instead of to every pixel (same
         # function, reassociated): q.(W_k v + b_k) = (q W_k).v + q.b_k, and, as each attention row sums to
@@ -187,7 +187,7 @@ class WordPixelAttention(nn.Cell):
         context = context + attn.sum(axis=-1, keepdims=True) * self.value.bias.reshape(heads, 1, head_dim)
         context = context.transpose(0, 2, 1, 3).reshape(batch, num_words, text_dim)  # (B, T, D_text)
         update = self.layer_norm(self.dense(context))  # (B, T, D_text), LN(H)
-        return lang + self.alpha * update * lang_mask.expand_dims(-1)  # (B, T, D_text), L'
+        return lang + self.alpha * update * attention_mask.expand_dims(-1)  # (B, T, D_text), L'
 
 
 @FUSIONS.register("wpa")
@@ -202,7 +202,7 @@ class WordPixelAlignment(nn.Cell):
             (the LAVT-style one-way ablation, config ``wpa.bidirectional``).
 
     Inputs:
-        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, lang_mask ``(B, T)``.
+        vis ``(B, HW, C)``, lang ``(B, T, D_text)``, attention_mask ``(B, T)``.
 
     Returns:
         ``(vis_out (B, HW, C), aligned (B, HW, C), lang_out (B, T, D_text))`` = ``(V', F, L')``.
@@ -249,10 +249,10 @@ class WordPixelAlignment(nn.Cell):
             stages.append(PartCost(flops, kept, kept, params))
         return total(stages)
 
-    def construct(self, vis, lang, lang_mask):
-        vis_out, aligned = self.pixel_word_attn(vis, lang, lang_mask)
+    def construct(self, vis, lang, attention_mask):
+        vis_out, aligned = self.pixel_word_attn(vis, lang, attention_mask)
         if self.bidirectional:
-            lang_out = self.word_pixel_attn(vis, lang, lang_mask)
+            lang_out = self.word_pixel_attn(vis, lang, attention_mask)
         else:
             lang_out = lang
         return vis_out, aligned, lang_out

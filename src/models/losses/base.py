@@ -35,3 +35,20 @@ class LossTerm(nn.Cell):
         """A ConfigError when the model lacks what the term reads: ``what`` names the config key to set."""
         if not ok:
             raise ConfigError(f"loss term '{term}' (config key 'loss.terms') needs {what}; set it or remove the term")
+
+
+class ProposalTerm(LossTerm):
+    """A term over SMA's proposals and their one-to-one matching to the image's objects: it needs SMA
+    (model.sma.enabled). ``name`` is the registered name, for the message."""
+
+    uses_matching = True
+    name = ""
+
+    @classmethod
+    def check_model(cls, cfg) -> None:
+        cls.require(cfg.model.sma.enabled, cls.name, "SMA's proposals (model.sma.enabled=true)")
+
+    @classmethod
+    def from_config(cls, cfg) -> "LossTerm":
+        cls.check_model(cfg)
+        return cls()

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from mindspore import ops
 
-from src.models.losses.base import LossTerm
-from src.models.losses.proposal_masks import require_proposals
+from src.models.losses.base import ProposalTerm
 from src.models.registry import LOSS_TERMS
 
 
 @LOSS_TERMS.register("proposal_class")
-class ProposalClassLoss(LossTerm):
+class ProposalClassLoss(ProposalTerm):
     """Cross-entropy of ``class_logits (S, B, N, C + 1)``: each matched proposal toward its object's category, every
     other one toward "no object" (class C) weighted by ``loss.no_object_weight``; per sample the mean weighted by
     (1 matched, no_object_weight unmatched), then the batch mean, summed over the stages. With it the matching's
     cost adds ``weight * -p(category)`` (src/models/losses/matching.py)."""
 
     default_weight = 2.0
-    uses_matching = True
+    name = "proposal_class"
 
     def __init__(self, num_classes: int, no_object_weight: float = 0.1):
         super().__init__()
@@ -26,7 +25,7 @@ class ProposalClassLoss(LossTerm):
 
     @classmethod
     def from_config(cls, cfg) -> "ProposalClassLoss":
-        require_proposals(cls, cfg, "proposal_class")
+        cls.check_model(cfg)
         num_classes = cfg.model.mask_generator.num_classes
         cls.require(num_classes > 0, "proposal_class", "a category head (model.mask_generator.num_classes > 0)")
         return cls(num_classes, cfg.loss.no_object_weight)

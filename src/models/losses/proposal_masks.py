@@ -9,28 +9,19 @@ from __future__ import annotations
 
 from mindspore import ops
 
-from src.models.losses.base import LossTerm
+from src.models.losses.base import ProposalTerm
 from src.models.registry import LOSS_TERMS
 
 
-def require_proposals(cls, cfg, term: str) -> None:
-    cls.require(cfg.model.sma.enabled, term, "SMA's proposals (model.sma.enabled=true)")
-
-
 @LOSS_TERMS.register("proposal_masks")
-class ProposalMaskLoss(LossTerm):
+class ProposalMaskLoss(ProposalTerm):
     """Per sample the mean BCE + Dice of the matched (proposal, object) pairs, then the batch mean, summed over the
     supervised stages. Per sample first: a mean of equal-size device batches is then exactly the global batch's loss
     under data parallelism (dividing by the batch's total of matched objects was not: two half batches count them
     differently)."""
 
     default_weight = 1.0
-    uses_matching = True
-
-    @classmethod
-    def from_config(cls, cfg) -> "ProposalMaskLoss":
-        require_proposals(cls, cfg, "proposal_masks")
-        return cls()
+    name = "proposal_masks"
 
     def construct(self, outputs, batch, matching):
         assign, pair = matching["assign"], matching["pair"]  # (S, B, N, K') each

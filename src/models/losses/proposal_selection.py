@@ -3,23 +3,17 @@ from __future__ import annotations
 
 from mindspore import ops
 
-from src.models.losses.base import LossTerm
-from src.models.losses.proposal_masks import require_proposals
+from src.models.losses.base import ProposalTerm
 from src.models.registry import LOSS_TERMS
 
 
 @LOSS_TERMS.register("proposal_selection")
-class ProposalSelectionLoss(LossTerm):
+class ProposalSelectionLoss(ProposalTerm):
     """Cross-entropy of the softmax of SMA's scores ``scores (S, B, N)`` toward the proposal matched to the referent
     (object 0 of the matching; none when the referent's mask is empty), the batch mean summed over the stages."""
 
     default_weight = 1.0
-    uses_matching = True
-
-    @classmethod
-    def from_config(cls, cfg) -> "ProposalSelectionLoss":
-        require_proposals(cls, cfg, "proposal_selection")
-        return cls()
+    name = "proposal_selection"
 
     def construct(self, outputs, batch, matching):
         chosen = matching["assign"][:, :, :, 0]  # (S, B, N) one-hot: the referent's proposal
