@@ -87,11 +87,11 @@ def test_source_replaces_bad_training_samples_and_flags_bad_evaluation_samples(b
     assert int(flag) == ReferSource.UNREPLACEABLE and not image.any() and not mask.any()
 
 
-def _config(broken, name, **data):
+def _config(broken, name, batch_size=4, **data):
     cfg = tiny_config(broken["root"], str(broken["base"] / name))
     cfg["data"].update(data)
     # one epoch over every ref, so every broken training sample is met
-    cfg["train"].update(max_steps=0, epochs=1, batch_size=4, validate=False)
+    cfg["train"].update(max_steps=0, epochs=1, batch_size=batch_size, validate=False)
     path = str(broken["base"] / f"{name}.yaml")
     yaml.safe_dump(cfg, open(path, "w"))
     return path
@@ -104,11 +104,13 @@ def _run(script, *args):
 
 @pytest.fixture(scope="module")
 def training_runs(broken):
-    """Two train.py runs on the broken tree, side by side (each is mostly single-threaded compilation):
-    a lenient one (limit 100) and a strict one (limit 0). -> {name: (config path, CompletedProcess)}."""
+    """Two train.py runs on the broken tree, side by side: a lenient one (limit 100) and a strict one (limit 0).
+    The strict one takes every ref in its first batch, so it meets a broken sample, and must stop, before its
+    first step: the limit is checked before a batch is trained on, and that step's graph compilation (most of a
+    run of this size, ~1 CPU-minute) would test nothing. -> {name: (config path, CompletedProcess)}."""
     started = {}
-    for name, limit in (("skip", 100), ("strict", 0)):
-        config = _config(broken, name, max_bad_samples=limit)
+    for name, limit, batch_size in (("skip", 100, 4), ("strict", 0, broken["num_train_refs"])):
+        config = _config(broken, name, batch_size=batch_size, max_bad_samples=limit)
         started[name] = (config, subprocess.Popen([sys.executable, "train.py", "--config_path", config], cwd=ROOT,
                                                   env=dict(os.environ, GLOG_v="3"), stdout=subprocess.PIPE,
                                                   stderr=subprocess.PIPE, text=True))
