@@ -42,7 +42,8 @@ def test_source_item_values(refer, tokenizer):
     assert len(source) == len(refer.samples()) + 1
     for i in (0, len(refer.samples()) // 2, len(refer.samples()) - 1):
         sample = refer.sample(i)
-        image, ids, att, mask, bad, index = source[i]
+        image, ids, att, mask, bad, others, categories, index = source[i]
+        assert others.shape == (0, S, S) and categories.shape == (0,)  # fixed columns, zero-size when unused
         assert image.shape == (3, S, S) and image.dtype == np.float32
         raw = refer.load_image(sample.image_id)
         resized = resize_image(raw, S)
@@ -57,7 +58,7 @@ def test_source_item_values(refer, tokenizer):
         assert ids.dtype == np.int32 and att.dtype == np.int32 and int(index) == i and index.dtype == np.int32
         assert int(bad) == 0
     pad = source[len(refer.samples())]
-    assert int(pad[5]) == PAD_INDEX and int(pad[4]) == 0 and pad[0].shape == (3, S, S)
+    assert int(pad[7]) == PAD_INDEX and int(pad[4]) == 0 and pad[0].shape == (3, S, S)
 
 
 def test_normalisation_of_a_constant_image():
@@ -79,7 +80,8 @@ def test_train_pipeline_shapes_dtypes_and_drop_remainder(refer, tokenizer):
     n_refs = len(refer.refs)
     assert n_refs % batch_size != 0  # the test needs a remainder to drop
     assert len(epoch) == n_refs // batch_size == data.get_dataset_size()
-    for image, ids, att, mask, bad in epoch:
+    for image, ids, att, mask, bad, others, categories in epoch:
+        assert others.shape == (batch_size, 0, S, S) and categories.shape == (batch_size, 0)  # zero-size: unused
         assert image.shape == (batch_size, 3, S, S) and image.dtype == np.float32
         assert ids.shape == (batch_size, T) and ids.dtype == np.int32
         assert att.shape == (batch_size, T) and att.dtype == np.int32
@@ -158,7 +160,7 @@ def test_sharding_partitions(refer, tokenizer):
         data = create_refer_dataset(refer, tokenizer, S, 4, train=False, num_workers=1, num_shards=2, shard_id=k)
         for batch in batches(data)[0]:
             assert batch[0].shape[0] == 4  # padded to whole batches
-            seen.extend(int(i) for i in batch[5] if i != PAD_INDEX)
+            seen.extend(int(i) for i in batch[7] if i != PAD_INDEX)
     assert sorted(seen) == list(range(n))
     with pytest.raises(ValueError):
         create_refer_dataset(refer, tokenizer, S, 4, train=False, num_shards=2)
@@ -175,7 +177,7 @@ def test_eval_pipeline_index_and_padding(refer, tokenizer):
     data = create_refer_dataset(refer, tokenizer, S, batch_size, train=False, num_workers=2)
     epoch = batches(data)[0]
     assert len(epoch) == -(-n // batch_size)
-    indices = np.concatenate([b[5] for b in epoch])
+    indices = np.concatenate([b[7] for b in epoch])
     assert indices.dtype == np.int32 and all(b[0].shape[0] == batch_size for b in epoch)
     assert indices[:n].tolist() == list(range(n)) and (indices[n:] == PAD_INDEX).all()
     # masks of the evaluation rows are the samples' own masks
@@ -185,7 +187,7 @@ def test_eval_pipeline_index_and_padding(refer, tokenizer):
     unpadded = batches(create_refer_dataset(refer, tokenizer, S, batch_size, train=False, num_workers=1,
                                             pad_last_batch=False))[0]
     assert unpadded[-1][0].shape[0] == n % batch_size
-    assert np.concatenate([b[5] for b in unpadded]).tolist() == list(range(n))
+    assert np.concatenate([b[7] for b in unpadded]).tolist() == list(range(n))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -233,7 +235,7 @@ def test_other_objects_column_holds_the_images_other_annotations(refer, tokenize
     limit = 6
     dataset = create_refer_dataset(refer, tokenizer, S, batch_size=4, train=True, num_workers=1, seed=0,
                                    max_other_objects=limit)
-    assert dataset.get_col_names() == ["image", "input_ids", "attention_mask", "mask", "bad", "others"]
+    assert dataset.get_col_names() == ["image", "input_ids", "attention_mask", "mask", "bad", "others", "categories"]
     source = ReferSource(refer, tokenizer, S, train=True, max_other_objects=limit)
     checked_multi = False
     for i in range(0, len(refer.samples()), 7):

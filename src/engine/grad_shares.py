@@ -56,14 +56,16 @@ def aux_keys(batch: int, num_pixels: int, seed: int) -> Tuple[np.ndarray, np.nda
 
 
 @contextlib.contextmanager
-def _fixed_aux_draws(criterion, batch: int, num_pixels: int, seed: int):
-    """Makes the criterion's auxiliary contrast (its aux_contrast term) draw the keys of `aux_keys`."""
+def _fixed_aux_draws(criterion, image, seed: int):
+    """Makes the criterion's auxiliary contrast (its aux_contrast term) draw the keys of `aux_keys` for the pixel
+    embeddings of `image` (B, 3, H, W), at stride 4."""
     if "aux_contrast" not in getattr(criterion, "term_names", ()):  # no auxiliary contrast: nothing is drawn
         yield
         return
     aux = criterion.term("aux_contrast")
     previous = aux.fixed_keys
-    aux.use_fixed_keys(*(Tensor(keys) for keys in aux_keys(batch, num_pixels, seed)))
+    num_pixels = -(-image.shape[2] // 4) * -(-image.shape[3] // 4)
+    aux.use_fixed_keys(*(Tensor(keys) for keys in aux_keys(image.shape[0], num_pixels, seed)))
     try:
         yield
     finally:
@@ -114,9 +116,7 @@ def gradient_shares(net_with_loss, batch: Sequence, trunk_prefixes: Sequence[str
     params = trunk_parameters(net_with_loss, trunk_prefixes)
     inputs = tuple(x if isinstance(x, Tensor) else Tensor(np.asarray(x)) for x in batch)
     norms: Dict[str, float] = {}
-    image = inputs[0]  # (B, 3, H, W); the pixel embeddings are at stride 4
-    num_pixels = -(-image.shape[2] // 4) * -(-image.shape[3] // 4)
-    with _measuring(net_with_loss), _fixed_aux_draws(net_with_loss.criterion, image.shape[0], num_pixels, seed):
+    with _measuring(net_with_loss), _fixed_aux_draws(net_with_loss.criterion, inputs[0], seed):
         for index, (name, weight) in enumerate(zip(names, weights), start=1):
             if weight == 0.0:
                 norms[name] = 0.0
