@@ -82,14 +82,14 @@ def main(config_path, out_dir):
     report["dropout_masks"] = _gather_bits(mask, ctx)
 
     class Keys(nn.Cell):
-        def __init__(self, criterion):
+        def __init__(self, aux):
             super().__init__()
-            self.criterion = criterion
+            self.aux = aux
 
         def construct(self):
-            return self.criterion.random_keys(2, 64)  # (2, 64)
+            return self.aux.random_keys(2, 64)  # (2, 64)
 
-    keys = Keys(trainer.net_with_loss.criterion)
+    keys = Keys(trainer.net_with_loss.criterion.term("aux_contrast"))
     first, second = keys().asnumpy(), keys().asnumpy()
     report["keys_change_between_calls"] = bool((first != second).any())
     report["aux_keys"] = _gather_bits(first, ctx)

@@ -71,19 +71,19 @@ def test_source_replaces_bad_training_samples_and_flags_bad_evaluation_samples(b
     train_source, eval_source = ReferSource(refer, _tokenizer(), 32, train=True), ReferSource(refer, _tokenizer(), 32, train=False)
     for i in bad:
         replacement = next(j for j in range(i, len(refer.samples())) if j not in bad)
-        image, ids, att, mask, flag = train_source[i]
+        image, ids, att, mask, flag, _, _ = train_source[i]
         assert int(flag) == ReferSource.REPLACED
         expected = train_source[replacement]
         np.testing.assert_array_equal(image, expected[0])
         np.testing.assert_array_equal(mask, expected[3])
         np.testing.assert_array_equal(ids, expected[1])
-        image, ids, att, mask, flag, index = eval_source[i]
+        image, ids, att, mask, flag, _, _, index = eval_source[i]
         assert int(flag) == 1 and int(index) == i and not image.any() and not mask.any()
     for i in good[:5]:
         assert int(train_source[i][4]) == 0 and int(eval_source[i][4]) == 0
     # no good sample within reach: a zero placeholder the trainer aborts on, never an exception in a worker
     train_source.MAX_ATTEMPTS = 1
-    image, _, _, mask, flag = train_source[bad[0]]
+    image, _, _, mask, flag, _, _ = train_source[bad[0]]
     assert int(flag) == ReferSource.UNREPLACEABLE and not image.any() and not mask.any()
 
 
