@@ -94,9 +94,9 @@ def _legacy_terms(tree: Dict[str, Any], loss: Dict[str, Any], source: str) -> Li
     and matched proposals the proposal masks and selection, the class loss with a category head, SMA's map loss with
     the coupled head (each implied by the model then)."""
     proposal_loss = loss.get("proposal_loss", "matched")
-    if proposal_loss in _REMOVED_LOSS_VALUES["loss.proposal_loss"][:1]:
-        raise ConfigError(f"{source}: config key 'loss.proposal_loss' = {proposal_loss!r} was removed "
-                          f"({_REMOVED_LOSS_VALUES['loss.proposal_loss'][1]})")
+    removed, why = _REMOVED_LOSS_VALUES["loss.proposal_loss"]
+    if proposal_loss == removed:
+        raise ConfigError(f"{source}: config key 'loss.proposal_loss' = {proposal_loss!r} was removed ({why})")
     if proposal_loss not in ("none", "matched"):
         raise ConfigError(f"{source}: config key 'loss.proposal_loss' = {proposal_loss!r}; an old config may hold "
                           "'none' or 'matched' (today: the proposal terms in loss.terms)")
