@@ -13,7 +13,7 @@ from mindspore import Tensor, nn, ops
 
 from src.config import config_from_dict
 from src.models.amp import AMP_LEVELS, apply_mixed_precision, precision_of
-from src.models.pixel_decoder import bilinear_corners
+from src.models.layers.msdeform_attn import bilinear_corners
 
 IMAGE, TOKENS, VOCAB = 32, 6, 50
 
@@ -54,7 +54,7 @@ def _norm_cells(model):
 # ------------------------------------------------------------------------------------------------ the flags
 def test_levels_set_precision_in_place_and_keep_the_model():
     from src.models.layers.norm import GroupNorm, InstanceNormOverPixels, LayerNorm
-    from src.models.pixel_decoder import MSDeformAttn
+    from src.models.layers.msdeform_attn import MSDeformAttn
 
     _, model = _tiny_model()
     dense = [(n, c) for n, c in model.cells_and_names() if isinstance(c, (nn.Dense, nn.Conv2d, ms.mint.nn.Linear))
@@ -251,7 +251,7 @@ def test_deformable_sampling_rows_are_exact_in_float16():
 def test_deformable_attention_in_float16_reads_the_float32_neighbours():
     """The whole cell flagged float16 (O3, or a float16 310 model) against float32: a neighbour read one pixel
     off would change the output by the map's pixel-to-pixel variation (~1), float16 rounding by ~1e-2."""
-    from src.models.pixel_decoder import MSDeformAttn, deformable_reference_points
+    from src.models.layers.msdeform_attn import MSDeformAttn, deformable_reference_points
 
     ms.set_seed(0)
     attn = MSDeformAttn(d_model=16, n_levels=2, n_heads=2, n_points=2)

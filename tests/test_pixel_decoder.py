@@ -10,14 +10,9 @@ import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from gradcheck import assert_every_parameter_gets_gradient
-from src.models.pixel_decoder import (
-    FPNPixelDecoder,
-    MSDeformAttn,
-    MSDeformAttnPixelDecoder,
-    build_pixel_decoder,
-    deformable_reference_points,
-    group_norm,
-)
+from src.models.layers import group_norm
+from src.models.layers.msdeform_attn import MSDeformAttn, deformable_reference_points
+from src.models.pixel_decoder import FPNPixelDecoder, MSDeformAttnPixelDecoder, build_pixel_decoder
 from src.models.position_encoding import PositionEmbeddingSine
 
 IN_CHANNELS = (16, 32, 64, 128)

@@ -136,3 +136,22 @@ def test_imports_only_go_downward():
                                                                      ["src", "engine"])]
         assert not upward, f"{os.path.relpath(path, ROOT)} imports upward: {upward}"
     assert _imports(os.path.join(ROOT, "src", "models", "__init__.py")) == []
+
+
+def test_the_shared_layers_import_no_model_part():
+    """src/models/layers is the bottom of the model package: a part imports layers, never the other way round."""
+    for path in _python_files(os.path.join("src", "models", "layers")):
+        upward = [n for n in _imports(path) if n.startswith("src.models.") and not n.startswith("src.models.layers")
+                  and n.split(".")[2] not in ("cost", "registry")]
+        assert not upward, f"{os.path.relpath(path, ROOT)} imports a model part: {upward}"
+
+
+def test_no_module_in_src_is_over_500_lines():
+    """The size at which a module stops being read in one pass (issue #23): split by concept beyond it."""
+    sizes = {}
+    for path in _python_files("src"):
+        with open(path, encoding="utf-8") as f:
+            sizes[os.path.relpath(path, ROOT)] = sum(1 for _ in f)
+    assert sizes, "no modules found under src/"
+    too_long = {path: n for path, n in sizes.items() if n > 500}
+    assert not too_long, f"modules over 500 lines: {too_long}"

@@ -46,7 +46,7 @@ AMP_LEVELS = CHOICES["train.amp_level"]  # ("O0", "O2", "O3"): the config's allo
 def fp32_cells():
     """Cells kept float32 under O2: MindSpore's black list, the project's norms, the deformable sampling."""
     from src.models.layers.norm import GroupNorm, InstanceNormOverPixels, LayerNorm
-    from src.models.pixel_decoder import MSDeformAttn
+    from src.models.layers.msdeform_attn import MSDeformAttn
 
     return (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d,
             LayerNorm, GroupNorm, InstanceNormOverPixels, MSDeformAttn)

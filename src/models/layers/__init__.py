@@ -9,7 +9,8 @@ conversion is a rename-free copy; the names are part of the checkpoint format an
   Mask2Former parts keep `nn.LayerNorm` (gamma/beta) for their detectron2-style names. A new module uses
   `LayerNorm` from here.
 * GroupNorm / convolution: `GroupNorm`, `group_norm`, `ConvNormAct` (detectron2's names).
-* Attention: `MultiHeadAttention` (PyTorch's packed in_proj; bool mask, True = not allowed).
+* Attention: `MultiHeadAttention` (PyTorch's packed in_proj; bool mask, True = not allowed); multi-scale
+  deformable attention is `msdeform_attn.MSDeformAttn` (the msdeform pixel decoder's).
 * Feed-forward: `FeedForward` (Linear-GELU-Linear, timm's Mlp) or `ReluMLP` (DETR's ReLU stack, its MLP).
 * `softmax_fp32`: every softmax of a model part (float32 under mixed precision, src/models/amp.py).
 * `gelu` / `GELU`: the exact erf GELU (MindSpore's default is the tanh approximation); `AccurateTanh`;
