@@ -135,37 +135,6 @@ def test_mask_geometry_scores_match_numpy(inputs):
     np.testing.assert_allclose(geo[:, 2], [0.25, 0.75], atol=1e-3)
 
 
-def test_mask_content_scores_match_numpy(inputs):
-    """sma.mask_content: each proposal's key adds Linear(sum_hw m_n P / (sum_hw m_n + 1)), m_n = sigmoid(Q_n . P),
-    checked by loops over pixels; no gradient reaches P or Q through the read-out."""
-    import mindspore as ms
-    from mindspore import ops
-
-    from src.models.sma import mask_content
-
-    queries, pixels, sentence = inputs
-    cell = SentenceMaskAlignment(D_TEXT, D, content=True)
-    _randomise(cell, 4)
-    _, weights, _ = cell(*(Tensor(x) for x in inputs))
-    q64, p64 = queries.astype(np.float64), pixels.astype(np.float64)
-    content = np.zeros((B, N, D))
-    for b in range(B):
-        for n in range(N):
-            soft = 1.0 / (1.0 + np.exp(-np.einsum("d,dhw->hw", q64[b, n], p64[b])))  # (H, W)
-            content[b, n] = np.einsum("hw,dhw->d", soft, p64[b]) / (soft.sum() + 1.0)
-    np.testing.assert_allclose(mask_content(Tensor(queries), Tensor(pixels)).asnumpy(), content, rtol=1e-4, atol=1e-5)
-    keys = q64 + content @ cell.content_proj.weight.asnumpy().T + cell.content_proj.bias.asnumpy()
-    g = sentence.astype(np.float64) @ cell.sentence_proj.weight.asnumpy().T + cell.sentence_proj.bias.asnumpy()
-    scores = np.einsum("bnd,bd->bn", keys, g) / math.sqrt(D)
-    e = np.exp(scores - scores.max(axis=1, keepdims=True))
-    np.testing.assert_allclose(weights.asnumpy(), e / e.sum(axis=1, keepdims=True), rtol=1e-4, atol=1e-5)
-    def total(q, p):
-        return mask_content(q, p).sum()
-
-    grad_q, grad_p = ms.grad(total, grad_position=(0, 1))(Tensor(queries), Tensor(pixels))
-    assert not ops.abs(grad_q).max().asnumpy() and not ops.abs(grad_p).max().asnumpy()
-
-
 def test_reasoning_scores_read_the_words_and_the_other_proposals_but_not_padding(inputs):
     """sma.reasoning_layers: a proposal's score depends on the individual words and on the other proposals
     (what one pooled vector dotted with one proposal cannot do), never on padding tokens; the target

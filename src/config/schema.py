@@ -131,10 +131,6 @@ class SMASection:
     # head = coupled only: each proposal's score also gets beta * the word-pixel path's mean logit inside its mask
     # (beta learnable, 1 at init; no gradient through the read-out): the pixel path votes for the proposal it covers.
     pixel_agreement: bool = False
-    # true: each proposal is also described by what its mask covers, the mask-pooled pixel embedding
-    # sum_hw m_n P / (sum_hw m_n + 1) with m_n = sigmoid(Q_n . P) (a read-out: no gradient through it); the category
-    # head reads it instead of the mask embedding, and SMA's score keys add its projection (src/models/sma.py).
-    mask_content: bool = False
 
 
 @dataclass

@@ -197,7 +197,7 @@ class FinalStageMaps(nn.Cell):
             return (output,)
         head = self.model.head
         last = mask_embeds[-1]  # (B, N, D)
-        class_logits = self.model.proposal_classes(last, pixel_embed)  # (B, N, C + 1) or None
+        class_logits = self.model.proposal_classes(last)  # (B, N, C + 1) or None
         proposals = self._upsample(proposal_logits(last, pixel_embed), height, width)  # (B, N, S, S)
         _, weights, _, _ = head.forward_with_scores(last, pixel_embed, sentence, words, attention_mask,
                                                     class_logits)  # (B, N)

@@ -24,7 +24,7 @@ from src.models.bert import BertConfig, BertModel, bert_config_from
 from src.models.criterion import CoupAlignCriterion
 from src.models.layers import scale_gradient
 from src.models.registry import FUSIONS, IMAGE_ENCODERS, PIXEL_DECODERS, SMA_HEADS, TRANSFORMER_DECODERS
-from src.models.sma import SentencePixelHead, mask_content, pool_sentence
+from src.models.sma import SentencePixelHead, pool_sentence
 
 NUM_STAGES = 4
 
@@ -84,16 +84,16 @@ class CoupAlign(nn.Cell):
             # added to the word-pixel path through a zero-initialised gate; src/models/coupled_head.py).
             self.head = SMA_HEADS.get(model_cfg.sma.head).from_config(cfg, text_dim)
             # Category of each proposal, read off its mask embedding (the vector SMA scores against the
-            # sentence), so that what a proposal is (a star, a person) is written into that vector. Used by
-            # the training loss only (config model.mask_generator.num_classes; Mask2Former's class_embed).
+            # sentence), so that what a proposal is (a star, a person) is written into that vector. Read by the
+            # proposal_class loss and by the coupled head's objectness prior (config model.mask_generator.num_classes;
+            # Mask2Former's class_embed, which reads the query state instead). Measured on the quickstart: it does not
+            # learn there (research/NOTEBOOK.md, "Ablation").
             self.class_embed = nn.Dense(mg.mask_dim, mg.num_classes + 1) if mg.num_classes else None
-            self.use_mask_content = bool(model_cfg.sma.mask_content)
         else:
             # "No SMA" ablation: no proposals, the sentence meets the pixels directly.
             self.transformer_decoder = None
             self.head = SentencePixelHead.from_config(cfg, text_dim)
             self.class_embed = None
-            self.use_mask_content = False
 
     # ------------------------------------------------------------------------------------------
     def encode(self, image, input_ids, attention_mask, trace=False):
@@ -188,27 +188,17 @@ class CoupAlign(nn.Cell):
             return {"stage_logits": logits, "pixel_embed": pixel_embed, "target_embed": target_embed,
                     "mask_embeds": target_embed.expand_dims(0).expand_dims(2), "scores": scores.expand_dims(0),
                     "class_logits": None, "sma_map_logits": logits}
-        class_logits = self.proposal_classes(mask_embeds, pixel_embed)  # (S, B, N, C + 1) or None
+        class_logits = self.proposal_classes(mask_embeds)  # (S, B, N, C + 1) or None
         stage_logits, target_embed, scores, map_logits = self.head.forward_train(mask_embeds, pixel_embed, sentence,
                                                                                  words, attention_mask, class_logits)
         return {"stage_logits": stage_logits, "pixel_embed": pixel_embed, "target_embed": target_embed,
                 "mask_embeds": mask_embeds, "scores": scores, "class_logits": class_logits,
                 "sma_map_logits": map_logits}
 
-    def proposal_classes(self, mask_embeds, pixel_embed):
-        """The proposals' category logits ``(S, B, N, C + 1)`` from ``mask_embeds (S, B, N, D)`` (or ``(B, N, C + 1)``
-        from ``(B, N, D)``); None without a category head. The head reads the mask embeddings, or with
-        ``model.sma.mask_content`` what each mask covers (`mask_content`)."""
-        if self.class_embed is None:
-            return None
-        if not self.use_mask_content:
-            return self.class_embed(mask_embeds)
-        if len(mask_embeds.shape) == 3:
-            return self.class_embed(mask_content(mask_embeds, pixel_embed))
-        stages = ()
-        for s in range(mask_embeds.shape[0]):
-            stages = stages + (self.class_embed(mask_content(mask_embeds[s], pixel_embed)),)
-        return ops.stack(stages)
+    def proposal_classes(self, mask_embeds):
+        """The proposals' category logits ``(..., N, C + 1)`` from their mask embeddings ``(..., N, D)`` (every stage
+        or the final one); None without a category head."""
+        return None if self.class_embed is None else self.class_embed(mask_embeds)
 
     def predict(self, sentence, pixel_embed, mask_embeds, words, attention_mask, height, width):
         """The final stage's target logits, upsampled to (height, width) -> (B, 1, H, W). Two ints, not a
@@ -216,7 +206,7 @@ class CoupAlign(nn.Cell):
         parameters but 3 were provided", MindSpore 2.10)."""
         sentence, pixel_embed, mask_embeds, words = _float32(sentence, pixel_embed, mask_embeds, words)
         mask_embed = None if mask_embeds is None else mask_embeds[-1]  # final stage only
-        class_logits = self.proposal_classes(mask_embed, pixel_embed)  # (B, N, C + 1) or None
+        class_logits = self.proposal_classes(mask_embed)  # (B, N, C + 1) or None
         logits, _, _ = self.head(mask_embed, pixel_embed, sentence, words, attention_mask, class_logits)  # (B, 1, h, w)
         logits = logits.astype(ms.float32)  # float16 under train.amp_level O2/O3; the output is float32
         return ops.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)

@@ -70,9 +70,9 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
     param_lr_scales = {"gate": 10.0, "log_temperature": 10.0, "agreement_weight": 10.0}
 
     def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4,
-                 pixel_agreement=False, content=False):
+                 pixel_agreement=False):
         super().__init__(text_dim, mask_dim, geometry=geometry, reasoning_layers=reasoning_layers,
-                         reasoning_heads=reasoning_heads, content=content)
+                         reasoning_heads=reasoning_heads)
         self.pixel_query = nn.Dense(text_dim, mask_dim)
         self.log_temperature = Parameter(Tensor(0.0, ms.float32), name="log_temperature")
         self.gate = Parameter(Tensor(0.0, ms.float32), name="gate")
@@ -84,7 +84,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
     def from_config(cls, cfg, text_dim: int) -> "CoupledSentenceMaskHead":
         sma, mg = cfg.model.sma, cfg.model.mask_generator
         return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
-                   reasoning_heads=mg.decoder_heads, pixel_agreement=sma.pixel_agreement, content=sma.mask_content)
+                   reasoning_heads=mg.decoder_heads, pixel_agreement=sma.pixel_agreement)
 
     def pixel_logits(self, pixel_embed, sentence):
         """``M_pix = Linear_p(L_g) . P`` ``(B, 1, h, w)``: the word-pixel path."""

@@ -22,8 +22,7 @@ from .layers import softmax_fp32
 from .registry import SMA_HEADS
 from .transformer_decoder import CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 
-__all__ = ["ProposalReasoning", "SentenceMaskAlignment", "SentencePixelHead", "mask_content", "mask_geometry",
-           "pool_sentence"]
+__all__ = ["ProposalReasoning", "SentenceMaskAlignment", "SentencePixelHead", "mask_geometry", "pool_sentence"]
 
 
 def pool_sentence(lang, attention_mask, mode="cls"):
@@ -70,16 +69,6 @@ def mask_geometry(mask_embed, pixel_embed):
     centre_y = ops.matmul(soft, grid_y) / ops.maximum(mass, 1e-6)
     area = mass / (height * width)
     return ops.concat((centre_x, centre_y, area), axis=2)  # (B, N, 3)
-
-
-def mask_content(mask_embed, pixel_embed):
-    """What each proposal covers: the mask-pooled pixel embedding ``sum_hw m_n P / (sum_hw m_n + 1)`` with the soft
-    mask ``m_n = sigmoid(Q_n . P)`` -> ``(B, N, D)``. A read-out: no gradient (the trunk's pixel embeddings know the
-    colours and shapes under a mask; the mask embeddings, trained for masks, do not: research/NOTEBOOK.md)."""
-    batch, dim, height, width = pixel_embed.shape
-    pixels = ops.stop_gradient(pixel_embed).reshape(batch, dim, height * width)  # (B, D, hw)
-    soft = ops.sigmoid(ops.bmm(ops.stop_gradient(mask_embed), pixels))  # (B, N, hw)
-    return ops.bmm(soft, pixels.transpose(0, 2, 1)) / (soft.sum(axis=2, keepdims=True) + 1.0)  # (B, N, D)
 
 
 class ProposalReasoning(nn.Cell):
@@ -134,10 +123,9 @@ class SentenceMaskAlignment(nn.Cell):
         ``(logits M (B, 1, h, w), weights w (B, N), target_embed a (B, D))``.
     """
 
-    def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4, content=False):
+    def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4):
         super().__init__()
         self.geometry_proj = nn.Dense(3, mask_dim) if geometry else None
-        self.content_proj = nn.Dense(mask_dim, mask_dim) if content else None
         self.reasoning = (ProposalReasoning(text_dim, mask_dim, reasoning_layers, reasoning_heads)
                           if reasoning_layers else None)
         self.scale = 1.0 / math.sqrt(mask_dim)
@@ -148,7 +136,7 @@ class SentenceMaskAlignment(nn.Cell):
         """From a Config: `model.sma`, with the mask generator's width and heads; `text_dim` of the text encoder."""
         sma, mg = cfg.model.sma, cfg.model.mask_generator
         return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
-                   reasoning_heads=mg.decoder_heads, content=sma.mask_content)
+                   reasoning_heads=mg.decoder_heads)
 
     def sentence_scores(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None):
         """The sentence's agreement with each proposal, ``Q_n . g / sqrt(D)`` ``(B, N)`` (with the geometry and
@@ -159,8 +147,6 @@ class SentenceMaskAlignment(nn.Cell):
         keys = mask_embed
         if self.geometry_proj is not None:
             keys = mask_embed + self.geometry_proj(mask_geometry(mask_embed, pixel_embed))  # (B, N, D)
-        if self.content_proj is not None:
-            keys = keys + self.content_proj(mask_content(mask_embed, pixel_embed))  # (B, N, D)
         if self.reasoning is not None:
             keys = self.reasoning(keys, words, attention_mask)  # (B, N, D)
         return ops.bmm(keys, query.expand_dims(-1)).squeeze(-1) * self.scale  # (B, N)
