@@ -52,9 +52,8 @@ def describe_split(model, refer, dataset, classes, max_batches):
     from src.models.transformer_decoder import proposal_logits
 
     head_pred, truth, embeds, contents = [], [], [], []
-    for i, batch in enumerate(dataset.create_dict_iterator(num_epochs=1, output_numpy=True)):
-        if i >= max_batches:
-            break
+    # take(), not a break out of the loop: a probe that broke out of the iterator kept running after writing its output
+    for batch in dataset.take(max_batches).create_dict_iterator(num_epochs=1, output_numpy=True):
         _, pixel_embed, mask_embeds, _ = model.forward_features(Tensor(batch["image"]), Tensor(batch["input_ids"]),
                                                                 Tensor(batch["attention_mask"]))
         last = mask_embeds[-1]  # (B, N, D)
