@@ -365,27 +365,3 @@ def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate(pynative):
     scales = {p.name: float(x.asnumpy()) for p, x in zip(built.optimizer.parameters, built.optimizer.lr_scales)}
     assert scales["head.gate"] == scales["head.log_temperature"] == scales["head.agreement_weight"] == 10.0
     assert scales["head.pixel_query.weight"] == 1.0
-
-
-def test_proposal_classes_read_the_first_stage_map_under_each_proposal_mask(pynative):
-    """The category head reads the first stage map S_o[0] averaged under each proposal's soft mask (NumPy reference
-    for every supervised stage); the category keys feed the head's output into SMA's scores (model.sma.category_keys)."""
-    ms.set_seed(2)
-    cfg = config_from_dict(TINY, {"model.sma.head": "coupled", "model.mask_generator.num_classes": 3,
-                                  "model.sma.category_keys": True})
-    net = CoupAlign(cfg)
-    net.set_train(False)
-    image, ids, mask, _ = make_batch()
-    features, words = net.encode(Tensor(image), Tensor(ids), Tensor(mask))
-    _, pixel_embed, mask_embeds, class_logits = net.decode(features, words, Tensor(mask))
-    p = pixel_embed.asnumpy().astype(np.float64)  # (B, D, h, w)
-    q = mask_embeds.asnumpy().astype(np.float64)  # (S, B, N, D)
-    f = features[0].asnumpy().astype(np.float64)  # (B, C_0, h, w)
-    m = 1.0 / (1.0 + np.exp(-np.einsum("sbnd,bdhw->sbnhw", q, p)))
-    pooled = np.einsum("sbnhw,bchw->sbnc", m, f) / (m.sum(axis=(3, 4))[..., None] + 1.0)
-    expected = pooled @ net.class_embed.weight.asnumpy().T + net.class_embed.bias.asnumpy()
-    assert class_logits.shape == (4, 2, 8, 4) and net.head.category_proj is not None
-    np.testing.assert_allclose(class_logits.asnumpy(), expected, rtol=1e-4, atol=1e-5)
-    assert np.ptp(expected, axis=2).min() > 1e-3  # proposals of one image get different logits: the masks matter
-    with pytest.raises(Exception, match="category_keys"):
-        config_from_dict(TINY, {"model.sma.category_keys": True})

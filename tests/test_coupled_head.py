@@ -189,34 +189,3 @@ def test_pixel_agreement_is_the_mean_pixel_logit_inside_each_mask_without_gradie
 
     grads = ms.grad(total, grad_position=(0, 1))(Tensor(masks), Tensor(pixel))
     assert all(np.array_equal(g.asnumpy(), np.zeros_like(g.asnumpy())) for g in grads)
-
-
-def test_category_keys_add_a_projection_of_the_class_probabilities_to_the_scores(inputs, pynative):
-    """model.sma.category_keys: each key gets Linear(softmax(class logits)); NumPy reference, no gradient to the
-    class logits through it (the category head learns categories from its own loss only)."""
-    queries, pixels, sentence, class_logits = inputs
-    head = CoupledSentenceMaskHead(D_TEXT, D, num_categories=C + 1)
-    rng = np.random.default_rng(5)
-    for param in head.get_parameters():
-        param.set_data(Tensor(rng.uniform(-0.8, 0.8, size=param.shape).astype(np.float32)))
-    _, _, _, scores = head.forward_with_scores(Tensor(queries), Tensor(pixels), Tensor(sentence), None, None,
-                                               Tensor(class_logits))
-    e = np.exp(class_logits.astype(np.float64))
-    probs = e / e.sum(-1, keepdims=True)
-    keys = queries.astype(np.float64) + _dense(head.category_proj, probs)  # (B, N, D)
-    tau = math.exp(float(head.log_temperature.asnumpy()))
-    expected = tau * np.einsum("bnd,bd->bn", keys, _dense(head.sentence_proj, sentence)) / math.sqrt(D)
-    expected = expected + np.log(e[..., :C].sum(-1) / e.sum(-1))
-    np.testing.assert_allclose(scores.asnumpy(), expected, rtol=RTOL, atol=ATOL)
-    without = CoupledSentenceMaskHead(D_TEXT, D)  # the same keys without the category term differ
-    for name, param in zip([p.name for p in head.get_parameters()], head.get_parameters()):
-        match = [p for p in without.get_parameters() if p.name == name]
-        if match:
-            match[0].set_data(param.data.copy())
-    _, _, _, plain = without.forward_with_scores(Tensor(queries), Tensor(pixels), Tensor(sentence), None, None,
-                                                 Tensor(class_logits))
-    assert np.abs(plain.asnumpy() - scores.asnumpy()).max() > 1e-2
-
-    grad = ms.grad(lambda c: head.forward_with_scores(Tensor(queries), Tensor(pixels), Tensor(sentence), None, None,
-                                                      c)[3].sum())(Tensor(class_logits))
-    np.testing.assert_array_equal(grad.asnumpy(), 0.0)

@@ -268,7 +268,7 @@ def test_final_stage_maps_of_the_coupled_head(tiny, pynative):
     image, ids, mask = _inputs()
     net = dec.FinalStageMaps(model)
     output, proposals, weights, pixel, sma = [m.asnumpy() for m in net(image, ids, mask)]
-    _, pixel_embed, mask_embeds, _, _ = model.forward_features(image, ids, mask)
+    _, pixel_embed, mask_embeds, _ = model.forward_features(image, ids, mask)
     stride4 = dec.proposal_logits(mask_embeds[-1], pixel_embed)  # (2, N, 16, 16)
     upsampled = ops.interpolate(stride4, size=(64, 64), mode="bilinear", align_corners=False).asnumpy()
     assert net.kind == "coupled"

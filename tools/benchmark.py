@@ -413,11 +413,10 @@ def _ms_cells():
             self.model = model
             self.image_size = image_size
 
-        def construct(self, f1, pixel_embed, m0, m1, m2, words, attention_mask):
+        def construct(self, pixel_embed, m0, m1, m2, words, attention_mask):
             sentence = self.model.sentence_feature(words, attention_mask)
             mask_embeds = self.model.generate_masks((m0, m1, m2), pixel_embed)
-            class_logits = self.model.proposal_classes(mask_embeds, pixel_embed, f1)
-            return self.model.predict(sentence, pixel_embed, mask_embeds, class_logits, words, attention_mask,
+            return self.model.predict(sentence, pixel_embed, mask_embeds, words, attention_mask,
                                       self.image_size, self.image_size)
 
     class Encoders(nn.Cell):
@@ -494,7 +493,7 @@ def measure_parts(model, inputs, flops: Dict[str, int], args) -> Dict:
               flops["swin"] + flops["bert"] + flops["wpa"]),
              ("pixel decoder", lambda: decode(*features)[0].asnumpy(), flops["pixel_decoder"]),
              ("transformer decoder + SMA + upsampling",
-              lambda: head(features[0], pixel_embed, *coarse, words, attention_mask).asnumpy(),
+              lambda: head(pixel_embed, *coarse, words, attention_mask).asnumpy(),
               flops["transformer_decoder"] + flops["sma"])]
     timings = OrderedDict((name, time_calls(call, args.steps, args.warmup)) for name, call, _ in calls)
     split = [(name, timings[name]["median_s"], part_flops) for name, _, part_flops in calls]

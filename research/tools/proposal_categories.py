@@ -52,13 +52,13 @@ def describe_split(model, refer, dataset, classes, max_batches):
     head_pred, truth, embeds, contents = [], [], [], []
     # take(), not a break out of the loop: a probe that broke out of the iterator kept running after writing its output
     for batch in dataset.take(max_batches).create_dict_iterator(num_epochs=1, output_numpy=True):
-        _, pixel_embed, mask_embeds, class_logits, _ = model.forward_features(
-            Tensor(batch["image"]), Tensor(batch["input_ids"]), Tensor(batch["attention_mask"]))
+        _, pixel_embed, mask_embeds, _ = model.forward_features(Tensor(batch["image"]), Tensor(batch["input_ids"]),
+                                                                Tensor(batch["attention_mask"]))
         last = mask_embeds[-1]  # (B, N, D)
         size = batch["image"].shape[-1]
         proposals = ops.interpolate(proposal_logits(last, pixel_embed), size=(size, size), mode="bilinear",
                                     align_corners=False).asnumpy()  # (B, N, S, S), as tools/decompose.py scores them
-        head = class_logits[-1].asnumpy().argmax(-1)  # (B, N)
+        head = model.proposal_classes(last).asnumpy().argmax(-1)  # (B, N)
         last = last.asnumpy()
         content = mask_content(last, pixel_embed.asnumpy())  # (B, N, D)
         for row, (index, bad) in enumerate(zip(batch["index"].tolist(), batch["bad"].tolist())):

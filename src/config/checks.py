@@ -55,9 +55,6 @@ def check(cfg: Config) -> None:
     if not 0.0 <= flat["model.sma.proposal_grad_scale"] <= 1.0:
         raise ConfigError(f"config key 'model.sma.proposal_grad_scale' = {flat['model.sma.proposal_grad_scale']}; "
                           "expected a value in [0, 1]")
-    if flat["model.sma.category_keys"] and not flat["model.mask_generator.num_classes"]:
-        raise ConfigError("config key 'model.sma.category_keys' = True reads the proposals' category head: it needs "
-                          "model.mask_generator.num_classes > 0")
     if flat["model.sma.pixel_agreement"] and flat["model.sma.head"] != "coupled":
         raise ConfigError("config key 'model.sma.pixel_agreement' = True needs model.sma.head='coupled' (the word-pixel "
                           f"path it reads), got {flat['model.sma.head']!r}")

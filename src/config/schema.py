@@ -131,10 +131,6 @@ class SMASection:
     # head = coupled only: each proposal's score also gets beta * the word-pixel path's mean logit inside its mask
     # (beta learnable, 1 at init; no gradient through the read-out): the pixel path votes for the proposal it covers.
     pixel_agreement: bool = False
-    # true: each proposal's score key also gets Linear(softmax(its category logits)) (no gradient into the category
-    # head through it), so "the star" can prefer the proposals the head calls a star. Needs
-    # model.mask_generator.num_classes > 0.
-    category_keys: bool = False
 
 
 @dataclass

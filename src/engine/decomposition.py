@@ -190,15 +190,14 @@ class FinalStageMaps(nn.Cell):
 
     def construct(self, image, input_ids, attention_mask):
         height, width = image.shape[2], image.shape[3]
-        sentence, pixel_embed, mask_embeds, class_logits, words = self.model.forward_features(image, input_ids,
-                                                                                              attention_mask)
-        output = self.model.predict(sentence, pixel_embed, mask_embeds, class_logits, words, attention_mask, height,
+        sentence, pixel_embed, mask_embeds, words = self.model.forward_features(image, input_ids, attention_mask)
+        output = self.model.predict(sentence, pixel_embed, mask_embeds, words, attention_mask, height,
                                     width)  # (B, 1, S, S)
         if self.kind == "none":
             return (output,)
         head = self.model.head
         last = mask_embeds[-1]  # (B, N, D)
-        class_logits = None if class_logits is None else class_logits[-1]  # (B, N, C + 1) or None
+        class_logits = self.model.proposal_classes(last)  # (B, N, C + 1) or None
         proposals = self._upsample(proposal_logits(last, pixel_embed), height, width)  # (B, N, S, S)
         _, weights, _, _ = head.forward_with_scores(last, pixel_embed, sentence, words, attention_mask,
                                                     class_logits)  # (B, N)

@@ -188,7 +188,7 @@ def _collect_batch(model, probe, start, stop, criterion, parts) -> None:
     ids = Tensor(probe.input_ids[start:stop])
     mask = Tensor(probe.attention_mask[start:stop])
     features, words, trace = model.encode(image, ids, mask, trace=True)
-    sentence, pixel_embed, mask_embeds, class_logits = model.decode(features, words, mask)
+    sentence, pixel_embed, mask_embeds = model.decode(features, words, mask)
     add = lambda key, value: parts.setdefault(key, []).append(value)  # noqa: E731
     np_mask = probe.attention_mask[start:stop]
     for layer, layer_words in enumerate(trace["layer_words"]):
@@ -198,7 +198,7 @@ def _collect_batch(model, probe, start, stop, criterion, parts) -> None:
     add("sentence", pool_sentence(words, mask, model.sentence_pool).asnumpy())
     last = None if mask_embeds is None else mask_embeds[-1]
     # The class head's logits as at inference: the coupled head's weights include its objectness prior.
-    class_logits = None if class_logits is None else class_logits[-1]  # (B, N, C + 1) or None
+    class_logits = None if last is None else model.proposal_classes(last)  # (B, N, C + 1) or None
     _, weights, target_embed, _ = model.head.forward_with_scores(last, pixel_embed, sentence, words, mask,
                                                                  class_logits)
     add("target_embed", target_embed.asnumpy())

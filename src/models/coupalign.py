@@ -83,13 +83,12 @@ class CoupAlign(nn.Cell):
             # model.sma.head: mixture (the proposals' weighted mix is the output) or coupled (SMA's selected masks
             # added to the word-pixel path through a zero-initialised gate; src/models/coupled_head.py).
             self.head = SMA_HEADS.get(model_cfg.sma.head).from_config(cfg, text_dim)
-            # Category of each proposal, read off the image encoder's first stage map averaged under the proposal's
-            # mask (`proposal_classes`). Measured on the quickstart checkpoint (research/NOTEBOOK.md, "Ablation"):
-            # a linear probe reads the category off the stage 1-2 maps for 75-77% of the val objects, off the mask
-            # embeddings (Mask2Former's placement reads the query state) and off the mask-pooled P for none beyond
-            # the majority rate. Read by the proposal_class loss, the matching cost, the coupled head's objectness
-            # prior and, with model.sma.category_keys, SMA's scores (config model.mask_generator.num_classes).
-            self.class_embed = nn.Dense(channels[0], mg.num_classes + 1) if mg.num_classes else None
+            # Category of each proposal, read off its mask embedding (the vector SMA scores against the
+            # sentence), so that what a proposal is (a star, a person) is written into that vector. Read by the
+            # proposal_class loss and by the coupled head's objectness prior (config model.mask_generator.num_classes;
+            # Mask2Former's class_embed, which reads the query state instead). Measured on the quickstart: it does not
+            # learn there (research/NOTEBOOK.md, "Ablation").
+            self.class_embed = nn.Dense(mg.mask_dim, mg.num_classes + 1) if mg.num_classes else None
         else:
             # "No SMA" ablation: no proposals, the sentence meets the pixels directly.
             self.transformer_decoder = None
@@ -136,8 +135,7 @@ class CoupAlign(nn.Cell):
 
     def decode(self, features, words, attention_mask):
         """Sentence, pixel decoder and mask generator -> (L_g (B, D_text), P (B, D, h, w), Q per supervised
-        stage (S, B, N, D) or None without SMA, the proposals' category logits (S, B, N, C + 1) or None without a
-        category head). Shared by inference, training and the diagnostics."""
+        stage (S, B, N, D) or None without SMA). Shared by inference, training and the diagnostics."""
         sentence = self.sentence_feature(words, attention_mask)  # L_g (B, D_text)
         pixel_embed, multi_scale = self.pixel_decoder(features)  # P (B, D, H/4, W/4)
         # The proposal branch reads the trunk's maps through a gradient scale (model.sma.proposal_grad_scale; the
@@ -146,10 +144,7 @@ class CoupAlign(nn.Cell):
         memory = ()
         for level in multi_scale:
             memory = memory + (scale_gradient(level, self.proposal_grad_scale),)
-        mask_embeds = self.generate_masks(memory, scale_gradient(pixel_embed, self.proposal_grad_scale))
-        class_logits = self.proposal_classes(mask_embeds, pixel_embed,
-                                             scale_gradient(features[0], self.proposal_grad_scale))
-        return sentence, pixel_embed, mask_embeds, class_logits
+        return sentence, pixel_embed, self.generate_masks(memory, scale_gradient(pixel_embed, self.proposal_grad_scale))
 
     def sentence_feature(self, words, attention_mask):
         """L_g (B, D_text): the sentence as SMA reads it (model.sma.sentence_pool)."""
@@ -166,70 +161,59 @@ class CoupAlign(nn.Cell):
 
     def forward_features(self, image, input_ids, attention_mask):
         """Encoders with fusion, then decoding -> (L_g (B, D_text), P (B, D, h, w), Q (S, B, N, D) or None
-        without SMA, category logits (S, B, N, C + 1) or None, words L (B, T, D_text)): everything the heads read.
-        The one path shared by inference (`construct`), training (`forward_train`) and the benchmark."""
+        without SMA, words L (B, T, D_text)): everything the heads read. The one path shared by inference
+        (`construct`), training (`forward_train`) and the benchmark."""
         features, words = self.encode(image, input_ids, attention_mask)
-        sentence, pixel_embed, mask_embeds, class_logits = self.decode(features, words, attention_mask)
-        return sentence, pixel_embed, mask_embeds, class_logits, words
+        sentence, pixel_embed, mask_embeds = self.decode(features, words, attention_mask)
+        return sentence, pixel_embed, mask_embeds, words
 
     def forward_train(self, image, input_ids, attention_mask):
         """The training outputs: a dict with the fields of src/models/outputs.py (`TRAIN_OUTPUTS`), everything the
         criterion reads: referring logits per supervised stage, P, the target embedding, the proposals' mask
         embeddings, SMA's scores, the proposals' category logits and SMA's own maps."""
-        sentence, pixel_embed, mask_embeds, class_logits, words = self.forward_features(image, input_ids, attention_mask)
-        return self.train_outputs(sentence, pixel_embed, mask_embeds, class_logits, words, attention_mask)
+        sentence, pixel_embed, mask_embeds, words = self.forward_features(image, input_ids, attention_mask)
+        return self.train_outputs(sentence, pixel_embed, mask_embeds, words, attention_mask)
 
-    def train_outputs(self, sentence, pixel_embed, mask_embeds, class_logits, words, attention_mask):
+    def train_outputs(self, sentence, pixel_embed, mask_embeds, words, attention_mask):
         """`forward_train`'s dict from `forward_features`' outputs (the benchmark times this part alone).
 
         The mixture head supervises its output at every stage and its map is that output; the coupled head outputs
         the final stage once and SMA's maps separately (src/models/coupled_head.py). Without SMA there are no
         proposals: the target embedding stands as a single "proposal" (1, B, 1, D), the scores are zeros (1, B, 1)
         and the map is the output."""
-        sentence, pixel_embed, mask_embeds, class_logits, words = _float32(sentence, pixel_embed, mask_embeds,
-                                                                           class_logits, words)
+        sentence, pixel_embed, mask_embeds, words = _float32(sentence, pixel_embed, mask_embeds, words)
         if mask_embeds is None:
             logits, _, target_embed, scores = self.head.forward_with_scores(None, pixel_embed, sentence)
             logits = logits.expand_dims(0)  # (1, B, 1, h, w)
             return {"stage_logits": logits, "pixel_embed": pixel_embed, "target_embed": target_embed,
                     "mask_embeds": target_embed.expand_dims(0).expand_dims(2), "scores": scores.expand_dims(0),
                     "class_logits": None, "sma_map_logits": logits}
+        class_logits = self.proposal_classes(mask_embeds)  # (S, B, N, C + 1) or None
         stage_logits, target_embed, scores, map_logits = self.head.forward_train(mask_embeds, pixel_embed, sentence,
                                                                                  words, attention_mask, class_logits)
         return {"stage_logits": stage_logits, "pixel_embed": pixel_embed, "target_embed": target_embed,
                 "mask_embeds": mask_embeds, "scores": scores, "class_logits": class_logits,
                 "sma_map_logits": map_logits}
 
-    def proposal_classes(self, mask_embeds, pixel_embed, stage_map):
-        """The proposals' category logits (S, B, N, C + 1) from the first stage map S_o[0] (B, C_0, h, w), at P's
-        stride 4, averaged under each proposal's soft mask m_n = sigmoid(Q_n . P): sum_hw m_n F / (sum_hw m_n + 1).
-        No gradient through the masks (the category loss trains what a mask covers is, not where it lies). None
-        without SMA or a category head."""
-        if mask_embeds is None or self.class_embed is None:
-            return None
-        batch, dim, height, width = pixel_embed.shape
-        masks = ops.sigmoid(ops.matmul(mask_embeds, pixel_embed.reshape(batch, dim, height * width)))  # (S, B, N, hw)
-        masks = ops.stop_gradient(masks)
-        pixels = stage_map.reshape(batch, stage_map.shape[1], height * width).transpose(0, 2, 1)  # (B, hw, C_0)
-        pooled = ops.matmul(masks, pixels) / (masks.sum(axis=-1, keepdims=True) + 1.0)  # (S, B, N, C_0)
-        return self.class_embed(pooled)  # (S, B, N, C + 1)
+    def proposal_classes(self, mask_embeds):
+        """The proposals' category logits ``(..., N, C + 1)`` from their mask embeddings ``(..., N, D)`` (every stage
+        or the final one); None without a category head."""
+        return None if self.class_embed is None else self.class_embed(mask_embeds)
 
-    def predict(self, sentence, pixel_embed, mask_embeds, class_logits, words, attention_mask, height, width):
+    def predict(self, sentence, pixel_embed, mask_embeds, words, attention_mask, height, width):
         """The final stage's target logits, upsampled to (height, width) -> (B, 1, H, W). Two ints, not a
         (H, W) tuple: with a tuple argument here graph mode failed to compile ("the function has 6
         parameters but 3 were provided", MindSpore 2.10)."""
-        sentence, pixel_embed, mask_embeds, class_logits, words = _float32(sentence, pixel_embed, mask_embeds,
-                                                                           class_logits, words)
+        sentence, pixel_embed, mask_embeds, words = _float32(sentence, pixel_embed, mask_embeds, words)
         mask_embed = None if mask_embeds is None else mask_embeds[-1]  # final stage only
-        class_logits = None if class_logits is None else class_logits[-1]  # (B, N, C + 1)
+        class_logits = self.proposal_classes(mask_embed)  # (B, N, C + 1) or None
         logits, _, _ = self.head(mask_embed, pixel_embed, sentence, words, attention_mask, class_logits)  # (B, 1, h, w)
         logits = logits.astype(ms.float32)  # float16 under train.amp_level O2/O3; the output is float32
         return ops.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
 
     def construct(self, image, input_ids, attention_mask):
-        sentence, pixel_embed, mask_embeds, class_logits, words = self.forward_features(image, input_ids, attention_mask)
-        return self.predict(sentence, pixel_embed, mask_embeds, class_logits, words, attention_mask, image.shape[2],
-                            image.shape[3])
+        sentence, pixel_embed, mask_embeds, words = self.forward_features(image, input_ids, attention_mask)
+        return self.predict(sentence, pixel_embed, mask_embeds, words, attention_mask, image.shape[2], image.shape[3])
 
 
 def _float32(*tensors):

@@ -30,7 +30,7 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from .layers import softmax_fp32
 from .registry import SMA_HEADS
-from .sma import SentenceMaskAlignment, _project_to_pixels, category_key_width
+from .sma import SentenceMaskAlignment, _project_to_pixels
 
 __all__ = ["CoupledSentenceMaskHead", "no_object_log_prior", "pixel_agreement"]
 
@@ -70,9 +70,9 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
     param_lr_scales = {"gate": 10.0, "log_temperature": 10.0, "agreement_weight": 10.0}
 
     def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4,
-                 pixel_agreement=False, num_categories=0):
+                 pixel_agreement=False):
         super().__init__(text_dim, mask_dim, geometry=geometry, reasoning_layers=reasoning_layers,
-                         reasoning_heads=reasoning_heads, num_categories=num_categories)
+                         reasoning_heads=reasoning_heads)
         self.pixel_query = nn.Dense(text_dim, mask_dim)
         self.log_temperature = Parameter(Tensor(0.0, ms.float32), name="log_temperature")
         self.gate = Parameter(Tensor(0.0, ms.float32), name="gate")
@@ -84,8 +84,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
     def from_config(cls, cfg, text_dim: int) -> "CoupledSentenceMaskHead":
         sma, mg = cfg.model.sma, cfg.model.mask_generator
         return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
-                   reasoning_heads=mg.decoder_heads, pixel_agreement=sma.pixel_agreement,
-                   num_categories=category_key_width(cfg))
+                   reasoning_heads=mg.decoder_heads, pixel_agreement=sma.pixel_agreement)
 
     def pixel_logits(self, pixel_embed, sentence):
         """``M_pix = Linear_p(L_g) . P`` ``(B, 1, h, w)``: the word-pixel path."""
@@ -99,7 +98,7 @@ class CoupledSentenceMaskHead(SentenceMaskAlignment):
         batch, dim, height, width = pixel_embed.shape
         proposals = ops.sigmoid(ops.bmm(mask_embed, pixel_embed.reshape(batch, dim, height * width)))  # (B, N, hw)
         scores = ops.exp(self.log_temperature) * self.sentence_scores(mask_embed, pixel_embed, sentence, words,
-                                                                      attention_mask, class_logits)  # (B, N)
+                                                                      attention_mask)  # (B, N)
         if class_logits is not None:
             scores = scores + no_object_log_prior(class_logits)  # (B, N)
         if self.use_pixel_agreement:

@@ -25,12 +25,6 @@ from .transformer_decoder import CrossAttentionLayer, FFNLayer, SelfAttentionLay
 __all__ = ["ProposalReasoning", "SentenceMaskAlignment", "SentencePixelHead", "mask_geometry", "pool_sentence"]
 
 
-def category_key_width(cfg) -> int:
-    """Width of the category keys, ``C + 1`` with ``model.sma.category_keys`` (a category head is then required,
-    src/config/checks.py), else 0."""
-    return cfg.model.mask_generator.num_classes + 1 if cfg.model.sma.category_keys else 0
-
-
 def pool_sentence(lang, attention_mask, mode="cls"):
     """Sentence feature ``L_g`` from word features (config ``sma.sentence_pool``).
 
@@ -121,9 +115,6 @@ class SentenceMaskAlignment(nn.Cell):
             sentence can then prefer the leftmost, topmost or largest proposal (config ``sma.mask_geometry``).
         reasoning_layers: > 0 passes the score keys through `ProposalReasoning` with the words first
             (config ``sma.reasoning_layers``); needs ``words`` and ``attention_mask`` in the call.
-        num_categories: > 0 (``C + 1``, config ``sma.category_keys``) adds ``Linear(softmax(class logits))`` to
-            each key: the sentence can then prefer the proposals the category head calls a star (no gradient into
-            the head through it).
 
     Inputs:
         mask_embed ``Q (B, N, D)``, pixel_embed ``P (B, D, h, w)``, sentence ``L_g (B, D_text)``.
@@ -132,10 +123,9 @@ class SentenceMaskAlignment(nn.Cell):
         ``(logits M (B, 1, h, w), weights w (B, N), target_embed a (B, D))``.
     """
 
-    def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4, num_categories=0):
+    def __init__(self, text_dim, mask_dim, geometry=False, reasoning_layers=0, reasoning_heads=4):
         super().__init__()
         self.geometry_proj = nn.Dense(3, mask_dim) if geometry else None
-        self.category_proj = nn.Dense(num_categories, mask_dim) if num_categories else None
         self.reasoning = (ProposalReasoning(text_dim, mask_dim, reasoning_layers, reasoning_heads)
                           if reasoning_layers else None)
         self.scale = 1.0 / math.sqrt(mask_dim)
@@ -146,19 +136,17 @@ class SentenceMaskAlignment(nn.Cell):
         """From a Config: `model.sma`, with the mask generator's width and heads; `text_dim` of the text encoder."""
         sma, mg = cfg.model.sma, cfg.model.mask_generator
         return cls(text_dim, mg.mask_dim, geometry=sma.mask_geometry, reasoning_layers=sma.reasoning_layers,
-                   reasoning_heads=mg.decoder_heads, num_categories=category_key_width(cfg))
+                   reasoning_heads=mg.decoder_heads)
 
-    def sentence_scores(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
-        """The sentence's agreement with each proposal, ``Q_n . g / sqrt(D)`` ``(B, N)`` (with the geometry,
-        category and reasoning keys where configured). ``words (B, T, D_text)`` and ``attention_mask (B, T)`` are
-        used by the reasoning layers only, ``class_logits (B, N, C + 1)`` by the category keys only."""
+    def sentence_scores(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None):
+        """The sentence's agreement with each proposal, ``Q_n . g / sqrt(D)`` ``(B, N)`` (with the geometry and
+        reasoning keys where configured). ``words (B, T, D_text)`` and ``attention_mask (B, T)`` are used by the
+        reasoning layers only."""
         # mask_embed: (B, N, D); pixel_embed: (B, D, h, w); sentence: (B, D_text)
         query = self.sentence_proj(sentence)  # (B, D), g
         keys = mask_embed
         if self.geometry_proj is not None:
             keys = mask_embed + self.geometry_proj(mask_geometry(mask_embed, pixel_embed))  # (B, N, D)
-        if self.category_proj is not None:
-            keys = keys + self.category_proj(softmax_fp32(ops.stop_gradient(class_logits)))  # (B, N, D)
         if self.reasoning is not None:
             keys = self.reasoning(keys, words, attention_mask)  # (B, N, D)
         return ops.bmm(keys, query.expand_dims(-1)).squeeze(-1) * self.scale  # (B, N)
@@ -166,8 +154,8 @@ class SentenceMaskAlignment(nn.Cell):
     def forward_with_scores(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         """``construct``'s outputs plus the pre-normalisation scores ``(B, N)`` (`sentence_scores`), which the
         proposal losses of the criterion supervise directly (a cross-entropy toward the matched proposal).
-        ``class_logits`` is read by the category keys (and the coupled head's objectness prior)."""
-        scores = self.sentence_scores(mask_embed, pixel_embed, sentence, words, attention_mask, class_logits)  # (B, N)
+        ``class_logits`` is read by the coupled head only (its objectness); accepted here for one interface."""
+        scores = self.sentence_scores(mask_embed, pixel_embed, sentence, words, attention_mask)  # (B, N)
         weights = softmax_fp32(scores)  # (B, N), float32 inside under AMP
         target_embed = ops.bmm(weights.expand_dims(1), mask_embed).squeeze(1)  # (B, D), a
         logits = _project_to_pixels(target_embed, pixel_embed)  # (B, 1, h, w), M
@@ -181,9 +169,8 @@ class SentenceMaskAlignment(nn.Cell):
         stage_scores = ()
         target_embed = None
         for s in range(mask_embeds.shape[0]):
-            stage_class = None if class_logits is None else class_logits[s]
             logits, _, target_embed, scores = self.forward_with_scores(mask_embeds[s], pixel_embed, sentence, words,
-                                                                       attention_mask, stage_class)
+                                                                       attention_mask)
             stage_logits = stage_logits + (logits,)
             stage_scores = stage_scores + (scores,)
         stage_logits = ops.stack(stage_logits)  # (S, B, 1, h, w)
@@ -192,7 +179,7 @@ class SentenceMaskAlignment(nn.Cell):
     def construct(self, mask_embed, pixel_embed, sentence, words=None, attention_mask=None, class_logits=None):
         """Inference (`CoupAlign.predict`): the weighted mix."""
         logits, weights, target_embed, _ = self.forward_with_scores(mask_embed, pixel_embed, sentence, words,
-                                                                    attention_mask, class_logits)
+                                                                    attention_mask)
         return logits, weights, target_embed
 
 
