@@ -26,3 +26,14 @@ def test_probe_finds_the_category_only_where_it_is():
     noise = rng.standard_normal((500, 16))
     _, val = softmax_probe(noise[:350], y[:350], noise[350:], y[350:], 6)
     assert val < 1 / 6 + 0.1
+
+
+def test_mask_content_pools_another_feature_under_the_hard_mask():
+    rng = np.random.default_rng(2)
+    queries, pixels, feature = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 4, 5, 6)), rng.standard_normal((2, 7, 5, 6))
+    out = mask_content(queries, pixels, feature, hard=True)
+    for b in range(2):
+        for n in range(3):
+            hard = np.einsum("d,dhw->hw", queries[b, n], pixels[b]) >= 0.0  # sigmoid >= 0.5
+            expected = feature[b][:, hard].sum(axis=1) / (hard.sum() + 1.0)
+            np.testing.assert_allclose(out[b, n], expected, rtol=1e-10)

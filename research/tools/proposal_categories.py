@@ -3,13 +3,15 @@
     python research/tools/proposal_categories.py --checkpoint_path CK --data_root D [--batches 50] [--out F.json]
 
 For every sample of the train split (the first `--batches` batches) and of the val split, the final stage's best
-proposal (the highest IoU with the referent, as tools/decompose.py picks it) is described three ways:
+proposal (the highest IoU with the referent, as tools/decompose.py picks it) is described by
 1. the category head's answer (argmax over the categories + "no object"), against the referent's category;
-2. its mask embedding Q_n, and 3. its mask-pooled pixel embedding ``sum_hw m_n P / (sum_hw m_n + 1)``,
-   ``m_n = sigmoid(Q_n . P)`` (what the mask covers): a softmax regression fitted on the train samples and scored on
-   val says whether the category can be read off linearly.
-The head's accuracy well below the probes' means the head does not learn what its input holds; both probes at the
-majority rate mean the input does not hold it.
+2. what a softmax regression fitted on the train samples and scored on val reads off: its mask embedding Q_n, its
+   mask-pooled pixel embedding ``sum_hw m_n P / (sum_hw m_n + 1)`` (``m_n = sigmoid(Q_n . P)``), and the first
+   stage map S_o[0] pooled under its soft mask, under its 0/1 mask and under the referent's true mask (the
+   ceiling; a category head on the first of these was tried, research/NOTEBOOK.md "Ablation");
+3. the share of its soft mask's mass that lies outside the referent.
+The head's accuracy well below the probes' means the head does not learn what its input holds; a probe at the
+majority rate means that input does not hold the category.
 """
 import argparse
 import json
@@ -35,42 +37,63 @@ def softmax_probe(train_x, train_y, val_x, val_y, classes):
     return result["train_accuracy"], result["val_accuracy"]
 
 
-def mask_content(mask_embed, pixel_embed):
-    """``(B, N, D)``, ``(B, D, h, w)`` NumPy -> the mask-pooled pixel embedding of every proposal ``(B, N, D)``."""
+def mask_content(mask_embed, pixel_embed, feature=None, hard=False):
+    """``sum_hw m_n F / (sum_hw m_n + 1)`` per proposal: mask_embed (B, N, D), pixel_embed P (B, D, h, w), feature F
+    (B, C, h, w) (P itself by default) -> (B, N, C). ``m_n = sigmoid(Q_n . P)``, or with ``hard`` its 0/1 version
+    (sigmoid >= 0.5, the masked attention's)."""
+    feature = pixel_embed if feature is None else feature
     pixels = pixel_embed.reshape(pixel_embed.shape[0], pixel_embed.shape[1], -1)  # (B, D, hw)
     soft = 1.0 / (1.0 + np.exp(-np.einsum("bnd,bdk->bnk", mask_embed, pixels)))  # (B, N, hw)
-    return np.einsum("bnk,bdk->bnd", soft, pixels) / (soft.sum(-1, keepdims=True) + 1.0)
+    if hard:
+        soft = (soft >= 0.5).astype(soft.dtype)
+    values = feature.reshape(feature.shape[0], feature.shape[1], -1)  # (B, C, hw)
+    return np.einsum("bnk,bck->bnc", soft, values) / (soft.sum(-1, keepdims=True) + 1.0)
 
 
 def describe_split(model, refer, dataset, classes, max_batches):
-    """-> per best proposal: (category head's class, referent's class, mask embedding, mask content)."""
+    """-> per best proposal, a dict of arrays: the category head's class ("head"), the referent's class ("truth"),
+    and the descriptions the probes read: its mask embedding, the mask-pooled P, the first stage map S_o[0] pooled
+    under its soft mask, under its 0/1 mask and under the referent's true mask; plus the share
+    of its soft mask's mass outside the referent ("outside_mass")."""
     from mindspore import Tensor, ops
 
     from src.engine.decomposition import proposal_ious
     from src.models.transformer_decoder import proposal_logits
 
-    head_pred, truth, embeds, contents = [], [], [], []
+    found = {}
+    add = lambda key, value: found.setdefault(key, []).append(value)  # noqa: E731
     # take(), not a break out of the loop: a probe that broke out of the iterator kept running after writing its output
     for batch in dataset.take(max_batches).create_dict_iterator(num_epochs=1, output_numpy=True):
-        _, pixel_embed, mask_embeds, _ = model.forward_features(Tensor(batch["image"]), Tensor(batch["input_ids"]),
-                                                                Tensor(batch["attention_mask"]))
+        ids, attention = Tensor(batch["input_ids"]), Tensor(batch["attention_mask"])
+        features, words = model.encode(Tensor(batch["image"]), ids, attention)
+        _, pixel_embed, mask_embeds = model.decode(features, words, attention)
         last = mask_embeds[-1]  # (B, N, D)
         size = batch["image"].shape[-1]
         proposals = ops.interpolate(proposal_logits(last, pixel_embed), size=(size, size), mode="bilinear",
                                     align_corners=False).asnumpy()  # (B, N, S, S), as tools/decompose.py scores them
         head = model.proposal_classes(last).asnumpy().argmax(-1)  # (B, N)
-        last = last.asnumpy()
-        content = mask_content(last, pixel_embed.asnumpy())  # (B, N, D)
+        last, pixels, stage0 = last.asnumpy(), pixel_embed.asnumpy(), features[0].asnumpy()
+        height, width = pixels.shape[2:]
+        content = mask_content(last, pixels)  # (B, N, D)
+        soft0 = mask_content(last, pixels, stage0)  # (B, N, C_0)
+        hard0 = mask_content(last, pixels, stage0, hard=True)
+        soft = 1.0 / (1.0 + np.exp(-np.einsum("bnd,bdk->bnk", last, pixels.reshape(*pixels.shape[:2], -1))))
         for row, (index, bad) in enumerate(zip(batch["index"].tolist(), batch["bad"].tolist())):
             if index < 0 or bad:
                 continue
             sample = refer.sample(index)
-            best = int(proposal_ious(proposals[row] > 0, batch["mask"][row] > 0.5).argmax())
-            head_pred.append(int(head[row, best]))
-            truth.append(classes[refer.annotations[sample.ann_id]["category_id"]])
-            embeds.append(last[row, best])
-            contents.append(content[row, best])
-    return np.array(head_pred), np.array(truth), np.array(embeds), np.array(contents)
+            target = batch["mask"][row] > 0.5  # (S, S)
+            best = int(proposal_ious(proposals[row] > 0, target).argmax())
+            inside = target.reshape(height, size // height, width, size // width).mean(axis=(1, 3)).reshape(-1)
+            add("head", int(head[row, best]))
+            add("truth", classes[refer.annotations[sample.ann_id]["category_id"]])
+            add("mask_embedding", last[row, best])
+            add("mask_content", content[row, best])
+            add("stage0_soft", soft0[row, best])
+            add("stage0_hard", hard0[row, best])
+            add("stage0_true_mask", stage0[row].reshape(stage0.shape[1], -1) @ inside / (inside.sum() + 1.0))
+            add("outside_mass", float((soft[row, best] * (1.0 - inside)).sum() / soft[row, best].sum()))
+    return {key: np.array(value) for key, value in found.items()}
 
 
 def main(argv=None) -> int:
@@ -97,15 +120,16 @@ def main(argv=None) -> int:
         dataset = create_refer_dataset(refer, tokenizer, cfg.model.image_size, cfg.eval.batch_size, train=False,
                                        num_workers=cfg.data.num_workers)
         found[split] = describe_split(model, refer, dataset, classes, int(options["batches"]))
-    head_pred, truth, _, _ = found["val"]
-    result = {"checkpoint": cfg.checkpoint_path, "train_samples": len(found["train"][1]), "val_samples": len(truth),
+    val, train = found["val"], found["train"]
+    truth = val["truth"]
+    result = {"checkpoint": cfg.checkpoint_path, "train_samples": len(train["truth"]), "val_samples": len(truth),
               "val_majority_rate": float(np.bincount(truth).max() / len(truth)),
-              "head_accuracy_val": float((head_pred == truth).mean()),
-              "head_says_no_object_val": float((head_pred == num_classes).mean()),
-              "head_accuracy_train": float((found["train"][0] == found["train"][1]).mean())}
-    for name, column in (("mask_embedding", 2), ("mask_content", 3)):
-        train_acc, val_acc = softmax_probe(found["train"][column], found["train"][1], found["val"][column], truth,
-                                           num_classes)
+              "head_accuracy_val": float((val["head"] == truth).mean()),
+              "head_says_no_object_val": float((val["head"] == num_classes).mean()),
+              "head_accuracy_train": float((train["head"] == train["truth"]).mean()),
+              "outside_mass_val_median": float(np.median(val["outside_mass"]))}
+    for name in ("mask_embedding", "mask_content", "stage0_soft", "stage0_hard", "stage0_true_mask"):
+        train_acc, val_acc = softmax_probe(train[name], train["truth"], val[name], truth, num_classes)
         result[f"probe_{name}_train"], result[f"probe_{name}_val"] = train_acc, val_acc
     print(json.dumps(result, indent=1))
     if options["out"]:
