@@ -239,3 +239,19 @@ def test_a_weight_for_no_term_is_refused_with_the_nearest_name():
         CoupAlignCriterion.from_config(config_from_dict({"loss": {"weights": {"aux_contrst": 0.2}}}))
     with pytest.raises(ConfigError, match=r"unknown loss term 'referrin'.*did you mean 'referring'"):
         CoupAlignCriterion.from_config(config_from_dict({"loss": {"terms": ["referrin"]}}))
+
+
+def test_validate_every_validates_every_kth_epoch_and_always_at_the_end():
+    from src.engine.trainer import validation_due
+
+    cfg = config_from_dict({"train": {"epochs": 4, "validate_every": 2}})
+    due = [epoch for epoch in range(1, 5) if validation_due(cfg.train, epoch, True, epoch == 4)]
+    assert due == [2, 4]
+    cfg = config_from_dict({"train": {"epochs": 5, "validate_every": 2}})
+    assert [e for e in range(1, 6) if validation_due(cfg.train, e, True, e == 5)] == [2, 4, 5]  # the last epoch too
+    assert validation_due(cfg.train, 1, False, True)  # max_steps ended the run mid-epoch
+    assert not validation_due(cfg.train, 2, False, False)  # a resumed run's partial pass is no epoch end
+    cfg = config_from_dict({"train": {"validate": False}})
+    assert not validation_due(cfg.train, 1, True, True)
+    with pytest.raises(ConfigError, match="train.validate_every"):
+        config_from_dict({"train": {"validate_every": 0}})

@@ -50,6 +50,8 @@ def test_every_row_is_a_valid_configuration_of_a_config_with_a_category_head():
         built = config_from_dict(cfg.to_dict(), overrides)  # raises ConfigError on an invalid row
         terms = CoupAlignCriterion.from_config(built).term_names  # raises ConfigError on a term without its part
         heads = built.model.mask_generator.num_classes
+        # the quickstart validates once without diagnostics; every research run per epoch with them
+        assert (built.train.validate_every, built.train.diagnostics_pairs) == (1, 32), row
         if row in ("lavt", "bidir", "sma_sum", "paper_sma"):
             assert heads == 0, row
         else:

@@ -226,6 +226,8 @@ class TrainSection:
     save_all_ranks: bool = False
     resume: bool = False
     validate: bool = True
+    # Validate after every this many epochs (with train.validate); the run's last epoch is always validated.
+    validate_every: int = 1
     # Training-health diagnostics (src/engine/diagnostics.py) after every validation, on this many
     # same-image pairs of the validation split; 0 = off.
     diagnostics_pairs: int = 32

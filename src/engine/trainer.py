@@ -109,6 +109,14 @@ def diagnostics_wanted(cfg: Config) -> bool:
     return True
 
 
+def validation_due(train_cfg, epoch: int, finished_epoch: bool, finished_run: bool) -> bool:
+    """Whether to validate now, at the end of a pass over the data: with train.validate, at the end of the run and
+    after every train.validate_every-th epoch (`epoch` = epochs finished so far)."""
+    if not train_cfg.validate:
+        return False
+    return finished_run or (finished_epoch and epoch % train_cfg.validate_every == 0)
+
+
 class Trainer:
     def __init__(self, cfg: Config, ctx: RunContext):
         self.cfg = cfg
@@ -330,7 +338,8 @@ class Trainer:
             if finished_epoch:
                 self.state.epoch += 1
                 self.state.batch_in_epoch = 0
-            if tc.validate:
+            finished_run = self.state.step >= self.total_updates or self.state.epoch >= max_epochs
+            if validation_due(tc, self.state.epoch, finished_epoch, finished_run):
                 last_metrics = self._validate()
                 if not middle_logged and 2 * self.state.step >= self.total_updates > self.state.step:
                     self._log_grad_shares("middle")  # at the first validation past half the steps
