@@ -436,23 +436,3 @@ def test_pixel_decoder_gradients_reach_every_parameter(name):
     loss, grads = grad_fn(tuple(Tensor(f) for f in random_features(rng)))
     assert np.isfinite(loss.asnumpy())
     assert_every_parameter_gets_gradient(weights, grads, len(net.trainable_params()))
-
-
-def test_fpn_memory_strides_choose_the_maps_the_queries_attend_to(decoders):
-    """model.mask_generator.fpn.memory_strides: [16, 8, 4] hands the transformer decoder the stride 16, 8 and 4 outputs
-    of the same FPN (the default's two finer maps and the stride-4 one); P is unchanged. Invalid lists are refused."""
-    from src.config import ConfigError, config_from_dict
-
-    nets, feats, outputs = decoders
-    fine = build_pixel_decoder("fpn", IN_CHANNELS, 32, 24, memory_strides=(16, 8, 4))
-    for (_, param), (_, same) in zip(nets["fpn"].parameters_and_names(), fine.parameters_and_names()):
-        same.set_data(param.data.copy())
-    pixel_embed, multi_scale = fine(tuple(Tensor(f) for f in feats))
-    default_embed, default_scale = outputs["fpn"]
-    np.testing.assert_array_equal(pixel_embed.asnumpy(), default_embed.asnumpy())
-    assert [tuple(m.shape) for m in multi_scale] == [(BATCH, 32, 4, 4), (BATCH, 32, 8, 8), (BATCH, 32, 16, 16)]
-    np.testing.assert_array_equal(multi_scale[0].asnumpy(), default_scale[1].asnumpy())
-    np.testing.assert_array_equal(multi_scale[1].asnumpy(), default_scale[2].asnumpy())
-    for bad in ([8, 16, 32], [32, 16], [32, 16, 2]):
-        with pytest.raises(ConfigError, match="fpn.memory_strides"):
-            config_from_dict({"model": {"mask_generator": {"fpn": {"memory_strides": bad}}}})

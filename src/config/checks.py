@@ -64,11 +64,6 @@ def check(cfg: Config) -> None:
         if len(widths) != 4 or len(depths) != 4 or min(depths) < 0 or any(w < 8 or w % 8 for w in widths):
             raise ConfigError(f"config keys 'model.convnet.widths' = {widths} and 'model.convnet.depths' = {depths}: "
                               "expected 4 widths, each a multiple of 8 (GroupNorm of 8 groups), and 4 depths >= 0")
-    strides = flat["model.mask_generator.fpn.memory_strides"]
-    if (len(strides) != 3 or any(s not in (4, 8, 16, 32) for s in strides) or list(strides) != sorted(set(strides),
-                                                                                                      reverse=True)):
-        raise ConfigError(f"config key 'model.mask_generator.fpn.memory_strides' = {strides!r}; expected three distinct "
-                          "strides of 4, 8, 16, 32, coarse to fine, e.g. [32, 16, 8]")
     # The msdeform section is read only when that decoder is chosen (a config can switch decoders without
     # deleting it), except for an option that asks for something no other decoder does.
     if flat["model.mask_generator.msdeform.recompute_sampling"] and flat["model.mask_generator.pixel_decoder"] != "msdeform":

@@ -86,14 +86,6 @@ class MSDeformSection:
 
 
 @dataclass
-class FPNSection:
-    """The "fpn" pixel decoder (read only when it is chosen)."""
-    # The strides of the three maps the transformer decoder's queries attend to, coarse to fine (Mask2Former's:
-    # 32, 16, 8). At 128x128 pixels the stride-32 map is 4x4 cells: a shape of ~20 pixels is under one cell.
-    memory_strides: List[int] = field(default_factory=lambda: [32, 16, 8])
-
-
-@dataclass
 class MaskGeneratorSection:
     # A registered pixel decoder (src/models/pixel_decoder.py): msdeform | fpn. Its own options live in the
     # sub-section of the same name (model.mask_generator.msdeform.*), read only when it is chosen.
@@ -101,7 +93,6 @@ class MaskGeneratorSection:
     conv_dim: int = 256
     mask_dim: int = 256
     msdeform: MSDeformSection = field(default_factory=MSDeformSection)
-    fpn: FPNSection = field(default_factory=FPNSection)
     # A registered transformer decoder that turns the multi-scale features into the N proposals' mask
     # embeddings (src/models/transformer_decoder.py): masked_attention (Mask2Former's).
     transformer_decoder: str = "masked_attention"

@@ -248,15 +248,11 @@ class FPNPixelDecoder(nn.Cell):
     The coarsest map goes through a 3x3 conv (`layer_4`); each finer level adds a 1x1 lateral
     projection (`adapter_i`) to the nearest-upsampled coarser output and applies a 3x3 conv (`layer_i`);
     every conv has GroupNorm, the 3x3 ones also ReLU. A 3x3 `mask_features` conv on the stride-4
-    output gives P. Same return signature as MSDeformAttnPixelDecoder; the three maps handed on are the strides
-    `memory_strides` (config model.mask_generator.fpn.memory_strides; Mask2Former's 32, 16, 8 by default).
+    output gives P. Same return signature as MSDeformAttnPixelDecoder.
     """
 
-    def __init__(self, in_channels=(128, 256, 512, 1024), conv_dim: int = 256, mask_dim: int = 256,
-                 memory_strides=(32, 16, 8)):
+    def __init__(self, in_channels=(128, 256, 512, 1024), conv_dim: int = 256, mask_dim: int = 256):
         super().__init__()
-        # which of the outputs (strides 4, 8, 16, 32) the transformer decoder reads, coarse to fine
-        self.memory_levels = tuple({4: 0, 8: 1, 16: 2, 32: 3}[s] for s in memory_strides)
         if len(in_channels) != 4:
             raise ValueError(f"in_channels must list the 4 strides' channels (F1..F4), got {in_channels}")
         c1, c2, c3, c4 = in_channels
@@ -273,7 +269,7 @@ class FPNPixelDecoder(nn.Cell):
     def from_config(cls, cfg, in_channels) -> "FPNPixelDecoder":
         """From a Config: `model.mask_generator`; `in_channels` of the 4 input maps."""
         section = cfg.model.mask_generator
-        return cls(tuple(in_channels), section.conv_dim, section.mask_dim, tuple(section.fpn.memory_strides))
+        return cls(tuple(in_channels), section.conv_dim, section.mask_dim)
 
     @staticmethod
     def analytic_cost(model_cfg, geometry: CostGeometry) -> PartCost:
@@ -305,9 +301,7 @@ class FPNPixelDecoder(nn.Cell):
         y3 = self.layer_3(self._merge(y4, self.adapter_3(f3)))  # stride 16
         y2 = self.layer_2(self._merge(y3, self.adapter_2(f2)))  # stride 8
         y1 = self.layer_1(self._merge(y2, self.adapter_1(f1)))  # stride 4
-        outputs = (y1, y2, y3, y4)
-        first, second, third = self.memory_levels
-        return self.mask_features(y1), (outputs[first], outputs[second], outputs[third])
+        return self.mask_features(y1), (y4, y3, y2)
 
 
 def build_pixel_decoder(name: str, in_channels, conv_dim: int = 256, mask_dim: int = 256, **kwargs) -> nn.Cell:
