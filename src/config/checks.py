@@ -30,7 +30,8 @@ def check(cfg: Config) -> None:
         if flat[key] not in allowed:
             raise ConfigError(f"config key '{key}' = {flat[key]!r}; expected one of {', '.join(map(repr, allowed))}")
     for key in ("train.batch_size", "train.epochs", "train.accumulate_steps", "train.keep_last",
-                "train.validate_every", "train.diagnostics_batch_size", "model.image_size", "model.max_tokens", "model.mask_generator.num_queries"):
+                "train.validate_every", "train.diagnostics_batch_size", "model.image_size", "model.max_tokens",
+                "model.mask_generator.num_queries"):
         if flat[key] < 1:
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected a positive integer")
     for key in ("data.max_bad_samples", "data.num_workers", "train.warmup_steps", "train.max_steps",
