@@ -37,17 +37,25 @@ def softmax_probe(train_x, train_y, val_x, val_y, classes):
     return result["train_accuracy"], result["val_accuracy"]
 
 
-def mask_content(mask_embed, pixel_embed, feature=None, hard=False):
-    """``sum_hw m_n F / (sum_hw m_n + 1)`` per proposal: mask_embed (B, N, D), pixel_embed P (B, D, h, w), feature F
-    (B, C, h, w) (P itself by default) -> (B, N, C). ``m_n = sigmoid(Q_n . P)``, or with ``hard`` its 0/1 version
-    (sigmoid >= 0.5, the masked attention's)."""
-    feature = pixel_embed if feature is None else feature
+def soft_masks(mask_embed, pixel_embed):
+    """``m_n = sigmoid(Q_n . P)``: mask_embed (B, N, D), pixel_embed P (B, D, h, w) -> (B, N, hw)."""
     pixels = pixel_embed.reshape(pixel_embed.shape[0], pixel_embed.shape[1], -1)  # (B, D, hw)
-    soft = 1.0 / (1.0 + np.exp(-np.einsum("bnd,bdk->bnk", mask_embed, pixels)))  # (B, N, hw)
-    if hard:
-        soft = (soft >= 0.5).astype(soft.dtype)
+    return 1.0 / (1.0 + np.exp(-np.einsum("bnd,bdk->bnk", mask_embed, pixels)))
+
+
+def pool_under(masks, feature):
+    """``sum_hw m_n F / (sum_hw m_n + 1)``: masks (B, N, hw), feature F (B, C, h, w) -> (B, N, C)."""
     values = feature.reshape(feature.shape[0], feature.shape[1], -1)  # (B, C, hw)
-    return np.einsum("bnk,bck->bnc", soft, values) / (soft.sum(-1, keepdims=True) + 1.0)
+    return np.einsum("bnk,bck->bnc", masks, values) / (masks.sum(-1, keepdims=True) + 1.0)
+
+
+def mask_content(mask_embed, pixel_embed, feature=None, hard=False):
+    """`pool_under` the proposals' soft masks (or with ``hard`` their 0/1 version, sigmoid >= 0.5, the masked
+    attention's) of the feature F (B, C, h, w), P itself by default -> (B, N, C)."""
+    masks = soft_masks(mask_embed, pixel_embed)
+    if hard:
+        masks = (masks >= 0.5).astype(masks.dtype)
+    return pool_under(masks, pixel_embed if feature is None else feature)
 
 
 def describe_split(model, refer, dataset, classes, max_batches):
@@ -74,10 +82,10 @@ def describe_split(model, refer, dataset, classes, max_batches):
         head = model.proposal_classes(last).asnumpy().argmax(-1)  # (B, N)
         last, pixels, stage0 = last.asnumpy(), pixel_embed.asnumpy(), features[0].asnumpy()
         height, width = pixels.shape[2:]
-        content = mask_content(last, pixels)  # (B, N, D)
-        soft0 = mask_content(last, pixels, stage0)  # (B, N, C_0)
-        hard0 = mask_content(last, pixels, stage0, hard=True)
-        soft = 1.0 / (1.0 + np.exp(-np.einsum("bnd,bdk->bnk", last, pixels.reshape(*pixels.shape[:2], -1))))
+        soft = soft_masks(last, pixels)  # (B, N, hw)
+        content = pool_under(soft, pixels)  # (B, N, D)
+        soft0 = pool_under(soft, stage0)  # (B, N, C_0)
+        hard0 = pool_under((soft >= 0.5).astype(soft.dtype), stage0)
         for row, (index, bad) in enumerate(zip(batch["index"].tolist(), batch["bad"].tolist())):
             if index < 0 or bad:
                 continue
@@ -91,7 +99,7 @@ def describe_split(model, refer, dataset, classes, max_batches):
             add("mask_content", content[row, best])
             add("stage0_soft", soft0[row, best])
             add("stage0_hard", hard0[row, best])
-            add("stage0_true_mask", stage0[row].reshape(stage0.shape[1], -1) @ inside / (inside.sum() + 1.0))
+            add("stage0_true_mask", pool_under(inside.reshape(1, 1, -1), stage0[row:row + 1])[0, 0])
             add("outside_mass", float((soft[row, best] * (1.0 - inside)).sum() / soft[row, best].sum()))
     return {key: np.array(value) for key, value in found.items()}
 
