@@ -211,6 +211,9 @@ class TrainSection:
     # with one lr (1.0); a pretrained text encoder next to an image encoder trained from scratch
     # (the CPU quickstart) wants a smaller one.
     text_encoder_lr_scale: float = 1.0
+    # Multiplier of lr for the image encoder's parameters (names "swin.", whichever encoder is registered). The paper
+    # trains everything with one lr (1.0).
+    image_encoder_lr_scale: float = 1.0
     warmup_steps: int = 0
     grad_clip_norm: float = 0.0  # 0 = off
     accumulate_steps: int = 1

@@ -154,7 +154,8 @@ def build_train_step(cfg, model: nn.Cell, schedule, distributed: bool = False, o
     net_with_loss = CoupAlignWithLoss(model, CoupAlignCriterion.from_config(cfg))
     net_with_loss.set_train(True)
     groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
-                          lr_scales={"bert.": tc.text_encoder_lr_scale, **head_scales})
+                          lr_scales={"bert.": tc.text_encoder_lr_scale, "swin.": tc.image_encoder_lr_scale,
+                                     **head_scales})
     if optimizer == "adamw":
         update = AdamW(groups, learning_rate=schedule)
     elif optimizer == "ms_adamweightdecay":
