@@ -19,18 +19,6 @@ ms.set_context(mode=ms.GRAPH_MODE)
 import pytest  # noqa: E402
 
 
-# The files that take minutes (`--durations` of the fresh-clone CI run, 2026-12-07: the msrun fixture alone 350 s),
-# collected first. pytest-xdist's --dist loadfile hands files to its two workers in collection order; a long file
-# handed out last keeps one worker busy after the other has run out of files.
-LONGEST_FILES_FIRST = ("test_distributed.py", "test_reliability.py", "test_entry_scripts.py", "test_coupalign.py",
-                       "test_bad_data.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
-
-
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: tool smoke tests left out of the default run (scripts/run_tests.sh); "
                                        "run them with `bash scripts/run_tests.sh tests -m slow`")
