@@ -295,6 +295,15 @@ def test_convnet_image_encoder_has_swins_stage_api_and_trains(pynative):  # PyNa
         part_costs(cfg.model, bert_config_from(cfg.model.bert), 64, 64)
 
 
+def test_bert_shallower_than_the_encoder_stages_is_a_config_error_naming_the_key():
+    """BERT runs as one layer group per encoder stage: fewer layers than stages is refused by name, before a
+    layer-splitting ValueError from deep inside the text encoder."""
+    from src.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"3 layers \(model.bert.num_hidden_layers\).*needs 4 or more"):
+        CoupAlign(tiny_config(**{"bert.num_hidden_layers": 3}))
+
+
 def test_convnet_pretrained_loads_into_the_image_encoder_and_a_missing_file_names_the_key(tmp_path):
     """model.convnet.pretrained (what tools/pretrain_visual.py writes for the CNN): create_model replaces every
     encoder parameter with the checkpoint's, under the encoder's own names; a wrong path names the key and the

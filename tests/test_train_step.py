@@ -79,3 +79,37 @@ def test_loss_scaling_matches_unscaled_and_skips_overflow():
     w_bad, outs = _run(w0, [bad], loss_scale=1024.0)
     assert not bool(outs[0][3].asnumpy())
     np.testing.assert_array_equal(w_bad, w0)  # the overflowing step changed nothing
+
+
+def test_grads_finite_finds_one_bad_element_among_many_gradients():
+    """The step's overflow check (one float32 sum per gradient, then one isfinite) against NumPy's: a single nan
+    or inf in one element of one gradient is caught, so are infinities of both signs that cancel to nan in the
+    total, and large finite float16 gradients (whose float16 sum would overflow) are not mistaken for overflow."""
+    from src.engine.train_step import grads_finite
+
+    class Check(nn.Cell):
+        def construct(self, grads):
+            return grads_finite(grads)
+
+    check = Check()
+    rng = np.random.default_rng(3)
+    shapes = [(7, 5), (5,), (3, 4, 2, 2), (1,), (64,)]
+    clean = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+
+    def finite(arrays):
+        return bool(check(tuple(Tensor(a) for a in arrays)).asnumpy())
+
+    assert finite(clean)
+    for bad in (np.nan, np.inf, -np.inf):
+        for which in range(len(shapes)):
+            grads = [a.copy() for a in clean]
+            grads[which].flat[-1] = bad
+            assert not finite(grads), (bad, which)
+    grads = [a.copy() for a in clean]
+    grads[0].flat[0], grads[2].flat[3] = np.inf, -np.inf  # the total is nan, not a finite cancellation
+    assert not finite(grads)
+    big = [np.full((4096,), 60000.0, np.float16), np.ones((3,), np.float16)]  # float16 sum: inf; float32: 2.5e8
+    assert np.all(np.isfinite(big[0])) and not np.isfinite(big[0].sum(dtype=np.float16))
+    assert finite(big)
+    big[1][1] = np.nan
+    assert not finite(big)

@@ -65,6 +65,11 @@ class CoupAlign(nn.Cell):
         if model_cfg.max_tokens > bert_config.max_position_embeddings:
             raise ConfigError(f"model.max_tokens = {model_cfg.max_tokens} exceeds BERT's max_position_embeddings "
                               f"({bert_config.max_position_embeddings})")
+        if bert_config.num_hidden_layers < NUM_STAGES:
+            source = f"the checkpoint {model_cfg.bert.pretrained}" if model_cfg.bert.pretrained else \
+                "model.bert.num_hidden_layers"
+            raise ConfigError(f"BERT has {bert_config.num_hidden_layers} layers ({source}); CoupAlign runs them in "
+                              f"{NUM_STAGES} groups, one before each encoder stage, so it needs {NUM_STAGES} or more")
         self.bert = BertModel(bert_config)
         text_dim = bert_config.hidden_size
         # The 12 BERT layers run as 4 groups, one before each WPA (docs/method.md [choice]).

@@ -1,0 +1,107 @@
+"""Times the update path of the training step alone, on the gradients' real shapes: the overflow check
+(`ms.amp.all_finite` against `src.engine.train_step.grads_finite`) and the AdamW update, each compiled as its own
+graph and fed fixed random gradients (research/NOTEBOOK.md, seventh session).
+
+    python research/tools/update_path_timing.py [--config_path configs/quickstart_cpu.yaml] [--steps 15] [--json OUT]
+
+Prints one line per variant (median ms over --steps calls after one untimed call), twice in alternation, so that
+drift of the machine shows as a difference between the two rounds.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
+
+from src.utils.runtime import apply_cpu_env_defaults  # noqa: E402
+
+apply_cpu_env_defaults()  # before MindSpore is imported
+
+
+def cpu_model() -> str:
+    """The CPU's model name (machines of one kind differ: say which one measured)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config_path", default="configs/quickstart_cpu.yaml")
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--json", default="")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import mindspore as ms
+    from mindspore import Tensor, nn
+
+    from src.config import load_config
+    from src.engine.optimizer import AdamW, PolyLR, param_groups
+    from src.engine.train_step import grads_finite
+    from src.models.factory import create_model
+
+    ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
+    cfg = load_config(os.path.join(REPO, args.config_path))
+    model = create_model(cfg, load_pretrained=False)  # shapes only: the values do not change the time
+    groups = param_groups(model.trainable_params(), cfg.train.weight_decay,
+                          lr_scales={"bert.": cfg.train.text_encoder_lr_scale,
+                                     "swin.": cfg.train.image_encoder_lr_scale})
+
+    class AllFinite(nn.Cell):
+        def construct(self, grads):
+            return ms.amp.all_finite(grads)
+
+    class GradsFinite(nn.Cell):
+        def construct(self, grads):
+            return grads_finite(grads)
+
+    class Update(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.optimizer = AdamW(groups, learning_rate=PolyLR(cfg.train.lr, 10 ** 6))
+
+        def construct(self, grads):
+            return self.optimizer(grads)
+
+    update = Update()
+    rng = np.random.default_rng(0)
+    grads = tuple(Tensor((1e-3 * rng.standard_normal(p.shape)).astype(np.float32)) for p in update.optimizer.parameters)
+    first = update.optimizer.parameters[0]
+
+    def median_ms(cell, read):
+        read(cell(grads))
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            read(cell(grads))
+            times.append(time.perf_counter() - start)
+        return 1e3 * statistics.median(times)
+
+    variants = [("ms.amp.all_finite", AllFinite(), lambda out: out.asnumpy()),
+                ("grads_finite", GradsFinite(), lambda out: out.asnumpy()),
+                ("AdamW update", update, lambda out: first.asnumpy())]
+    result = {"config": args.config_path, "gradients": len(grads), "elements": int(sum(g.size for g in grads)),
+              "cpu": cpu_model(), "cores": os.cpu_count(), "steps": args.steps, "rounds": []}
+    print(f"{len(grads)} gradients, {result['elements']:,} elements")
+    for round_index in range(2):
+        row = {}
+        for name, cell, read in variants:
+            row[name] = round(median_ms(cell, read), 1)
+            print(f"round {round_index + 1}  {name:18s} {row[name]:8.1f} ms", flush=True)
+        result["rounds"].append(row)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
