@@ -85,7 +85,7 @@ def test_choices_and_ambiguous_leaf():
         load_config(None, ["--train.batch_size=0"])
     with pytest.raises(ConfigError, match=r"data\.max_bad_samples.*>= 0"):
         load_config(None, ["--data.max_bad_samples=-1"])
-    for key in ("train.text_encoder_lr_scale", "train.image_encoder_lr_scale", "train.class_head_lr_scale"):
+    for key in ("train.text_encoder_lr_scale", "train.image_encoder_lr_scale"):
         assert getattr(load_config(None, [f"--{key}=0"]).train, key.split(".")[1]) == 0.0  # 0 freezes: allowed
         with pytest.raises(ConfigError, match=rf"{key} ?' = -0.1; expected a multiplier"):
             load_config(None, [f"--{key}=-0.1"])

@@ -370,7 +370,7 @@ def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate(pynative):
     from src.engine.optimizer import PolyLR
     from src.engine.train_step import build_train_step
 
-    cfg.train.text_encoder_lr_scale, cfg.train.image_encoder_lr_scale, cfg.train.class_head_lr_scale = 0.5, 0.25, 4.0
+    cfg.train.text_encoder_lr_scale, cfg.train.image_encoder_lr_scale = 0.5, 0.25
     built = build_train_step(cfg, net, PolyLR(1e-3, 10, 0.9, 0))
     scales = {p.name: float(x.asnumpy()) for p, x in zip(built.optimizer.parameters, built.optimizer.lr_scales)}
     assert scales["head.gate"] == scales["head.log_temperature"] == scales["head.agreement_weight"] == 10.0
@@ -378,6 +378,4 @@ def test_coupled_head_outputs_losses_and_a_train_step_moves_its_gate(pynative):
     # the encoders' own multipliers (train.text_encoder_lr_scale, train.image_encoder_lr_scale), by name prefix
     assert {scales[n] for n in scales if n.startswith("bert.")} == {0.5}
     assert {scales[n] for n in scales if n.startswith("swin.")} == {0.25}
-    assert {n: scales[n] for n in scales if n.startswith("class_embed.")} == {"class_embed.weight": 4.0,
-                                                                             "class_embed.bias": 4.0}
     assert {scales[n] for n in scales if n.startswith(("wpa.", "pixel_decoder.", "transformer_decoder."))} == {1.0}

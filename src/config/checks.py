@@ -53,7 +53,7 @@ def check(cfg: Config) -> None:
     if flat["model.mask_generator.num_classes"] and not flat["model.sma.enabled"]:
         raise ConfigError("config key 'model.mask_generator.num_classes' > 0 classifies the proposals: it needs "
                           "model.sma.enabled=true (or set num_classes=0)")
-    for key in ("train.text_encoder_lr_scale", "train.image_encoder_lr_scale", "train.class_head_lr_scale"):
+    for key in ("train.text_encoder_lr_scale", "train.image_encoder_lr_scale"):
         if not flat[key] >= 0.0:  # a negative multiplier would train that encoder up its loss
             raise ConfigError(f"config key '{key}' = {flat[key]}; expected a multiplier of train.lr >= 0 (0 = frozen)")
     if not 0.0 <= flat["model.sma.proposal_grad_scale"] <= 1.0:

@@ -214,10 +214,6 @@ class TrainSection:
     # Multiplier of lr for the image encoder's parameters (names "swin.", whichever encoder is registered). The paper
     # trains everything with one lr (1.0).
     image_encoder_lr_scale: float = 1.0
-    # Multiplier of lr for the proposals' category head (names "class_embed."). Adam moves a weight by about lr per
-    # step whatever its gradient, so at a short schedule a head that starts from nothing cannot travel far
-    # (research/NOTEBOOK.md, seventh session). The paper's recipe: 1.0.
-    class_head_lr_scale: float = 1.0
     warmup_steps: int = 0
     grad_clip_norm: float = 0.0  # 0 = off
     accumulate_steps: int = 1

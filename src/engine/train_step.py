@@ -176,7 +176,6 @@ def build_train_step(cfg, model: nn.Cell, schedule, distributed: bool = False, o
     net_with_loss.set_train(True)
     groups = param_groups(net_with_loss.trainable_params(), tc.weight_decay,
                           lr_scales={"bert.": tc.text_encoder_lr_scale, "swin.": tc.image_encoder_lr_scale,
-                                     "class_embed.": tc.class_head_lr_scale,
                                      **head_scales})
     if optimizer == "adamw":
         update = AdamW(groups, learning_rate=schedule)
