@@ -11,9 +11,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
@@ -47,6 +45,7 @@ def main(argv=None) -> int:
     from src.engine.optimizer import AdamW, PolyLR, param_groups
     from src.engine.train_step import grads_finite
     from src.models.factory import create_model
+    from tools.benchmark import time_calls  # one untimed call, then the median of `steps` timed ones
 
     ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
     cfg = load_config(os.path.join(REPO, args.config_path))
@@ -77,13 +76,7 @@ def main(argv=None) -> int:
     first = update.optimizer.parameters[0]
 
     def median_ms(cell, read):
-        read(cell(grads))
-        times = []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            read(cell(grads))
-            times.append(time.perf_counter() - start)
-        return 1e3 * statistics.median(times)
+        return 1e3 * time_calls(lambda: read(cell(grads)), args.steps, warmup=0)["median_s"]
 
     variants = [("ms.amp.all_finite", AllFinite(), lambda out: out.asnumpy()),
                 ("grads_finite", GradsFinite(), lambda out: out.asnumpy()),
