@@ -1,7 +1,8 @@
 """Evaluate a trained CoupAlign on one split by the LAVT protocol (oIoU, mIoU, precision@0.5..0.9).
 
     python eval.py --config_path C --checkpoint_path CK --data_root D --dataset refcocog --split_by umd \
-        --split val --output_dir OUT [--save_masks true] [--visualize 16] [--skip_bad_samples true]
+        --split val --output_dir OUT [--save_masks true] [--visualize 16] [--skip_bad_samples true] \
+        [--swap_sentences true | --eval.control_output_dir OUT_CONTROL]
     bash scripts/run_distribute_eval.sh DEVICE_NUM C CK [--key=value ...]    (every device scores a shard)
 
 --config_path is optional with a checkpoint written by train.py (its config, text-encoder architecture
@@ -9,7 +10,10 @@ and vocabulary are stored in it; command-line keys override them); --ckpt_file i
 --checkpoint_path. Writes OUT/metrics.json, OUT/per_sample.csv, OUT/masks/<ref_id>_<sent_id>.png (--save_masks) and
 OUT/visualize/*.png (--visualize K), and prints the paper's table. A sample whose image or mask cannot
 be loaded stops the evaluation with the file and field named; with --skip_bad_samples true it is left
-out of the metrics and listed (with the reason) in metrics.json.
+out of the metrics and listed (with the reason) in metrics.json. --swap_sentences true scores the grounding control
+(every sentence replaced by one of another object in the same image) instead of the split's sentences;
+--eval.control_output_dir OUT_CONTROL scores it too, after the split, into OUT_CONTROL (same files, no masks or
+overlays).
 """
 import sys
 
@@ -19,6 +23,8 @@ apply_cpu_env_defaults()  # before MindSpore is imported
 
 
 def main(argv=None) -> int:
+    from dataclasses import replace
+
     from src.engine.evaluator import evaluate_split, format_table
     from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
     from src.utils.log import setup_logging
@@ -34,6 +40,13 @@ def main(argv=None) -> int:
     if ctx.is_main:
         print(format_table(cfg.eval.split, result))
         print(f"wrote {path}")
+    if cfg.eval.control_output_dir:  # the grounding control with the model already loaded and compiled
+        control_cfg = replace(cfg, eval=replace(cfg.eval, swap_sentences=True, save_masks=False, visualize=0))
+        control, path = evaluate_split(control_cfg, ctx, model, tokenizer, cfg.eval.control_output_dir)
+        if ctx.is_main:
+            print("grounding control (each sentence replaced by one of another object in the same image):")
+            print(format_table(cfg.eval.split, control))
+            print(f"wrote {path}")
     return 0
 
 

@@ -91,6 +91,12 @@ def test_choices_and_ambiguous_leaf():
             load_config(None, [f"--{key}=-0.1"])
 
 
+def test_the_grounding_control_beside_the_split_excludes_swapping_the_split_itself():
+    assert load_config(None, ["--eval.control_output_dir=out/control"]).eval.control_output_dir.endswith("out/control")
+    with pytest.raises(ConfigError, match="control_output_dir.*swap_sentences"):
+        load_config(None, ["--eval.control_output_dir=out/control", "--eval.swap_sentences=true"])
+
+
 def test_recompute_sampling_needs_the_deformable_decoder():
     cfg = load_config(None, ["--model.mask_generator.recompute_sampling=true"])
     assert cfg.model.mask_generator.msdeform.recompute_sampling is True

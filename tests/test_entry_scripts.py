@@ -64,7 +64,13 @@ def test_training_writes_logs_checkpoints_and_curves(trained):
     val = [r for r in records if r["type"] == "val"]
     assert len(val) == 1 and 0 <= val[0]["overall_iou"] <= 100
     ckpts = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "checkpoints", "*")))
-    assert ckpts == ["best.ckpt", "step_00000006.ckpt"]  # no temporary files left behind
+    assert ckpts == ["best.ckpt", "final.ckpt", "step_00000006.ckpt"]  # no temporary files left behind
+    # One validation, at the end: the best model is the final one, and both hold the model alone (no optimizer).
+    best, final = (ms.load_checkpoint(os.path.join(out, "checkpoints", n)) for n in ("best.ckpt", "final.ckpt"))
+    assert best.keys() == final.keys() and not any(k.startswith(("adam_", "accum_grad")) for k in final)
+    for key, value in best.items():
+        if isinstance(value, ms.Parameter):
+            np.testing.assert_array_equal(final[key].asnumpy(), value.asnumpy(), err_msg=key)
     assert os.path.getsize(os.path.join(out, "curves.png")) > 1000
     assert "step 6/6" in open(os.path.join(out, "train.log")).read()
 
@@ -89,10 +95,11 @@ def test_resume_continues_from_the_latest_checkpoint(trained, tmp_path):
 def test_eval_writes_metrics_csv_masks_and_overlays(trained, tmp_path):
     from src.data.refer import ReferDataset
 
-    out = str(tmp_path / "eval")
+    out, control_out = str(tmp_path / "eval"), str(tmp_path / "control")
     ckpt = os.path.join(trained["out"], "checkpoints", "best.ckpt")
     proc = run("eval.py", "--config_path", trained["config"], "--checkpoint_path", ckpt, "--split", "val",
-               "--output_dir", out, "--save_masks", "true", "--visualize", "2")
+               "--output_dir", out, "--save_masks", "true", "--visualize", "2",
+               "--eval.control_output_dir", control_out)
     metrics = json.load(open(os.path.join(out, "metrics.json")))
     refer = ReferDataset(trained["data"], "refcoco", "unc", "val")
     assert metrics["num_samples"] == len(refer.samples())
@@ -109,6 +116,22 @@ def test_eval_writes_metrics_csv_masks_and_overlays(trained, tmp_path):
     assert tuple(mask.shape) == tuple(refer.image_size(sample.image_id)) and set(np.unique(mask)) <= {0, 255}
     assert len(glob.glob(os.path.join(out, "visualize", "*.png"))) == 2
     assert "oIoU" in proc.stdout and "P@0.5" in proc.stdout
+
+    # The grounding control, scored in the same process: every sample of the swapped copy (the seed is the config's,
+    # 0), with another object's sentence, and neither masks nor overlays.
+    control = ReferDataset(trained["data"], "refcoco", "unc", "val").with_swapped_sentences(seed=0)
+    control_rows = list(csv.DictReader(open(os.path.join(control_out, "per_sample.csv"))))
+    assert [(int(r["ref_id"]), int(r["sent_id"]), r["sentence"]) for r in control_rows] == \
+        [(c.ref_id, c.sent_id, c.text) for c in control.samples()]
+    own_text = {(int(r["ref_id"]), int(r["sent_id"])): r["sentence"] for r in rows}
+    assert all(own_text[int(r["ref_id"]), int(r["sent_id"])] != r["sentence"] for r in control_rows)
+    control_metrics = json.load(open(os.path.join(control_out, "metrics.json")))
+    assert control_metrics["swap_sentences"] is True and control_metrics["num_samples"] == len(control_rows)
+    assert 100 * np.mean([float(r["iou_input"]) for r in control_rows]) == pytest.approx(
+        control_metrics["input_resolution"]["mean_iou"], abs=1e-3)
+    assert not os.path.exists(os.path.join(control_out, "masks"))
+    assert not os.path.exists(os.path.join(control_out, "visualize"))
+    assert "grounding control" in proc.stdout
 
 
 def test_infer_writes_masks_and_reports_bad_input(trained, tmp_path):

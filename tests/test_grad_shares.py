@@ -269,8 +269,8 @@ def test_tool_prints_the_shares_of_a_checkpoint(tmp_path, capsys):
     ms.set_seed(0)
     model = create_model(cfg)
     artifacts = {"bert_config_json": model.bert.config.to_json_string(), "vocab_txt": open(_vocab_path()).read()}
-    ckpt = CheckpointManager(os.path.join(out, "checkpoints"), artifacts=artifacts).save_best(
-        model, TrainState(), 0, cfg.to_yaml())
+    ckpt = CheckpointManager(os.path.join(out, "checkpoints"), artifacts=artifacts).save_model(
+        "best.ckpt", model, TrainState(), 0, cfg.to_yaml())
     spec = importlib.util.spec_from_file_location("grad_shares_tool", os.path.join(ROOT, "tools", "grad_shares.py"))
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)

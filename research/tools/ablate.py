@@ -139,14 +139,17 @@ def run_one(args, row: str, seed: int, cfg, keys: set) -> Dict:
     train_seconds = time.time() - start
     ckpt = os.path.join(run_dir, "checkpoints", "best.ckpt")
     evals = {}
-    evaluations = [("val", "val", []), ("control", "val", ["--swap_sentences=true"])]
+    # val and its grounding control in one process (one model load and compile); the train split on its own
+    control_dir = os.path.join(run_dir, "eval_control")
+    evaluations = [("val", "val", [f"--eval.control_output_dir={control_dir}"])]
     if args.eval_train:  # train-split oIoU beside val separates under- from over-fitting
         evaluations.append(("train", "train", []))
     for name, split, extra in evaluations:
         out = os.path.join(run_dir, f"eval_{name}")
         _run([py, "eval.py", *config_args, f"--checkpoint_path={ckpt}", f"--split={split}", f"--eval.output_dir={out}",
               *extra], log)
-        with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+    for name in ["val", "control"] + (["train"] if args.eval_train else []):
+        with open(os.path.join(run_dir, f"eval_{name}", "metrics.json"), encoding="utf-8") as f:
             evals[name] = json.load(f)["input_resolution"]
     diag_path = os.path.join(run_dir, "diagnostics.json")
     _run([py, "tools/diagnose.py", *config_args, f"--checkpoint_path={ckpt}", f"--output={diag_path}"], log)
@@ -223,15 +226,9 @@ def write_table(args, results: Dict[str, List[Dict]], machine: str) -> str:
 
 
 def _machine() -> str:
-    import platform
+    from src.utils.runtime import cpu_model
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{time.strftime('%Y-%m-%d')}, {model}, {os.cpu_count()} cores"
+    return f"{time.strftime('%Y-%m-%d')}, {cpu_model()}, {os.cpu_count()} cores"
 
 
 def parse_args(argv=None):

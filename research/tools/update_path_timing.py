@@ -1,6 +1,7 @@
 """Times the update path of the training step alone, on the gradients' real shapes: the overflow check
-(`ms.amp.all_finite` against `src.engine.train_step.grads_finite`) and the AdamW update, each compiled as its own
-graph and fed fixed random gradients (research/NOTEBOOK.md, seventh session).
+(`ms.amp.all_finite`, the whole-tensor sums `grads_finite` first used, and today's `grads_finite`) and the AdamW
+update, each compiled as its own graph and fed fixed random gradients (research/NOTEBOOK.md, seventh and eighth
+sessions).
 
     python research/tools/update_path_timing.py [--config_path configs/quickstart_cpu.yaml] [--steps 15] [--json OUT]
 
@@ -10,24 +11,14 @@ drift of the machine shows as a difference between the two rounds.
 import argparse
 import json
 import os
-import platform
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
-from src.utils.runtime import apply_cpu_env_defaults  # noqa: E402
+from src.utils.runtime import apply_cpu_env_defaults, cpu_model  # noqa: E402
 
 apply_cpu_env_defaults()  # before MindSpore is imported
-
-
-def cpu_model() -> str:
-    """The CPU's model name (machines of one kind differ: say which one measured)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:
@@ -39,7 +30,7 @@ def main(argv=None) -> int:
 
     import numpy as np
     import mindspore as ms
-    from mindspore import Tensor, nn
+    from mindspore import Tensor, nn, ops
 
     from src.config import load_config
     from src.engine.optimizer import AdamW, PolyLR, param_groups
@@ -62,6 +53,18 @@ def main(argv=None) -> int:
         def construct(self, grads):
             return grads_finite(grads)
 
+    whole_sum = ops.MultitypeFuncGraph("whole_sum")
+
+    @whole_sum.register("Tensor")
+    def _whole_sum(grad):
+        return grad.astype(ms.float32).sum()
+
+    class WholeTensorSums(nn.Cell):
+        """grads_finite as first committed (d19e5fd): one whole-tensor sum per gradient."""
+
+        def construct(self, grads):
+            return ops.isfinite(ops.addn(ops.HyperMap()(whole_sum, grads)))
+
     class Update(nn.Cell):
         def __init__(self):
             super().__init__()
@@ -72,13 +75,17 @@ def main(argv=None) -> int:
 
     update = Update()
     rng = np.random.default_rng(0)
-    grads = tuple(Tensor((1e-3 * rng.standard_normal(p.shape)).astype(np.float32)) for p in update.optimizer.parameters)
+    # mutable: a plain tuple argument is a compile-time constant, and the graph of a pure function of it is folded away
+    # (the record of 2026-12-07's seventh session timed grads_finite at 3 ms that way; inside the step it is not).
+    grads = ms.mutable(tuple(Tensor((1e-3 * rng.standard_normal(p.shape)).astype(np.float32))
+                             for p in update.optimizer.parameters))
     first = update.optimizer.parameters[0]
 
     def median_ms(cell, read):
         return 1e3 * time_calls(lambda: read(cell(grads)), args.steps, warmup=0)["median_s"]
 
     variants = [("ms.amp.all_finite", AllFinite(), lambda out: out.asnumpy()),
+                ("whole-tensor sums", WholeTensorSums(), lambda out: out.asnumpy()),
                 ("grads_finite", GradsFinite(), lambda out: out.asnumpy()),
                 ("AdamW update", update, lambda out: first.asnumpy())]
     result = {"config": args.config_path, "gradients": len(grads), "elements": int(sum(g.size for g in grads)),

@@ -62,6 +62,9 @@ def check(cfg: Config) -> None:
     if flat["model.sma.pixel_agreement"] and flat["model.sma.head"] != "coupled":
         raise ConfigError("config key 'model.sma.pixel_agreement' = True needs model.sma.head='coupled' (the word-pixel "
                           f"path it reads), got {flat['model.sma.head']!r}")
+    if flat["eval.control_output_dir"] and flat["eval.swap_sentences"]:
+        raise ConfigError("config keys 'eval.control_output_dir' and 'eval.swap_sentences' = True: the control is "
+                          "scored beside the split's own sentences; set one of them")
     _check_loss(cfg.loss)
     if flat["model.image_encoder"] == "convnet":
         widths, depths = flat["model.convnet.widths"], flat["model.convnet.depths"]

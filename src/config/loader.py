@@ -183,8 +183,8 @@ def parse_value(text: str) -> Any:
 # Python from the repository root; paths inside config files stay relative to the working directory
 # (the repository root for every launcher), as default_config.yaml's pretrained/... paths expect.
 PATH_KEYS = ("output_dir", "checkpoint_path", "data.data_root", "model.swin.pretrained", "model.convnet.pretrained",
-             "model.bert.pretrained", "model.bert.vocab_path", "eval.output_dir", "export.file_name",
-             "backend.compile_cache_path")
+             "model.bert.pretrained", "model.bert.vocab_path", "eval.output_dir", "eval.control_output_dir",
+             "export.file_name", "backend.compile_cache_path")
 ARGS_CWD_ENV = "COUPALIGN_ARGS_CWD"
 # Names every entry script accepts: `--ckpt_file` is the model zoo's name for the trained weights.
 GLOBAL_ALIASES = {"ckpt_file": "checkpoint_path"}

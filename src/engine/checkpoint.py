@@ -3,8 +3,9 @@
 A step checkpoint holds every Parameter of the train step (model, optimizer moments and step counters,
 accumulation buffers, loss scale) plus metadata: the global step, the epoch, the number of batches
 of that epoch already consumed, the seed, the best validation score so far, the config, and the text
-encoder's architecture and vocabulary. `best.ckpt` holds the model's weights and the same metadata
-only (a third of the size: no AdamW moments), which is all eval, infer and export need.
+encoder's architecture and vocabulary. `best.ckpt` (the best validation score) and `final.ckpt` (the end of
+training) hold the model's weights and the same metadata only (a third of the size: no AdamW moments), which is
+all eval, infer and export need.
 It is written into `<dir>/.incomplete/` and renamed into place, so a kill or a full disk never leaves a
 half-written file under a checkpoint's name and the previous checkpoint stays intact.
 """
@@ -94,7 +95,7 @@ def list_checkpoints(directory: str) -> List[str]:
 
 class CheckpointManager:
     """Saves `cell`'s parameters under `directory` as step_<N>.ckpt, keeping the last `keep_last`,
-    and `best.ckpt` separately."""
+    and the model alone as `best.ckpt` and `final.ckpt`."""
 
     def __init__(self, directory: str, keep_last: int = 3, artifacts: Optional[Dict[str, str]] = None):
         self.directory = directory
@@ -120,9 +121,10 @@ class CheckpointManager:
             os.remove(old)
         return path
 
-    def save_best(self, model, state: TrainState, seed: int, config_yaml: str) -> str:
-        """`model`: the network alone (not the train step), so no optimizer state is written."""
-        path = os.path.join(self.directory, "best.ckpt")
+    def save_model(self, name: str, model, state: TrainState, seed: int, config_yaml: str) -> str:
+        """`model`: the network alone (not the train step), so no optimizer state is written, as `name`
+        ("best.ckpt", "final.ckpt")."""
+        path = os.path.join(self.directory, name)
         _write_atomic(model, path, self._meta(state, seed, config_yaml))
         return path
 

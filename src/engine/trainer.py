@@ -229,7 +229,7 @@ class Trainer:
             logger.info("training health after epoch %d:\n%s", self.state.epoch, diagnostics.format_report(health))
         if metrics["overall_iou"] > self.state.best_score:
             self.state.best_score = metrics["overall_iou"]
-            path = self.ckpt.save_best(self.model, self.state, self.cfg.seed, self.cfg.to_yaml())
+            path = self.ckpt.save_model("best.ckpt", self.model, self.state, self.cfg.seed, self.cfg.to_yaml())
             logger.info("new best val oIoU %.2f -> %s", metrics["overall_iou"], path)
         return metrics
 
@@ -348,6 +348,9 @@ class Trainer:
             if self.state.step >= self.total_updates:
                 break
         self._log_grad_shares("end")
+        if self.ctx.is_main:  # the model as trained, for eval/infer/export with or without validation
+            path = self.ckpt.save_model("final.ckpt", self.model, self.state, cfg.seed, cfg.to_yaml())
+            logger.info("saved the final model -> %s", path)
         if self.ctx.is_main and self.log.records:
             plot_curves(self.log.records, os.path.join(cfg.output_dir, "curves.png"))
         return {"steps": self.state.step, "epochs": self.state.epoch, "seconds": time.time() - start_time,

@@ -31,6 +31,15 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_model() -> str:
+    """The CPU's model name, for the records of timed runs (machines of one kind differ: say which one measured)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def _device_target_of(argv) -> Optional[str]:
     """The device_target the command line `argv` asks for (`--device_target`, else the `--config_path` file's,
     else the schema default), read without MindSpore and without parsing the other options (scripts have
