@@ -61,11 +61,11 @@ def grads_finite(grads):
     """True when no gradient holds an inf or a nan, as one reduction per gradient and a single check: an inf or a
     nan anywhere makes the float32 sum of every gradient's sum inf or nan (+inf and -inf give nan).
     `ms.amp.all_finite` compiles to an IsFinite and a ReduceAll per gradient with more kernels around them (the
-    quickstart's training step: 10,020 kernels with it, 8,634 with this; research/results/finite_check/). Inside
-    that step the whole-tensor sums still took ~150 ms of kernel time per step (MindSpore's profiler,
-    research/tools/profile_train_step.py), which summing by rows first removes (`_sum_as_fp32`); timed alone, outside
-    the step, neither version shows it (3-6 ms). The one difference from `all_finite`: finite gradients whose total
-    passes float32's range (3.4e38) count as an overflow, as they should."""
+    quickstart's training step: 10,020 kernels with it, 8,634 with this). On the quickstart's 385 gradients, timed
+    alone (research/tools/update_path_timing.py; research/results/finite_check/): `all_finite` 171-232 ms, whole-tensor
+    sums 178-189 ms, sums by rows first (`_sum_as_fp32`) 47-58 ms; in the training step the sums' kernel time fell
+    from 178 to 73 ms per step (MindSpore's profiler, research/tools/profile_train_step.py). The one difference from
+    `all_finite`: finite gradients whose total passes float32's range (3.4e38) count as an overflow, as they should."""
     return ops.isfinite(ops.addn(_hyper_map(_sum_fp32, grads)))
 
 
