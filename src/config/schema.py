@@ -253,7 +253,7 @@ class EvalSection:
     # Grounding control: replace every sentence by one of another object in the same image.
     swap_sentences: bool = False
     # eval.py also scores the grounding control of the split into this directory, in the same process: one model
-    # load and one graph compile for both (a second eval.py process cost the quickstart ~25 s of start-up and compile).
+    # load and one graph compile for both (the quickstart's control: 18 s so, ~40 s as an eval.py process of its own).
     control_output_dir: str = ""
     skip_bad_samples: bool = False
 
