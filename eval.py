@@ -25,6 +25,7 @@ apply_cpu_env_defaults()  # before MindSpore is imported
 def main(argv=None) -> int:
     from dataclasses import replace
 
+    from src.data.base import build_dataset
     from src.engine.evaluator import evaluate_split, format_table
     from src.engine.inference import build_trained_model, build_trained_tokenizer, load_inference_config
     from src.utils.log import setup_logging
@@ -36,13 +37,14 @@ def main(argv=None) -> int:
     setup_logging(out_dir, "eval", ctx.rank)
     tokenizer = build_trained_tokenizer(cfg, "eval.py")
     model = build_trained_model(cfg, "eval.py")
-    result, path = evaluate_split(cfg, ctx, model, tokenizer, out_dir)
+    refer = build_dataset(cfg, cfg.eval.split)  # read once for the split and its grounding control
+    result, path = evaluate_split(cfg, ctx, model, tokenizer, out_dir, refer)
     if ctx.is_main:
         print(format_table(cfg.eval.split, result))
         print(f"wrote {path}")
     if cfg.eval.control_output_dir:  # the grounding control with the model already loaded and compiled
         control_cfg = replace(cfg, eval=replace(cfg.eval, swap_sentences=True, save_masks=False, visualize=0))
-        control, path = evaluate_split(control_cfg, ctx, model, tokenizer, cfg.eval.control_output_dir)
+        control, path = evaluate_split(control_cfg, ctx, model, tokenizer, cfg.eval.control_output_dir, refer)
         if ctx.is_main:
             print("grounding control (each sentence replaced by one of another object in the same image):")
             print(format_table(cfg.eval.split, control))

@@ -254,10 +254,11 @@ def format_table(split: str, result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def evaluate_split(cfg, ctx, model, tokenizer, out_dir: str):
+def evaluate_split(cfg, ctx, model, tokenizer, out_dir: str, refer=None):
     """eval.py's work for one split (cfg.eval.split), shared by eval.py and tools/eval_all.py: score it (this
     rank's shard when distributed), write OUT/metrics.json and per_sample.csv (rank 0), masks and overlays
-    when asked. Returns (EvalResult of the whole split, metrics.json path or None on other ranks)."""
+    when asked. `refer`: the split already read (eval.py scores it twice with its grounding control), else it is
+    read here. Returns (EvalResult of the whole split, metrics.json path or None on other ranks)."""
     import os
 
     from mindspore import Tensor
@@ -266,7 +267,8 @@ def evaluate_split(cfg, ctx, model, tokenizer, out_dir: str):
     from src.data.dataset import create_refer_dataset
     from src.utils.visualize import overlay, write_png
 
-    refer = build_dataset(cfg, cfg.eval.split)
+    if refer is None:
+        refer = build_dataset(cfg, cfg.eval.split)
     if cfg.eval.swap_sentences:
         refer = refer.with_swapped_sentences(seed=cfg.seed)
     shard = dict(num_shards=ctx.group_size, shard_id=ctx.rank) if ctx.group_size > 1 else {}
